@@ -1,0 +1,1 @@
+"""How modules are sharded and run across ranks: process groups, sharding plans, shard-local ops."""
