@@ -1,0 +1,361 @@
+"""The on-disk period dataset and its reader.
+
+Layout of a dataset directory::
+
+    metadata.json            counts, how periods were cut, file list, format version
+    periods/period=00000.parquet
+    periods/period=00001.parquet
+    ...                      one file per period: user_id int64, item_id int64,
+                             timestamp int64 (unix seconds), period int32; sorted by timestamp
+    user_map.parquet         raw_id -> user_id (contiguous, in order of first appearance)
+    item_map.parquet         raw_id -> item_id (contiguous, in order of first appearance)
+
+One file per period makes "give me period t" a single-file read, never a scan of the whole
+table. Ids are contiguous and numbered by first appearance, so the items that exist by the end of
+period t are exactly ``range(items_upto[t])``.
+
+Directories are written atomically (:func:`write_period_dataset`): everything goes to a
+temporary sibling directory that is renamed into place only when complete, so a failed build
+never leaves a half-written dataset and never destroys the previous one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sml_torchrec.data.errors import DataError
+
+FORMAT_VERSION = 1
+SCHEMA = pa.schema(
+    [
+        ("user_id", pa.int64()),
+        ("item_id", pa.int64()),
+        ("timestamp", pa.int64()),
+        ("period", pa.int32()),
+    ]
+)
+
+
+def period_file_name(t: int) -> str:
+    return f"periods/period={t:05d}.parquet"
+
+
+@dataclass
+class PeriodMetadata:
+    """What ``metadata.json`` holds. ``items_upto[t]`` = number of items seen in periods 0..t."""
+
+    num_users: int
+    num_items: int
+    num_periods: int
+    cut: str  # "time" | "count" | "given"
+    period_counts: list[int]
+    period_start: list[int]  # first timestamp of each period (inclusive)
+    period_end: list[int]  # last timestamp of each period (inclusive)
+    users_upto: list[int]
+    items_upto: list[int]
+    source: str = ""
+    build: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+@dataclass
+class Interactions:
+    """One period's (or several periods') interactions as 1-D int64 numpy arrays of equal length."""
+
+    user_id: np.ndarray
+    item_id: np.ndarray
+    timestamp: np.ndarray
+    period: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.user_id)
+
+    @staticmethod
+    def concat(parts: list[Interactions]) -> Interactions:
+        if not parts:
+            empty = np.zeros(0, dtype=np.int64)
+            return Interactions(empty, empty, empty, empty.astype(np.int32))
+        return Interactions(
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in Interactions._fields())
+        )
+
+    @staticmethod
+    def _fields() -> tuple[str, ...]:
+        return ("user_id", "item_id", "timestamp", "period")
+
+    def select(self, mask_or_index: np.ndarray) -> Interactions:
+        return Interactions(*(getattr(self, f)[mask_or_index] for f in self._fields()))
+
+
+def _check_ids(path: Path, name: str, ids: np.ndarray, upper: int) -> None:
+    if len(ids) == 0:
+        return
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0:
+        raise DataError(path, f"column {name!r} has a negative id {lo}")
+    if hi >= upper:
+        raise DataError(
+            path, f"column {name!r} has id {hi}, out of range for {upper} ids (0..{upper - 1})"
+        )
+
+
+def write_period_dataset(
+    out_dir: str | Path,
+    user_id: np.ndarray,
+    item_id: np.ndarray,
+    timestamp: np.ndarray,
+    period: np.ndarray,
+    cut: str,
+    user_raw_ids: pa.Array | None = None,
+    item_raw_ids: pa.Array | None = None,
+    source: str = "",
+    build: dict | None = None,
+) -> PeriodMetadata:
+    """Write a period dataset atomically; ids must already be contiguous from 0.
+
+    ``user_raw_ids[k]`` is the raw id of contiguous user ``k`` (same for items); when omitted the
+    map is the identity. Every period in ``range(period.max() + 1)`` must be non-empty.
+    """
+    out_dir = Path(out_dir)
+    n = len(user_id)
+    if not (len(item_id) == len(timestamp) == len(period) == n):
+        raise ValueError("user_id, item_id, timestamp and period must have the same length")
+    if n == 0:
+        raise DataError(out_dir, "no interactions to write (did the filters remove everything?)")
+    user_id = np.asarray(user_id, dtype=np.int64)
+    item_id = np.asarray(item_id, dtype=np.int64)
+    timestamp = np.asarray(timestamp, dtype=np.int64)
+    period = np.asarray(period, dtype=np.int32)
+    num_users = int(user_id.max()) + 1
+    num_items = int(item_id.max()) + 1
+    num_periods = int(period.max()) + 1
+    _check_ids(out_dir, "user_id", user_id, num_users)
+    _check_ids(out_dir, "item_id", item_id, num_items)
+    if period.min() < 0:
+        raise DataError(out_dir, f"negative period index {int(period.min())}")
+    counts = np.bincount(period, minlength=num_periods)
+    empty = np.flatnonzero(counts == 0)
+    if len(empty):
+        raise DataError(
+            out_dir,
+            f"period(s) {empty.tolist()} would be empty ({num_periods} periods); use fewer "
+            "periods or --cut count",
+        )
+
+    order = np.lexsort((timestamp, period))  # by period, then time (stable)
+    user_id, item_id, timestamp, period = (a[order] for a in (user_id, item_id, timestamp, period))
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    # With ids numbered by first appearance, max id + 1 so far = number of ids seen so far.
+    users_upto = np.maximum.accumulate(np.maximum.reduceat(user_id, bounds[:-1]) + 1)
+    items_upto = np.maximum.accumulate(np.maximum.reduceat(item_id, bounds[:-1]) + 1)
+    meta = PeriodMetadata(
+        num_users=num_users,
+        num_items=num_items,
+        num_periods=num_periods,
+        cut=cut,
+        period_counts=counts.tolist(),
+        period_start=[int(timestamp[bounds[t]]) for t in range(num_periods)],
+        period_end=[int(timestamp[bounds[t + 1] - 1]) for t in range(num_periods)],
+        users_upto=users_upto.tolist(),
+        items_upto=items_upto.tolist(),
+        source=source,
+        build=build or {},
+    )
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        (tmp / "periods").mkdir(parents=True)
+        for t in range(num_periods):
+            sl = slice(bounds[t], bounds[t + 1])
+            table = pa.table(
+                [
+                    pa.array(user_id[sl]),
+                    pa.array(item_id[sl]),
+                    pa.array(timestamp[sl]),
+                    pa.array(period[sl]),
+                ],
+                schema=SCHEMA,
+            )
+            pq.write_table(table, tmp / period_file_name(t))
+        for name, raw, count in (
+            ("user_map.parquet", user_raw_ids, num_users),
+            ("item_map.parquet", item_raw_ids, num_items),
+        ):
+            raw = pa.array(np.arange(count, dtype=np.int64)) if raw is None else raw
+            if len(raw) != count:
+                raise ValueError(f"{name}: {len(raw)} raw ids for {count} contiguous ids")
+            pq.write_table(
+                pa.table({"raw_id": raw, "id": pa.array(np.arange(count, dtype=np.int64))}),
+                tmp / name,
+            )
+        # metadata.json last: a directory without it is never a dataset.
+        (tmp / "metadata.json").write_text(meta.to_json())
+        _replace_dir(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return meta
+
+
+def _replace_dir(new: Path, dest: Path) -> None:
+    """Move ``new`` to ``dest``; an existing ``dest`` is removed only after the move succeeded."""
+    if not dest.exists():
+        os.rename(new, dest)
+        return
+    old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(dest, old)
+    try:
+        os.rename(new, dest)
+    except BaseException:
+        os.rename(old, dest)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+class PeriodDataset:
+    """Reads a period dataset directory; ``dataset[t]`` is period t's :class:`Interactions`.
+
+    Only ``metadata.json`` is read on open; each period is read from its own file on demand, with
+    its schema, row count and id ranges checked, so a truncated or foreign file is reported by
+    name instead of producing silent garbage.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        meta_path = self.root / "metadata.json"
+        if not self.root.is_dir():
+            raise DataError(self.root, "not a directory (build one with `sml-data build`)")
+        if not meta_path.is_file():
+            raise DataError(
+                meta_path, "missing: not a period dataset, or its build did not complete"
+            )
+        try:
+            raw = json.loads(meta_path.read_text())
+            self.meta = PeriodMetadata(**raw)
+        except (json.JSONDecodeError, TypeError) as e:
+            raise DataError(meta_path, f"unreadable metadata: {e}") from e
+        if self.meta.format_version != FORMAT_VERSION:
+            raise DataError(
+                meta_path,
+                f"format version {self.meta.format_version}, this library reads {FORMAT_VERSION}",
+            )
+        self._cache: dict[int, Interactions] = {}
+
+    @property
+    def num_periods(self) -> int:
+        return self.meta.num_periods
+
+    @property
+    def num_users(self) -> int:
+        return self.meta.num_users
+
+    @property
+    def num_items(self) -> int:
+        return self.meta.num_items
+
+    def count(self, t: int) -> int:
+        self._check_period(t)
+        return self.meta.period_counts[t]
+
+    def _check_period(self, t: int) -> None:
+        if not isinstance(t, (int, np.integer)) or not 0 <= t < self.num_periods:
+            raise DataError(
+                self.root,
+                f"period {t} out of range: the dataset has {self.num_periods} periods "
+                f"(0..{self.num_periods - 1})",
+            )
+
+    def __len__(self) -> int:
+        return self.num_periods
+
+    def __getitem__(self, t: int) -> Interactions:
+        self._check_period(t)
+        if t not in self._cache:
+            self._cache[t] = self._read(int(t))
+        return self._cache[t]
+
+    def periods(self, start: int, stop: int) -> Interactions:
+        """Periods ``start .. stop-1`` concatenated (in time order)."""
+        return Interactions.concat([self[t] for t in range(start, stop)])
+
+    def _read(self, t: int) -> Interactions:
+        path = self.root / period_file_name(t)
+        if not path.is_file():
+            raise DataError(path, f"missing file for period {t}")
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(path, f"unreadable parquet file (truncated or corrupt?): {e}") from e
+        for f in SCHEMA:
+            if f.name not in table.column_names:
+                raise DataError(
+                    path, f"missing column {f.name!r} (has {', '.join(table.column_names)})"
+                )
+            if table.schema.field(f.name).type != f.type:
+                raise DataError(
+                    path,
+                    f"column {f.name!r} has type {table.schema.field(f.name).type}, "
+                    f"expected {f.type}",
+                )
+        if table.num_rows != self.meta.period_counts[t]:
+            raise DataError(
+                path,
+                f"has {table.num_rows} rows, metadata.json says {self.meta.period_counts[t]}",
+            )
+        if table.num_rows == 0:
+            raise DataError(path, f"period {t} is empty")
+        cols = {f.name: table.column(f.name).to_numpy() for f in SCHEMA}
+        _check_ids(path, "user_id", cols["user_id"], self.num_users)
+        _check_ids(path, "item_id", cols["item_id"], self.num_items)
+        bad = cols["period"] != t
+        if bad.any():
+            raise DataError(path, f"column 'period' holds {int(cols['period'][bad][0])}, not {t}")
+        return Interactions(cols["user_id"], cols["item_id"], cols["timestamp"], cols["period"])
+
+    def raw_ids(self, kind: str) -> pa.Array:
+        """The raw-id map: ``raw_ids("user")[k]`` is the original id of contiguous user ``k``."""
+        if kind not in ("user", "item"):
+            raise ValueError(f"kind must be 'user' or 'item', got {kind!r}")
+        path = self.root / f"{kind}_map.parquet"
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(path, f"unreadable id map: {e}") from e
+        ids = table.column("id").to_numpy()
+        if not np.array_equal(ids, np.arange(len(ids))):
+            raise DataError(path, "column 'id' is not 0..n-1 in order")
+        return table.column("raw_id").combine_chunks()
+
+    def summary(self) -> list[dict]:
+        """Per-period counts: interactions, users, items, new users and new items."""
+        rows = []
+        for t in range(self.num_periods):
+            d = self[t]
+            prev_users = self.meta.users_upto[t - 1] if t else 0
+            prev_items = self.meta.items_upto[t - 1] if t else 0
+            rows.append(
+                {
+                    "period": t,
+                    "interactions": len(d),
+                    "users": int(len(np.unique(d.user_id))),
+                    "items": int(len(np.unique(d.item_id))),
+                    "new_users": int(self.meta.users_upto[t] - prev_users),
+                    "new_items": int(self.meta.items_upto[t] - prev_items),
+                    "start": self.meta.period_start[t],
+                    "end": self.meta.period_end[t],
+                }
+            )
+        return rows
