@@ -1,0 +1,401 @@
+"""The cross-domain corpus, its user roles, per-η training views, and the on-disk format.
+
+User roles follow the CATN protocol. Overlapping users (with reviews in both domains) are
+split by a seeded permutation: the first half are cold-start users (40% of them validation,
+60% test); the rest are "common" users, ranked by a second seeded permutation. For a share η,
+the common users of rank < floor(η · n_common) are the training users; the other common users
+are removed from both domains for that η (the authors' protocol), so smaller η means less
+overlap knowledge. Cold-start users keep their source reviews; their target reviews are only
+ever used as validation/test labels: they never reach target documents, item means or
+training pairs.
+
+On disk (``catn-data build``)::
+
+    meta.json                  config, counts, filter report, scenario name
+    vocab.txt                  one word per line; line j is word id j (id 0 = padding)
+    users.parquet              name, role, common_rank
+    items_source.parquet       name           (row = item id)
+    items_target.parquet       name
+    reviews_source.parquet     user, item, rating, time, tokens (list of word ids)
+    reviews_target.parquet     ...
+    docs_eta_<η>.npz           prebuilt documents for each η given at build time
+    word_vectors.npy           optional, (V + 1, d)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from catn.data.documents import build_documents, match_auxiliary_reviews
+from catn.data.errors import DataError, SplitError
+
+ROLE_SOURCE_ONLY = 0
+ROLE_TARGET_ONLY = 1
+ROLE_COLD_VAL = 2
+ROLE_COLD_TEST = 3
+ROLE_COMMON = 4
+
+ETAS = (1.0, 0.5, 0.2, 0.1, 0.05)
+
+
+@dataclass
+class DomainReviews:
+    """All kept reviews of one domain; word ids are 1-based vocabulary ids."""
+
+    user: np.ndarray  # (n,) int64, global user id
+    item: np.ndarray  # (n,) int64, item id of this domain
+    rating: np.ndarray  # (n,) float32
+    time: np.ndarray  # (n,) int64
+    tokens: np.ndarray  # (T,) int32
+    offsets: np.ndarray  # (n + 1,) int64
+    num_items: int
+
+    def __len__(self) -> int:
+        return int(self.user.shape[0])
+
+    def subset(self, mask: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(rows, user, item, rating, time) of the masked reviews."""
+        rows = np.flatnonzero(mask)
+        return rows, self.user[rows], self.item[rows], self.rating[rows], self.time[rows]
+
+
+@dataclass
+class CrossDomainCorpus:
+    """Two domains sharing a user id space, a vocabulary and the user roles."""
+
+    source: DomainReviews
+    target: DomainReviews
+    num_users: int
+    vocab: list[str]
+    role: np.ndarray  # (num_users,) int8, ROLE_*
+    common_rank: np.ndarray  # (num_users,) int64, -1 unless ROLE_COMMON
+    meta: dict = field(default_factory=dict)
+    user_names: list[str] | None = None
+    item_names_source: list[str] | None = None
+    item_names_target: list[str] | None = None
+    word_vectors: np.ndarray | None = None
+
+    @property
+    def num_common(self) -> int:
+        return int((self.role == ROLE_COMMON).sum())
+
+
+def assign_roles(
+    users_source: np.ndarray, users_target: np.ndarray, num_users: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded user roles (ROLE_*) and the η ranking of common users.
+
+    Raises SplitError when the domains share no user.
+    """
+    in_s = np.zeros(num_users, dtype=bool)
+    in_t = np.zeros(num_users, dtype=bool)
+    in_s[users_source] = True
+    in_t[users_target] = True
+    overlap = np.flatnonzero(in_s & in_t)
+    if overlap.size < 4:
+        raise SplitError(
+            None,
+            f"{overlap.size} overlapping users (reviewing in both domains); at least 4 are "
+            "needed for cold-start validation/test and training users. Lower the user/item "
+            "filters or pick categories with more shared reviewers.",
+        )
+    role = np.where(in_s, ROLE_SOURCE_ONLY, ROLE_TARGET_ONLY).astype(np.int8)
+    rng = np.random.default_rng(seed)
+    perm = overlap[rng.permutation(overlap.size)]
+    n_cold = overlap.size // 2
+    n_val = int(n_cold * 0.4)
+    role[perm[:n_val]] = ROLE_COLD_VAL
+    role[perm[n_val:n_cold]] = ROLE_COLD_TEST
+    common = perm[n_cold:]
+    role[common] = ROLE_COMMON
+    rank = np.full(num_users, -1, dtype=np.int64)
+    rank[common[np.random.default_rng(seed + 1).permutation(common.size)]] = np.arange(
+        common.size
+    )
+    return role, rank
+
+
+def num_training_users(num_common: int, eta: float) -> int:
+    """floor(η · n_common) (a tiny epsilon keeps 0.1 · 30 at 3); SplitError if it is 0."""
+    if not 0 < eta <= 1:
+        raise SplitError(None, f"eta must be in (0, 1], got {eta}")
+    n = int(math.floor(eta * num_common + 1e-9))
+    if n == 0:
+        raise SplitError(
+            None,
+            f"eta={eta} leaves no training users: {num_common} common overlapping users × "
+            f"{eta} < 1. Use eta >= {1 / max(num_common, 1):.3g} or a larger data set.",
+        )
+    return n
+
+
+@dataclass
+class EtaData:
+    """Everything one training run at share η needs (numpy; the trainer makes tensors).
+
+    Docs are (num_users or num_items, doc_len) int32. Pairs are (user, item, rating) arrays.
+    ``train_s`` pairs a training user with a *source* item (flow: user's target document vs
+    source items); ``train_t`` pairs them with *target* items (user's source document).
+    """
+
+    eta: float
+    user_docs_s: np.ndarray
+    user_docs_t: np.ndarray
+    aux_docs_s: np.ndarray
+    aux_docs_t: np.ndarray
+    item_docs_s: np.ndarray
+    item_docs_t: np.ndarray
+    train_s: tuple[np.ndarray, np.ndarray, np.ndarray]
+    train_t: tuple[np.ndarray, np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray, np.ndarray]
+    global_mean_s: float
+    global_mean_t: float
+    item_mean_s: np.ndarray  # (num_items_s,) float32; global mean where an item has no rating
+    item_mean_t: np.ndarray
+    user_offset: np.ndarray  # (num_users,) float32; shrunk mean residual vs item means
+    user_source_offset: np.ndarray  # (num_users,) from source reviews only
+    num_training_users: int
+
+
+def _item_means(item: np.ndarray, rating: np.ndarray, num_items: int) -> tuple[np.ndarray, float]:
+    glob = float(rating.mean()) if rating.size else 3.0
+    cnt = np.bincount(item, minlength=num_items)
+    tot = np.bincount(item, weights=rating, minlength=num_items)
+    # items with no visible rating get the domain's global mean, never 0
+    mean = np.where(cnt > 0, tot / np.maximum(cnt, 1), glob).astype(np.float32)
+    return mean, glob
+
+
+def _user_offset(
+    users: list[np.ndarray], residuals: list[np.ndarray], num_users: int, shrink: float
+) -> np.ndarray:
+    u = np.concatenate(users) if users else np.zeros(0, dtype=np.int64)
+    res = np.concatenate(residuals) if residuals else np.zeros(0)
+    cnt = np.bincount(u, minlength=num_users)
+    tot = np.bincount(u, weights=res, minlength=num_users)
+    return (tot / (cnt + shrink)).astype(np.float32)
+
+
+def prepare_eta(
+    corpus: CrossDomainCorpus, eta: float, doc_len: int, seed: int = 0, shrink: float = 3.0
+) -> EtaData:
+    """The η view: visible reviews, documents, auxiliary documents, pairs and rating priors."""
+    n_train = num_training_users(corpus.num_common, eta)
+    role = corpus.role
+    selected = (role == ROLE_COMMON) & (corpus.common_rank < n_train)
+    dropped = (role == ROLE_COMMON) & ~selected
+    cold = (role == ROLE_COLD_VAL) | (role == ROLE_COLD_TEST)
+    S, T = corpus.source, corpus.target
+    vis_s = ~dropped[S.user]
+    vis_t = ~dropped[T.user] & ~cold[T.user]
+
+    rows_s, us, is_, rs, ts = S.subset(vis_s)
+    rows_t, ut, it, rt, tt = T.subset(vis_t)
+    nu = corpus.num_users
+    user_docs_s = build_documents(us, ts, rows_s, S.tokens, S.offsets, nu, doc_len)
+    user_docs_t = build_documents(ut, tt, rows_t, T.tokens, T.offsets, nu, doc_len)
+    item_docs_s = build_documents(is_, ts, rows_s, S.tokens, S.offsets, S.num_items, doc_len)
+    item_docs_t = build_documents(it, tt, rows_t, T.tokens, T.offsets, T.num_items, doc_len)
+    m_s = match_auxiliary_reviews(us, is_, rs, seed)
+    m_t = match_auxiliary_reviews(ut, it, rt, seed + 1)
+    ok_s, ok_t = m_s >= 0, m_t >= 0
+    aux_docs_s = build_documents(
+        us[ok_s], ts[ok_s], rows_s[m_s[ok_s]], S.tokens, S.offsets, nu, doc_len
+    )
+    aux_docs_t = build_documents(
+        ut[ok_t], tt[ok_t], rows_t[m_t[ok_t]], T.tokens, T.offsets, nu, doc_len
+    )
+
+    item_mean_s, glob_s = _item_means(is_, rs, S.num_items)
+    item_mean_t, glob_t = _item_means(it, rt, T.num_items)
+    res_s = rs - item_mean_s[is_]
+    res_t = rt - item_mean_t[it]
+    user_offset = _user_offset([us, ut], [res_s, res_t], nu, shrink)
+    user_source_offset = _user_offset([us], [res_s], nu, shrink)
+
+    def pairs(u, i, r, mask):
+        return u[mask].astype(np.int64), i[mask].astype(np.int64), r[mask].astype(np.float32)
+
+    val_mask = role[T.user] == ROLE_COLD_VAL
+    test_mask = role[T.user] == ROLE_COLD_TEST
+    return EtaData(
+        eta=eta,
+        user_docs_s=user_docs_s,
+        user_docs_t=user_docs_t,
+        aux_docs_s=aux_docs_s,
+        aux_docs_t=aux_docs_t,
+        item_docs_s=item_docs_s,
+        item_docs_t=item_docs_t,
+        train_s=pairs(us, is_, rs, selected[us]),
+        train_t=pairs(ut, it, rt, selected[ut]),
+        val=pairs(T.user, T.item, T.rating, val_mask),
+        test=pairs(T.user, T.item, T.rating, test_mask),
+        global_mean_s=glob_s,
+        global_mean_t=glob_t,
+        item_mean_s=item_mean_s,
+        item_mean_t=item_mean_t,
+        user_offset=user_offset,
+        user_source_offset=user_source_offset,
+        num_training_users=n_train,
+    )
+
+
+# --------------------------------------------------------------------------- on-disk format
+
+_DOC_KEYS = ("user_docs_s", "user_docs_t", "aux_docs_s", "aux_docs_t", "item_docs_s",
+             "item_docs_t")
+
+
+def _eta_file(eta: float) -> str:
+    return f"docs_eta_{eta:g}_len{{}}.npz"
+
+
+def _reviews_table(d: DomainReviews) -> pa.Table:
+    tokens = pa.LargeListArray.from_arrays(pa.array(d.offsets, pa.int64()), pa.array(d.tokens))
+    return pa.table(
+        {"user": d.user, "item": d.item, "rating": d.rating, "time": d.time, "tokens": tokens}
+    )
+
+
+def _read_reviews(path: Path, num_items: int) -> DomainReviews:
+    try:
+        t = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(path, f"cannot read parquet: {e}") from None
+    for col in ("user", "item", "rating", "time", "tokens"):
+        if col not in t.column_names:
+            raise DataError(path, f"missing column {col!r}")
+    tok = t.column("tokens").combine_chunks()
+    if isinstance(tok, pa.ListArray):
+        tok = tok.cast(pa.large_list(pa.int32()))
+    offsets = tok.offsets.to_numpy().astype(np.int64)
+    values = tok.values.to_numpy().astype(np.int32)
+    offsets = offsets - offsets[0]
+    return DomainReviews(
+        user=t.column("user").to_numpy().astype(np.int64),
+        item=t.column("item").to_numpy().astype(np.int64),
+        rating=t.column("rating").to_numpy().astype(np.float32),
+        time=t.column("time").to_numpy().astype(np.int64),
+        tokens=values,
+        offsets=offsets,
+        num_items=num_items,
+    )
+
+
+def save_corpus(
+    corpus: CrossDomainCorpus, out: str | Path, etas: tuple[float, ...] = (), doc_len: int = 500,
+    seed: int = 0,
+) -> Path:
+    """Write ``corpus`` (and documents for each η in ``etas``) to ``out`` atomically.
+
+    Everything goes to a temporary directory beside ``out`` that replaces it by rename only
+    once complete, so a failed build leaves any previous dataset untouched.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        meta = dict(corpus.meta)
+        meta.update(num_users=corpus.num_users, num_items_source=corpus.source.num_items,
+                    num_items_target=corpus.target.num_items, vocab_size=len(corpus.vocab),
+                    prebuilt=[], format=1)
+        (tmp / "vocab.txt").write_text("".join(w + "\n" for w in corpus.vocab), encoding="utf-8")
+        names = corpus.user_names or [str(u) for u in range(corpus.num_users)]
+        pq.write_table(pa.table({"name": names, "role": corpus.role,
+                                 "common_rank": corpus.common_rank}), tmp / "users.parquet")
+        for dom, d, nm in (("source", corpus.source, corpus.item_names_source),
+                           ("target", corpus.target, corpus.item_names_target)):
+            nm = nm or [str(i) for i in range(d.num_items)]
+            pq.write_table(pa.table({"name": nm}), tmp / f"items_{dom}.parquet")
+            pq.write_table(_reviews_table(d), tmp / f"reviews_{dom}.parquet")
+        if corpus.word_vectors is not None:
+            np.save(tmp / "word_vectors.npy", corpus.word_vectors)
+        for eta in etas:
+            try:
+                data = prepare_eta(corpus, eta, doc_len, seed)
+            except SplitError as e:
+                meta.setdefault("skipped_etas", {})[f"{eta:g}"] = str(e)
+                continue
+            np.savez_compressed(tmp / _eta_file(eta).format(doc_len),
+                                **{k: getattr(data, k) for k in _DOC_KEYS})
+            meta["prebuilt"].append({"eta": eta, "doc_len": doc_len, "seed": seed})
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.rename(out, old / "d")
+        os.rename(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_corpus(path: str | Path) -> CrossDomainCorpus:
+    """Read a directory written by :func:`save_corpus` (DataError names the file at fault)."""
+    path = Path(path)
+    meta_path = path / "meta.json"
+    if not meta_path.exists():
+        raise DataError(path, "not a CATN dataset directory (no meta.json); build one with "
+                              "`catn-data build`")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(meta_path, f"line {e.lineno}: invalid JSON: {e.msg}") from None
+    vocab = (path / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    users = pq.read_table(path / "users.parquet")
+    names_s = pq.read_table(path / "items_source.parquet").column("name").to_pylist()
+    names_t = pq.read_table(path / "items_target.parquet").column("name").to_pylist()
+    src = _read_reviews(path / "reviews_source.parquet", len(names_s))
+    tgt = _read_reviews(path / "reviews_target.parquet", len(names_t))
+    nu = users.num_rows
+    for fname, d in (("reviews_source.parquet", src), ("reviews_target.parquet", tgt)):
+        if len(d) and (d.user.max() >= nu or d.item.max() >= d.num_items):
+            raise DataError(path / fname, "user or item id out of range of users/items tables")
+        if d.tokens.size and d.tokens.max() > len(vocab):
+            raise DataError(path / fname, f"word id {int(d.tokens.max())} beyond vocab.txt "
+                                          f"({len(vocab)} words)")
+    wv = path / "word_vectors.npy"
+    return CrossDomainCorpus(
+        source=src, target=tgt, num_users=nu, vocab=vocab,
+        role=users.column("role").to_numpy().astype(np.int8),
+        common_rank=users.column("common_rank").to_numpy().astype(np.int64),
+        meta=meta, user_names=users.column("name").to_pylist(),
+        item_names_source=names_s, item_names_target=names_t,
+        word_vectors=np.load(wv) if wv.exists() else None,
+    )
+
+
+def load_eta(
+    corpus: CrossDomainCorpus, path: str | Path | None, eta: float, doc_len: int, seed: int = 0
+) -> EtaData:
+    """The η view, taking the documents from a prebuilt npz when the build made one."""
+    data = prepare_eta(corpus, eta, doc_len, seed) if path is None else None
+    if data is not None:
+        return data
+    f = Path(path) / _eta_file(eta).format(doc_len)
+    prebuilt = any(p.get("eta") == eta and p.get("doc_len") == doc_len and p.get("seed") == seed
+                   for p in corpus.meta.get("prebuilt", []))
+    if not (prebuilt and f.exists()):
+        return prepare_eta(corpus, eta, doc_len, seed)
+    # documents are the expensive part; pairs and priors are cheap to recompute
+    data = prepare_eta(CrossDomainCorpus(
+        source=corpus.source, target=corpus.target, num_users=corpus.num_users,
+        vocab=corpus.vocab, role=corpus.role, common_rank=corpus.common_rank), eta, 1, seed)
+    with np.load(f) as z:
+        for k in _DOC_KEYS:
+            setattr(data, k, z[k])
+    return data

@@ -1,0 +1,168 @@
+"""The CATN model: two domain extractors, auxiliary fusion and the aspect-correlation head.
+
+Shapes: B pairs, L words, M aspects, k latent dims. A batch of one *flow* carries its unique
+user and item documents once and index vectors mapping each pair to them, so a user who
+appears in many pairs of the batch is encoded once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from catn.modules.aspects import AspectExtractor, AuxFusion, loop_aspects
+
+SOURCE, TARGET = 0, 1
+
+
+@dataclass
+class CATNConfig:
+    """Model sizes; defaults are the authors' except where noted in the train CLI."""
+
+    vocab_size: int  # number of word ids, including padding id 0
+    num_users: int
+    num_items_source: int
+    num_items_target: int
+    word_dim: int = 300
+    num_filters: int = 50
+    window: int = 3
+    num_aspects: int = 5
+    latent_dim: int = 32
+    dropout: float = 0.2  # the authors' keep probability 0.8
+    use_aux: bool = True  # ablation "w/o auxiliary reviews" when False
+    use_global_correlation: bool = True  # ablation "w/o S" (plain mean of S_ui) when False
+    leaky_slope: float = 0.2
+
+
+@dataclass
+class FlowBatch:
+    """Pairs of one flow: ``user_domain`` is the domain of the user's document.
+
+    user_docs/aux_docs (Uq, L) int64 word ids of the unique users; item_docs (Iq, L) of the
+    unique items (of the *other* domain); user_index (B,) into Uq; item_index (B,) into Iq;
+    users (B,) global user ids; items (B,) item ids; ratings (B,) float or None.
+    """
+
+    user_domain: int
+    user_docs: torch.Tensor
+    aux_docs: torch.Tensor | None
+    item_docs: torch.Tensor
+    user_index: torch.Tensor
+    item_index: torch.Tensor
+    users: torch.Tensor
+    items: torch.Tensor
+    ratings: torch.Tensor | None = None
+
+    def to(self, device: torch.device) -> FlowBatch:
+        def mv(t):
+            return None if t is None else t.to(device, non_blocking=True)
+        return FlowBatch(self.user_domain, *(mv(getattr(self, f)) for f in (
+            "user_docs", "aux_docs", "item_docs", "user_index", "item_index", "users", "items",
+            "ratings")))
+
+
+def _trunc(shape: tuple[int, ...], std: float) -> nn.Parameter:
+    p = torch.empty(shape)
+    nn.init.trunc_normal_(p, std=std)
+    return nn.Parameter(p)
+
+
+class CATN(nn.Module):
+    """rating(u, i) = mean_{p,q}(S ⊙ S_ui) + b_u + b_i.
+
+    ``S = LeakyReLU(V_s W V_tᵀ)`` (M, M) from the per-aspect attention vectors of the source
+    and target extractors; ``S_ui = A_s W A_tᵀ`` where A_s/A_t are the aspect matrices (M, k)
+    of whichever of the pair's two documents is in the source/target domain.
+
+    Biases: ``b_i`` per domain, initialised to the item's mean visible rating (the domain's
+    global mean for items with none, never 0). ``b_u`` is a fixed buffer set from the user's
+    shrunk mean residual against item means: cold-start users never receive a gradient, so a
+    trained user bias would be fitted for training users and left at its initial value for
+    the users it is evaluated on.
+    """
+
+    def __init__(self, cfg: CATNConfig, item_mean_source: np.ndarray | None = None,
+                 item_mean_target: np.ndarray | None = None,
+                 user_offset: np.ndarray | None = None,
+                 word_vectors: np.ndarray | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.word_dim, padding_idx=0)
+        if word_vectors is not None:
+            if word_vectors.shape != (cfg.vocab_size, cfg.word_dim):
+                raise ValueError(f"word vectors {word_vectors.shape} != "
+                                 f"{(cfg.vocab_size, cfg.word_dim)}")
+            with torch.no_grad():
+                self.embedding.weight.copy_(torch.as_tensor(word_vectors))
+                self.embedding.weight[0].zero_()
+        self.extractors = nn.ModuleList(
+            AspectExtractor(cfg.word_dim, cfg.num_filters, cfg.window, cfg.num_aspects,
+                            cfg.latent_dim, with_aux=cfg.use_aux, dropout=cfg.dropout)
+            for _ in (SOURCE, TARGET))
+        self.fusion = AuxFusion(cfg.latent_dim) if cfg.use_aux else None
+        self.W = _trunc((cfg.latent_dim, cfg.latent_dim), 0.3)
+
+        def init(v, n, fill):
+            return torch.as_tensor(v, dtype=torch.float32) if v is not None else \
+                torch.full((n,), fill)
+        self.item_bias = nn.ParameterList([
+            nn.Parameter(init(item_mean_source, cfg.num_items_source, 3.0).clone()),
+            nn.Parameter(init(item_mean_target, cfg.num_items_target, 3.0).clone())])
+        self.register_buffer("user_bias", init(user_offset, cfg.num_users, 0.0).clone())
+        self.loop_over_aspects = False  # the benchmark's reference path
+
+    def global_correlation(self) -> torch.Tensor:
+        """S (M, M): rows source aspects, columns target aspects."""
+        if not self.cfg.use_global_correlation:
+            return torch.ones(self.cfg.num_aspects, self.cfg.num_aspects,
+                              device=self.W.device)
+        vs, vt = self.extractors[SOURCE].v, self.extractors[TARGET].v
+        return F.leaky_relu(vs @ self.W @ vt.T, self.cfg.leaky_slope)
+
+    def encode(self, docs: torch.Tensor, domain: int, aux: bool = False) -> torch.Tensor:
+        """(N, L) word ids -> aspect matrices (N, M, k) with ``domain``'s extractor."""
+        mask = docs > 0
+        emb = self.embedding(docs)
+        ext = self.extractors[domain]
+        a, _ = loop_aspects(ext, emb, mask, aux) if self.loop_over_aspects else \
+            ext(emb, mask, aux)
+        return a
+
+    def encode_user(self, docs: torch.Tensor, aux_docs: torch.Tensor | None, domain: int
+                    ) -> torch.Tensor:
+        """User aspects (N, M, k), fused with the auxiliary document's when enabled."""
+        a = self.encode(docs, domain)
+        if self.fusion is not None:
+            if aux_docs is None:
+                raise ValueError("model uses auxiliary documents but none were given")
+            a = self.fusion(a, self.encode(aux_docs, domain, aux=True))
+        return a
+
+    def score(self, b: FlowBatch) -> torch.Tensor:
+        """Predicted ratings (B,) for one flow."""
+        ud, idom = b.user_domain, 1 - b.user_domain
+        a_u = self.encode_user(b.user_docs, b.aux_docs, ud)[b.user_index]
+        a_i = self.encode(b.item_docs, idom)[b.item_index]
+        a_s, a_t = (a_u, a_i) if ud == SOURCE else (a_i, a_u)
+        s_ui = a_s @ self.W @ a_t.transpose(1, 2)  # (B, M, M)
+        inter = (self.global_correlation() * s_ui).mean(dim=(1, 2))
+        return inter + self.user_bias[b.users] + self.item_bias[idom][b.items]
+
+    def forward(self, *flows: FlowBatch) -> list[torch.Tensor]:
+        """One prediction vector per flow (a training step passes both flows at once)."""
+        return [self.score(b) for b in flows]
+
+    def l2_penalty(self) -> torch.Tensor:
+        """½ Σ w² over weights (not embeddings, biases or attention vectors), as the authors."""
+        terms = [self.W]
+        for ext in self.extractors:
+            terms += [ext.conv.weight, ext.proj.weight]
+            if ext.aux_conv is not None:
+                terms.append(ext.aux_conv.weight)
+        if self.fusion is not None:
+            terms += [self.fusion.gate.weight, self.fusion.merge.weight]
+        return 0.5 * sum((t * t).sum() for t in terms)

@@ -1,0 +1,339 @@
+"""Data-parallel CATN training and the ``catn-train`` command.
+
+Each step feeds both learning flows at once (user's target document vs source items, and
+user's source document vs target items), mixed in proportion to their sizes, so every
+parameter gets a gradient every step and DistributedDataParallel can all-reduce without
+``find_unused_parameters``. Each rank trains on a disjoint shard of each flow's pairs.
+Validation and test use cold-start users only: their source document vs target items.
+
+Run ``catn-train`` (one process), ``catn-train --nproc 2`` (local ranks, gloo on CPU) or under
+torchrun / TorchX (ranks from the environment; nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from catn.baselines import METHODS, resolve
+from catn.data.dataset import ETAS, CrossDomainCorpus, EtaData, load_corpus, load_eta
+from catn.data.errors import DataError
+from catn.evaluate import evaluate_distributed, format_table, make_flow_batch, write_results
+from catn.modules.model import CATN, SOURCE, TARGET, CATNConfig
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``catn-train``. ``None`` sizes take the data-dependent defaults."""
+
+    data: str | None = None  # dataset dir from `catn-data build`; None = synthetic corpus
+    synthetic_seed: int = 0
+    etas: tuple[float, ...] = ETAS
+    seeds: tuple[int, ...] = (0,)
+    methods: tuple[str, ...] = ("catn", "global_mean", "item_mean", "user_mean_item_bias")
+    epochs: int | None = None
+    patience: int = 4
+    batch_size: int = 256  # global, split across ranks
+    lr: float = 1e-3
+    l2: float = 1e-5
+    doc_len: int | None = None
+    word_dim: int | None = None
+    num_filters: int = 50
+    window: int = 3
+    num_aspects: int = 5
+    latent_dim: int = 32
+    dropout: float = 0.2
+    use_aux: bool = True
+    use_global_correlation: bool = True
+    word_vectors: str | None = None
+    out: str | None = None
+    nproc: int = 1
+    timeout_s: float = 3600.0
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def resolved(self) -> TrainConfig:
+        """Fill the size defaults: small for the synthetic corpus, the authors' otherwise."""
+        c = copy.deepcopy(self)
+        synth = c.data is None
+        c.epochs = c.epochs if c.epochs is not None else (10 if synth else 50)
+        c.doc_len = c.doc_len if c.doc_len is not None else (80 if synth else 500)
+        c.word_dim = c.word_dim if c.word_dim is not None else (32 if synth else 300)
+        return c
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def load_data(cfg: TrainConfig) -> CrossDomainCorpus:
+    if cfg.data is None:
+        from catn.data.synthetic import SyntheticConfig, synthetic_corpus
+
+        return synthetic_corpus(SyntheticConfig(seed=cfg.synthetic_seed))
+    return load_corpus(cfg.data)
+
+
+def _tensors(data: EtaData) -> dict[str, torch.Tensor]:
+    keys = ("user_docs_s", "user_docs_t", "aux_docs_s", "aux_docs_t", "item_docs_s",
+            "item_docs_t")
+    return {k: torch.from_numpy(np.ascontiguousarray(getattr(data, k))) for k in keys}
+
+
+def build_model(cfg: TrainConfig, corpus: CrossDomainCorpus, data: EtaData) -> CATN:
+    wv = corpus.word_vectors
+    if cfg.word_vectors:
+        from catn.data.text import load_word_vectors
+
+        wv = load_word_vectors(cfg.word_vectors, corpus.vocab)
+    word_dim = wv.shape[1] if wv is not None else cfg.word_dim
+    mcfg = CATNConfig(
+        vocab_size=len(corpus.vocab) + 1, num_users=corpus.num_users,
+        num_items_source=corpus.source.num_items, num_items_target=corpus.target.num_items,
+        word_dim=word_dim, num_filters=cfg.num_filters, window=cfg.window,
+        num_aspects=cfg.num_aspects, latent_dim=cfg.latent_dim, dropout=cfg.dropout,
+        use_aux=cfg.use_aux, use_global_correlation=cfg.use_global_correlation)
+    return CATN(mcfg, data.item_mean_s, data.item_mean_t, data.user_offset, wv)
+
+
+def _epoch_plan(n_s: int, n_t: int, batch_size: int, world: int) -> tuple[int, int, int]:
+    """(steps, per-rank pairs of flow s, of flow t) per step; both flows >= 1 when present."""
+    local = max(2, batch_size // world)
+    steps = max(1, math.ceil((n_s + n_t) / (local * world)))
+    bs_s = min(local - 1, max(1, round(local * n_s / (n_s + n_t))))
+    return steps, bs_s, local - bs_s
+
+
+def train_catn(cfg: TrainConfig, corpus: CrossDomainCorpus, data: EtaData, seed: int,
+               log=print) -> tuple[CATN, dict]:
+    """Train on this rank's shard (DDP when a process group exists); returns the best model
+    (by validation MSE) and its history. Must be called by every rank."""
+    rank, world = _rank_world()
+    device = torch.device("cpu")
+    torch.manual_seed(seed)
+    model = build_model(cfg, corpus, data).to(device)
+    ddp = DistributedDataParallel(model, broadcast_buffers=False) if world > 1 else model
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    tensors = _tensors(data)
+    us, is_, rs = (torch.from_numpy(a) for a in data.train_s)
+    ut, it, rt = (torch.from_numpy(a) for a in data.train_t)
+    if len(us) == 0 or len(ut) == 0:
+        raise DataError(cfg.data, f"eta={data.eta}: training users have no ratings in "
+                                  f"{'the source' if len(us) == 0 else 'the target'} domain")
+    steps, bs_s, bs_t = _epoch_plan(len(us), len(ut), cfg.batch_size, world)
+    best = (math.inf, None, -1)
+    history = []
+    show = cfg.progress and rank == 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        # the same permutation on every rank; rank r takes every world-th pair: disjoint shards
+        sh_s = torch.randperm(len(us), generator=g)[rank::world]
+        sh_t = torch.randperm(len(ut), generator=g)[rank::world]
+        t0 = time.perf_counter()
+        total, count = 0.0, 0
+        bar = range(steps)
+        if show:
+            from tqdm import tqdm
+
+            bar = tqdm(bar, desc=f"eta={data.eta:g} seed={seed} epoch {epoch + 1}",
+                       leave=False, file=sys.stderr, dynamic_ncols=True)
+        for step in bar:
+            ks = sh_s[(step * bs_s + torch.arange(bs_s)) % len(sh_s)]
+            kt = sh_t[(step * bs_t + torch.arange(bs_t)) % len(sh_t)]
+            # flow s: user's target document vs source items; flow t: source doc vs target
+            fs = make_flow_batch(data, tensors, TARGET, us[ks], is_[ks], rs[ks], cfg.use_aux)
+            ft = make_flow_batch(data, tensors, SOURCE, ut[kt], it[kt], rt[kt], cfg.use_aux)
+            ps, pt = ddp(fs, ft)
+            sq = torch.cat([(ps - fs.ratings) ** 2, (pt - ft.ratings) ** 2])
+            loss = sq.mean() + cfg.l2 * model.l2_penalty()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(sq.detach().sum())
+            count += len(sq)
+        val = evaluate_distributed(model, data, tensors, data.val)
+        history.append({"epoch": epoch + 1, "train_mse": total / max(count, 1),
+                        "val_mse": val["mse"], "val_mae": val["mae"],
+                        "seconds": time.perf_counter() - t0})
+        improved = val["mse"] < best[0]
+        if improved:
+            best = (val["mse"], copy.deepcopy(model.state_dict()), epoch + 1)
+        if rank == 0:
+            log(f"  eta={data.eta:g} seed={seed} epoch {epoch + 1:>2}: train MSE "
+                f"{total / max(count, 1):.4f}  val MSE {val['mse']:.4f}  MAE {val['mae']:.4f}"
+                f"  ({history[-1]['seconds']:.1f}s){'  *' if improved else ''}")
+        # every rank sees the same all-reduced val MSE, so all stop at the same epoch
+        if epoch + 1 - best[2] >= cfg.patience:
+            break
+    model.load_state_dict(best[1])
+    return model, {"history": history, "best_epoch": best[2], "best_val_mse": best[0]}
+
+
+def run(cfg: TrainConfig) -> dict | None:
+    """Every rank runs this; rank 0 returns the results dict (other ranks None)."""
+    cfg = cfg.resolved()
+    rank, world = _rank_world()
+    log = print if rank == 0 else (lambda *a, **k: None)
+    methods = resolve(list(cfg.methods))
+    corpus = load_data(cfg)
+    scenario = corpus.meta.get("scenario", "unknown")
+    results: dict = {"scenario": scenario, "world_size": world, "seeds": list(cfg.seeds),
+                     "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+                     "eta": {}, "training": {}}
+    log(f"CATN on {scenario}: {corpus.num_users} users, items {corpus.source.num_items} "
+        f"source / {corpus.target.num_items} target, {len(corpus.vocab)} words, "
+        f"{corpus.num_common} common overlapping users; {world} rank(s)")
+    for eta in cfg.etas:
+        key = f"{eta:g}" if eta != 1 else "1.0"
+        row: dict = {}
+        runs = []
+        for seed in cfg.seeds:
+            data = load_eta(corpus, cfg.data, eta, cfg.doc_len, seed=seed)
+            if seed == cfg.seeds[0]:
+                log(f"eta={eta:g}: {data.num_training_users} training users, pairs "
+                    f"{len(data.train_s[0])} (target doc -> source item) + "
+                    f"{len(data.train_t[0])} (source doc -> target item); val "
+                    f"{len(data.val[0])}, test {len(data.test[0])} cold-start pairs")
+                for m in methods:
+                    if m.predict is not None:
+                        u, i, r = data.test
+                        from catn.evaluate import mse_mae
+
+                        row[m.name] = mse_mae(m.predict(data, u, i), r)
+            if any(m.name == "catn" for m in methods):
+                model, info = train_catn(cfg, corpus, data, seed, log)
+                test = evaluate_distributed(model, data, _tensors(data), data.test)
+                info.update(test)
+                runs.append(info)
+                log(f"  eta={eta:g} seed={seed}: best epoch {info['best_epoch']}, "
+                    f"test MSE {test['mse']:.4f} MAE {test['mae']:.4f}")
+        if runs:
+            row["catn"] = {
+                "mse": float(np.mean([r["mse"] for r in runs])),
+                "mae": float(np.mean([r["mae"] for r in runs])),
+                "mse_per_seed": [r["mse"] for r in runs]}
+            results["training"][key] = runs
+        # rows in the order the user listed them
+        results["eta"][key] = {m.name: row[m.name] for m in methods if m.name in row}
+    return results if rank == 0 else None
+
+
+def _rank_main(cfg: TrainConfig) -> dict | None:
+    """Entry point of each local rank (module level: spawn pickles it)."""
+    return run(cfg)
+
+
+def finish(cfg: TrainConfig, results: dict, wall_s: float) -> None:
+    cfg = cfg.resolved()
+    results["wall_seconds"] = wall_s
+    labels = {name: m.label for name, m in METHODS.items()}
+    print()
+    print(format_table(results, "mse", labels))
+    print()
+    print(format_table(results, "mae", labels))
+    out = cfg.out or os.path.join("runs", "catn-" + "".join(
+        ch if ch.isalnum() or ch in "-_." else "_" for ch in results["scenario"]))
+    path = write_results(results, out)
+    print(f"\nwall time {wall_s:.1f}s; results written to {path}")
+
+
+def _floats(s: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in s.split(",") if x.strip())
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    p = argparse.ArgumentParser(prog="catn-train", description=__doc__.split("\n")[0])
+    p.add_argument("--data", help="dataset directory from `catn-data build` "
+                                  "(default: the built-in synthetic corpus)")
+    p.add_argument("--synthetic-seed", type=int, default=0)
+    p.add_argument("--eta", "--etas", dest="etas", default=",".join(f"{e:g}" for e in ETAS),
+                   help="comma-separated shares of overlapping users used for training")
+    p.add_argument("--seeds", default="0", help="comma-separated training seeds (averaged)")
+    p.add_argument("--methods", default="catn,global_mean,item_mean,user_mean_item_bias",
+                   help=f"comma-separated table rows; known: {','.join(sorted(METHODS))}")
+    p.add_argument("--epochs", type=int, help="max epochs (default 10 synthetic, 50 data)")
+    p.add_argument("--patience", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--l2", type=float, default=1e-5)
+    p.add_argument("--doc-len", type=int, help="words per document (default 80 synthetic, 500)")
+    p.add_argument("--word-dim", type=int, help="word vector size (default 32 synthetic, 300)")
+    p.add_argument("--word-vectors", help="word2vec/GloVe text file for the vocabulary")
+    p.add_argument("--num-filters", type=int, default=50)
+    p.add_argument("--window", type=int, default=3)
+    p.add_argument("--aspects", type=int, default=5)
+    p.add_argument("--latent-dim", type=int, default=32)
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--no-aux", action="store_true", help="ablation: no auxiliary reviews")
+    p.add_argument("--no-global-correlation", action="store_true",
+                   help="ablation: no global aspect correlation S")
+    p.add_argument("--nproc", type=int, default=1, help="local data-parallel ranks")
+    p.add_argument("--out", help="output directory for results.json")
+    p.add_argument("--timeout", type=float, default=3600.0)
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        seeds = tuple(int(x) for x in a.seeds.split(",") if x.strip())
+        etas = _floats(a.etas)
+    except ValueError as e:
+        p.error(str(e))
+    return TrainConfig(
+        data=a.data, synthetic_seed=a.synthetic_seed, etas=etas, seeds=seeds,
+        methods=tuple(m.strip() for m in a.methods.split(",") if m.strip()),
+        epochs=a.epochs, patience=a.patience, batch_size=a.batch_size, lr=a.lr, l2=a.l2,
+        doc_len=a.doc_len, word_dim=a.word_dim, num_filters=a.num_filters, window=a.window,
+        num_aspects=a.aspects, latent_dim=a.latent_dim, dropout=a.dropout,
+        use_aux=not a.no_aux, use_global_correlation=not a.no_global_correlation,
+        word_vectors=a.word_vectors, out=a.out, nproc=a.nproc, timeout_s=a.timeout,
+        progress=not a.no_progress)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    from sml_torchrec.distributed.process_group import (
+        RankFailed,
+        init_process_group,
+        launched_by_torchrun,
+        run_local,
+    )
+
+    t0 = time.perf_counter()
+    try:
+        resolve(list(cfg.methods))
+        if launched_by_torchrun():
+            init_process_group()
+            results = run(cfg)
+            if dist.get_rank() == 0:
+                finish(cfg, results, time.perf_counter() - t0)
+            dist.destroy_process_group()
+            return 0
+        if cfg.nproc > 1:
+            results = run_local(_rank_main, cfg.nproc, (cfg,), timeout_s=cfg.timeout_s)[0]
+        else:
+            results = run(cfg)
+    except (DataError, ValueError) as e:
+        print(f"catn-train: error: {e}", file=sys.stderr)
+        return 2
+    except RankFailed as e:
+        print(f"catn-train: a rank failed: {e}", file=sys.stderr)
+        return 1
+    finish(cfg, results, time.perf_counter() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
