@@ -41,10 +41,10 @@ class SyntheticConfig:
     aspects: int = 5
     reviews_per_user: float = 8.0  # per domain, 2 + Poisson(mean - 2)
     concentration: float = 0.4
-    user_offset_sd: float = 0.45
+    user_offset_sd: float = 0.5
     item_bias_sd: float = 0.4
-    interaction: float = 1.6
-    noise_sd: float = 0.35
+    interaction: float = 0.8
+    noise_sd: float = 0.3
     base: float = 3.6
     aspect_words: int = 8
     polarity_words: int = 6

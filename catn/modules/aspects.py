@@ -27,7 +27,8 @@ class AspectExtractor(nn.Module):
     """
 
     def __init__(self, word_dim: int, num_filters: int, window: int, num_aspects: int,
-                 latent_dim: int, with_aux: bool = True, dropout: float = 0.2) -> None:
+                 latent_dim: int, with_aux: bool = True, dropout: float = 0.2,
+                 v_std: float = 0.3) -> None:
         super().__init__()
         if window % 2 != 1:
             raise ValueError(f"window must be odd to keep the length, got {window}")
@@ -36,7 +37,7 @@ class AspectExtractor(nn.Module):
         self.aux_conv = (nn.Conv1d(num_filters, num_filters, window, padding=window // 2)
                          if with_aux else None)
         self.proj = nn.Linear(num_filters, 2 * num_aspects * latent_dim)
-        self.v = nn.Parameter(torch.randn(num_aspects, latent_dim) * 0.1)
+        self.v = nn.Parameter(torch.randn(num_aspects, latent_dim) * v_std)
         self.dropout = nn.Dropout(dropout)
         nn.init.trunc_normal_(self.conv.weight, std=0.1)
         nn.init.constant_(self.conv.bias, 0.1)
