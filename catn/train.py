@@ -19,7 +19,6 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,8 +43,8 @@ class TrainConfig:
     methods: tuple[str, ...] = ("catn", "global_mean", "item_mean", "user_mean_item_bias")
     epochs: int | None = None
     patience: int = 4
-    batch_size: int = 256  # global, split across ranks
-    lr: float = 1e-3
+    batch_size: int | None = None  # global, split across ranks (default 64 synthetic, 256)
+    lr: float | None = None  # default 3e-3 synthetic (few steps per epoch), 1e-3 (authors)
     l2: float = 1e-5
     doc_len: int | None = None
     word_dim: int | None = None
@@ -61,7 +60,7 @@ class TrainConfig:
     nproc: int = 1
     timeout_s: float = 3600.0
     progress: bool = True
-    extra: dict = field(default_factory=dict)
+    synthetic: dict = field(default_factory=dict)  # SyntheticConfig overrides (tests, smoke)
 
     def resolved(self) -> TrainConfig:
         """Fill the size defaults: small for the synthetic corpus, the authors' otherwise."""
@@ -70,6 +69,8 @@ class TrainConfig:
         c.epochs = c.epochs if c.epochs is not None else (10 if synth else 50)
         c.doc_len = c.doc_len if c.doc_len is not None else (80 if synth else 500)
         c.word_dim = c.word_dim if c.word_dim is not None else (32 if synth else 300)
+        c.batch_size = c.batch_size if c.batch_size is not None else (64 if synth else 256)
+        c.lr = c.lr if c.lr is not None else (3e-3 if synth else 1e-3)
         return c
 
 
@@ -83,7 +84,8 @@ def load_data(cfg: TrainConfig) -> CrossDomainCorpus:
     if cfg.data is None:
         from catn.data.synthetic import SyntheticConfig, synthetic_corpus
 
-        return synthetic_corpus(SyntheticConfig(seed=cfg.synthetic_seed))
+        return synthetic_corpus(SyntheticConfig(**{"seed": cfg.synthetic_seed,
+                                                   **cfg.synthetic}))
     return load_corpus(cfg.data)
 
 
@@ -192,7 +194,7 @@ def run(cfg: TrainConfig) -> dict | None:
     corpus = load_data(cfg)
     scenario = corpus.meta.get("scenario", "unknown")
     results: dict = {"scenario": scenario, "world_size": world, "seeds": list(cfg.seeds),
-                     "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+                     "config": {k: v for k, v in asdict(cfg).items()},
                      "eta": {}, "training": {}}
     log(f"CATN on {scenario}: {corpus.num_users} users, items {corpus.source.num_items} "
         f"source / {corpus.target.num_items} target, {len(corpus.vocab)} words, "
@@ -267,8 +269,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    help=f"comma-separated table rows; known: {','.join(sorted(METHODS))}")
     p.add_argument("--epochs", type=int, help="max epochs (default 10 synthetic, 50 data)")
     p.add_argument("--patience", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, help="global batch (default 64 synthetic, 256)")
+    p.add_argument("--lr", type=float, help="Adam lr (default 3e-3 synthetic, 1e-3)")
     p.add_argument("--l2", type=float, default=1e-5)
     p.add_argument("--doc-len", type=int, help="words per document (default 80 synthetic, 500)")
     p.add_argument("--word-dim", type=int, help="word vector size (default 32 synthetic, 300)")

@@ -69,7 +69,9 @@ def _rating(path: Path, lineno: int, value: object) -> float:
     try:
         r = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise DataError(path, f"line {lineno}: field 'overall' is not a number: {value!r}") from None
+        raise DataError(
+            path, f"line {lineno}: field 'overall' is not a number: {value!r}"
+        ) from None
     if not np.isfinite(r):
         raise DataError(path, f"line {lineno}: field 'overall' is not finite: {value!r}")
     return r

@@ -21,7 +21,8 @@ from catn.data.reader import iter_reviews, scan_ratings
 from catn.data.synthetic import SyntheticConfig, synthetic_corpus
 
 ROWS = [
-    {"reviewerID": "A1", "asin": "X", "overall": 5.0, "reviewText": "great pump", "unixReviewTime": 3},
+    {"reviewerID": "A1", "asin": "X", "overall": 5.0, "reviewText": "great pump",
+     "unixReviewTime": 3},
     {"reviewerID": "A2", "asin": "X", "overall": 4.0, "reviewText": "ok pump"},
     {"reviewerID": "A1", "asin": "Y", "overall": 1.0, "reviewText": "bad", "unixReviewTime": 1},
 ]
@@ -201,7 +202,8 @@ def test_filters_report_and_suggest(tmp_path):
         build_from_files(s, t, BuildConfig(), log=lambda *_: None)
     msg = str(e.value)
     assert "leave 0 overlapping users" in msg
-    assert re.search(r"after_item_filter [1-9]\d* reviews", msg) and "after_user_filter 0 reviews" in msg
+    assert re.search(r"after_item_filter [1-9]\d* reviews", msg)
+    assert "after_user_filter 0 reviews" in msg
     assert re.search(r"Suggestion: --min-item-reviews \d+ --min-user-reviews \d+ keeps \d+", msg)
 
 

@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+import torch
+
+from catn.modules.aspects import AspectExtractor, AuxFusion, loop_aspects
+from catn.modules.model import CATN, SOURCE, TARGET, CATNConfig, FlowBatch
+
+V, L = 50, 12
+
+
+def _cfg(**kw):
+    return CATNConfig(vocab_size=V, num_users=7, num_items_source=4, num_items_target=5,
+                      word_dim=8, num_filters=6, num_aspects=3, latent_dim=4, **kw)
+
+
+def _batch(user_domain, B=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    docs = torch.randint(1, V, (3, L), generator=g)
+    docs[1, 6:] = 0  # padding
+    aux = torch.randint(1, V, (3, L), generator=g)
+    aux[2] = 0  # a user without auxiliary reviews
+    n_items = 4 if user_domain == TARGET else 5
+    return FlowBatch(user_domain, docs, aux, torch.randint(0, V, (2, L), generator=g),
+                     torch.randint(0, 3, (B,), generator=g), torch.randint(0, 2, (B,), generator=g),
+                     torch.randint(0, 7, (B,), generator=g),
+                     torch.randint(0, n_items, (B,), generator=g), torch.rand(B, generator=g) * 5)
+
+
+def test_extractor_shapes_masking_and_loop_equivalence():
+    torch.manual_seed(0)
+    ext = AspectExtractor(8, 6, 3, 3, 4).eval()
+    emb = torch.randn(4, L, 8)
+    mask = torch.ones(4, L, dtype=torch.bool)
+    mask[1, 5:] = False
+    mask[3] = False
+    a, beta = ext(emb, mask)
+    assert a.shape == (4, 3, 4) and beta.shape == (4, 3, L)
+    assert torch.allclose(beta[:3].sum(-1), torch.ones(3, 3))
+    assert (beta[1, :, 5:] == 0).all()  # padded words get no attention
+    assert (a[3] == 0).all() and torch.isfinite(a).all()  # empty document: no aspects
+    # changing padded words' vectors changes nothing
+    emb2 = emb.clone()
+    emb2[1, 7:] += 5  # away from the conv window of the last real word
+    assert torch.allclose(ext(emb2, mask)[0][1], a[1], atol=1e-6)
+    a_loop, beta_loop = loop_aspects(ext, emb, mask)
+    assert torch.allclose(a, a_loop, atol=1e-5) and torch.allclose(beta, beta_loop, atol=1e-6)
+    for aux in (True,):
+        assert torch.allclose(ext(emb, mask, aux)[0], loop_aspects(ext, emb, mask, aux)[0],
+                              atol=1e-5)
+
+
+def test_fusion_shapes():
+    f = AuxFusion(4)
+    out = f(torch.randn(2, 3, 4), torch.randn(2, 3, 4))
+    assert out.shape == (2, 3, 4) and (out.abs() <= 1).all()
+
+
+def test_model_prediction_formula():
+    torch.manual_seed(1)
+    m = CATN(_cfg(), np.full(4, 3.5, np.float32), np.full(5, 4.0, np.float32),
+             np.linspace(-0.3, 0.3, 7).astype(np.float32)).eval()
+    b = _batch(SOURCE)
+    pred = m.score(b)
+    assert pred.shape == (5,)
+    a_u = m.encode_user(b.user_docs, b.aux_docs, SOURCE)[b.user_index]
+    a_i = m.encode(b.item_docs, TARGET)[b.item_index]
+    S = torch.nn.functional.leaky_relu(m.extractors[0].v @ m.W @ m.extractors[1].v.T, 0.2)
+    want = (S * (a_u @ m.W @ a_i.transpose(1, 2))).mean((1, 2)) + m.user_bias[b.users] + 4.0
+    assert torch.allclose(pred, want, atol=1e-6)
+    # an unseen target item's bias is its prior, never 0
+    assert torch.allclose(m.item_bias[1].detach(), torch.full((5,), 4.0))
+
+
+@pytest.mark.parametrize("flags", [{}, {"use_aux": False}, {"use_global_correlation": False}])
+def test_gradients_reach_every_branch(flags):
+    torch.manual_seed(2)
+    m = CATN(_cfg(**flags))
+    fs, ft = _batch(TARGET, seed=1), _batch(SOURCE, seed=2)
+    ps, pt = m(fs, ft)
+    loss = ((ps - fs.ratings) ** 2).mean() + ((pt - ft.ratings) ** 2).mean() + m.l2_penalty()
+    loss.backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    if not flags.get("use_aux", True):
+        assert m.fusion is None and m.extractors[0].aux_conv is None
+    assert m.user_bias.requires_grad is False
+
+
+def test_gradcheck_each_branch():
+    torch.manual_seed(3)
+    m = CATN(_cfg(dropout=0.0)).double().eval()
+    b = _batch(SOURCE, B=3)
+    emb_u = m.embedding(b.user_docs).detach().requires_grad_(True)
+    mask = b.user_docs > 0
+    ext = m.extractors[SOURCE]
+    assert torch.autograd.gradcheck(lambda e: ext(e, mask)[0], (emb_u,))
+    assert torch.autograd.gradcheck(lambda e: ext(e, mask, aux=True)[0], (emb_u,))
+    x = torch.randn(2, 3, 4, dtype=torch.double, requires_grad=True)
+    y = torch.randn(2, 3, 4, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(m.fusion, (x, y))
+    W = m.W.detach().clone().requires_grad_(True)
+
+    def head(w):
+        m.W.data.copy_(w.detach())
+        return (m.global_correlation() * 0 + torch.nn.functional.leaky_relu(
+            ext.v @ w @ m.extractors[TARGET].v.T, 0.2)).sum()
+    assert torch.autograd.gradcheck(head, (W,))
