@@ -205,8 +205,19 @@ def pylist_to_array(
     Converting the whole chunk at once is the fast path; the per-value scan runs only on failure.
     """
     try:
-        arr = pa.array(values, type=type_)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        if type_ == pa.int64():
+            # pa.array(..., type=int64) silently truncates 1.5 to 1: let arrow infer (int64, or
+            # double when floats are present) and accept only whole numbers.
+            arr = pa.array(values)
+            if pa.types.is_floating(arr.type) and not pc.all(pc.equal(arr, pc.floor(arr))).as_py():
+                raise pa.ArrowInvalid("fraction")
+            if not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)):
+                if not pa.types.is_null(arr.type):
+                    raise pa.ArrowInvalid(f"type {arr.type}")
+            arr = arr.cast(pa.int64())
+        else:
+            arr = pa.array(values, type=type_)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
         k = next((k for k, v in enumerate(values) if not _json_fits(v, type_)), 0)
         expected = {pa.string(): "a string", pa.int64(): "an integer"}.get(type_, "a number")
         raise DataError(
@@ -224,7 +235,9 @@ def _json_fits(v: Any, type_: pa.DataType) -> bool:
         return isinstance(v, str)
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return False
-    return type_ != pa.int64() or isinstance(v, int) or v.is_integer()
+    if type_ != pa.int64():
+        return True
+    return (isinstance(v, int) or v.is_integer()) and -(2**63) <= v < 2**63
 
 
 # ---------------------------------------------------------------------------------- streaming input

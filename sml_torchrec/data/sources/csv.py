@@ -90,7 +90,13 @@ def read(
             f"source 'csv': with header=False give columns as 0-based positions, got {cols}"
         )
     ids = ID_TYPES[id_type or "string"]
-    return Batches(lambda stats: _csv(path, cols, delimiter, header, ids, chunk_rows))
+    # Columns are resolved now, so a wrong column name fails at the call, not mid-pipeline.
+    try:
+        names = csv_names(path, delimiter, header)
+    except (pa.ArrowInvalid, OSError, EOFError) as e:
+        raise DataError(path, f"cannot parse as CSV: {e}") from None
+    resolved = _resolve(path, cols, names, "CSV header" if header else "CSV file")
+    return Batches(lambda stats: _csv(path, resolved, delimiter, header, ids, chunk_rows))
 
 
 def _resolve(path: str | Path, cols: list[str | int], names: list[str], what: str) -> list[str]:
@@ -118,17 +124,13 @@ def _resolve(path: str | Path, cols: list[str | int], names: list[str], what: st
 
 def _csv(
     path: str | Path,
-    cols: list[str | int],
+    cols: list[str],
     delimiter: str,
     header: bool,
     ids: pa.DataType,
     chunk_rows: int,
 ) -> Iterator[pa.RecordBatch]:
-    try:
-        names = csv_names(path, delimiter, header)
-    except (pa.ArrowInvalid, OSError, EOFError) as e:
-        raise DataError(path, f"cannot parse as CSV: {e}") from None
-    user, item, ts = _resolve(path, cols, names, "CSV header" if header else "CSV file")
+    user, item, ts = cols
     schema = output_schema(ids)
     for batch, start in csv_text_batches(path, [user, item, ts], delimiter, header, chunk_rows):
         where = row_locator(start)
