@@ -136,6 +136,5 @@ def _read(
             stats["filtered"] += batch.num_rows - out.num_rows
         if out.num_rows:
             yield out
-    log.info(
-        "%s: read %s ratings, dropped %s below min_rating", path, stats["rows"], stats["filtered"]
-    )
+    dropped = f", dropped {stats['filtered']} below min_rating" if min_rating is not None else ""
+    log.info("%s: read %s ratings%s", path, stats["rows"], dropped)

@@ -81,9 +81,8 @@ def _read(
             users, items, dates, stars, lines = [], [], [], [], []
     if lines:
         yield from _batch(path, users, items, dates, stars, lines, min_stars, stats)
-    log.info(
-        "%s: read %s reviews, dropped %s below min_stars", path, stats["rows"], stats["filtered"]
-    )
+    dropped = f", dropped {stats['filtered']} below min_stars" if min_stars is not None else ""
+    log.info("%s: read %s reviews%s", path, stats["rows"], dropped)
 
 
 def _batch(
