@@ -1,0 +1,118 @@
+"""Sharding plans for the MF and transfer-wrapped tables, and wrapping a model in DMP.
+
+* Row-wise sharding on CPU: TorchRec's stock EBC sharder offers ROW_WISE only for CUDA/MTIA,
+  although the row-wise kernels and gloo collectives work on CPU; :class:`EBCSharder` adds it.
+* Co-location: the planner may place same-shaped tables of two modules on different ranks, so
+  the plan of Ŵ_t's module is copied onto W_{t-1}'s module: both then have identical sharding
+  types and row/column ranges and the transfer needs no communication.
+* Every table the model declares must be in the plan (TorchRec has shipped planners that
+  silently dropped tables), checked before the model is built.
+* Dense parameters (Θ) are wrapped in DDP with ``static_graph=False``: SML alternates which
+  parameters receive gradients, and a static graph silently stops all-reducing Θ.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.model_parallel import (
+    DefaultDataParallelWrapper,
+    DistributedModelParallel,
+)
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.types import ParameterConstraints
+from torchrec.distributed.types import ShardingPlan, ShardingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+SHARDING_TYPES = {
+    "table_wise": ShardingType.TABLE_WISE.value,
+    "column_wise": ShardingType.COLUMN_WISE.value,
+    "row_wise": ShardingType.ROW_WISE.value,
+}
+
+
+class EBCSharder(EmbeddingBagCollectionSharder):
+    """The stock EBC sharder, plus row-wise sharding on CPU (gloo)."""
+
+    def sharding_types(self, compute_device_type: str) -> list[str]:
+        types = super().sharding_types(compute_device_type)
+        if compute_device_type == "cpu":
+            types += [t for t in (ShardingType.ROW_WISE.value,) if t not in types]
+        return types
+
+
+def ebc_paths(model: nn.Module) -> dict[str, EmbeddingBagCollection]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, EmbeddingBagCollection)}
+
+
+def plan_sharding(
+    model: nn.Module,
+    sharding: str,
+    world_size: int,
+    device: torch.device,
+    colocate: dict[str, str] | None = None,
+    process_group: dist.ProcessGroup | None = None,
+) -> ShardingPlan:
+    """Plan every EBC table of ``model`` with one sharding type and the FUSED kernel.
+
+    ``colocate`` maps a module path to the path whose plan it must copy (W_{t-1} -> Ŵ_t).
+    """
+    if sharding not in SHARDING_TYPES:
+        raise ValueError(f"sharding must be one of {sorted(SHARDING_TYPES)}, got {sharding!r}")
+    colocate = colocate or {}
+    ebcs = ebc_paths(model)
+    constraints = {}
+    for ebc in ebcs.values():
+        for cfg in ebc.embedding_bag_configs():
+            c = ParameterConstraints(
+                sharding_types=[SHARDING_TYPES[sharding]],
+                compute_kernels=[EmbeddingComputeKernel.FUSED.value],
+            )
+            if sharding == "column_wise":
+                # Ask for one column block per rank (the planner would otherwise keep whole
+                # small tables on one rank, which is table-wise in disguise).
+                c.min_partition = max(4, cfg.embedding_dim // world_size)
+            constraints[cfg.name] = c
+    planner = EmbeddingShardingPlanner(
+        topology=Topology(world_size=world_size, compute_device=device.type),
+        constraints=constraints,
+    )
+    sharders = [EBCSharder()]
+    if process_group is not None or (dist.is_initialized() and world_size > 1):
+        plan = planner.collective_plan(model, sharders, process_group or dist.group.WORLD)
+    else:
+        plan = planner.plan(model, sharders)
+    for dst, src in colocate.items():
+        plan.plan[dst] = copy.deepcopy(plan.plan[src])
+    check_plan(model, plan)
+    return plan
+
+
+def check_plan(model: nn.Module, plan: ShardingPlan) -> None:
+    """Raise if any table of any EBC in ``model`` is missing from ``plan``."""
+    for path, ebc in ebc_paths(model).items():
+        planned = plan.plan.get(path, {})
+        for cfg in ebc.embedding_bag_configs():
+            if cfg.name not in planned:
+                raise RuntimeError(
+                    f"sharding plan has no entry for table {cfg.name!r} of module {path!r} "
+                    f"(planned: {sorted(planned)})"
+                )
+
+
+def shard_model(
+    model: nn.Module, plan: ShardingPlan, device: torch.device
+) -> DistributedModelParallel:
+    """Wrap ``model`` in DMP with ``plan``; dense parameters get DDP with a dynamic graph."""
+    return DistributedModelParallel(
+        module=model,
+        device=device,
+        plan=plan,
+        sharders=[EBCSharder()],
+        data_parallel_wrapper=DefaultDataParallelWrapper(static_graph=False),
+    )
