@@ -105,3 +105,63 @@ def test_sml_steps_on_two_ranks(sharding):
         assert [s[0][1] for s in shards] == [0, D // 2]
     if sharding == "table_wise":
         assert sorted(len(s) for s in shards) == [0, 1]
+
+
+def _frozen_table_with_gradient_changes():
+    """The pitfall the no_grad lookup guards against, reproduced: gradient reaching W_{t-1}."""
+    from sml_torchrec.retrain.model import RetrainModel
+
+    torch.manual_seed(0)
+    model = RetrainModel(NU, NI, _cfg("row_wise"), transfer=True)
+    before, _ = _snapshot(model)
+    emb = model.embedding
+    lookup, _ = emb._dedup(next(iter(_batches(model))).features)
+    emb.prev(lookup).values().sum().backward()  # no optimizer was ever attached to prev
+    after, _ = _snapshot(model)
+    return float((after["prev.item"] - before["prev.item"]).abs().max())
+
+
+def _batches(model):
+    from sml_torchrec.data.batching import iterate_batches
+
+    d = _data(0)
+    return iterate_batches(d.user_id, d.item_id, d.item_id, 8, rank=dist.get_rank(),
+                           world_size=dist.get_world_size())
+
+
+def test_frozen_table_check_has_teeth():
+    # If the W_{t-1} lookup ever loses its no_grad, FBGEMM's default fused SGD moves the table,
+    # and the exact-zero assertions above fail.
+    assert all(change > 0 for change in run_local(_frozen_table_with_gradient_changes, 2,
+                                                   timeout_s=120))
+
+
+def _static_graph_steps():
+    from torchrec.distributed.model_parallel import (
+        DefaultDataParallelWrapper,
+        DistributedModelParallel,
+    )
+
+    import sml_torchrec.retrain.model as M
+    from sml_torchrec.distributed.sharding import EBCSharder
+
+    def static_shard_model(model, plan, device):
+        return DistributedModelParallel(
+            module=model, device=device, plan=plan, sharders=[EBCSharder()],
+            data_parallel_wrapper=DefaultDataParallelWrapper(static_graph=True))
+
+    M.shard_model = static_shard_model
+    return _steps("row_wise")
+
+
+def test_static_graph_ddp_does_not_pass_silently():
+    # DMP's default (static_graph=True) with alternating steps must not go unnoticed.
+    from sml_torchrec.distributed.process_group import RankFailed
+
+    try:
+        reports = run_local(_static_graph_steps, 2, timeout_s=120)
+    except RankFailed:
+        return  # failed loudly: fine
+    assert any(r["theta_rank_diff"] > 0 for r in reports) or any(
+        r["step2_theta"] == 0 for r in reports
+    ), "static-graph DDP ran and kept Θ in sync: the test can no longer tell the difference"
