@@ -1,0 +1,3 @@
+from sml_torchrec.cli import main
+
+main()

@@ -1,0 +1,205 @@
+"""A sharded MF model, plain or transfer-wrapped, with its optimisers and train/eval steps.
+
+This is where the module (``sml_torchrec.modules``) meets its sharding
+(``sml_torchrec.distributed``): the tables live in DMP-sharded EBCs with FBGEMM's fused
+optimizer applied in backward; the transfer nets Θ are dense, DDP-replicated, and stepped by a
+separate Adam. Works on one process without any process group too.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.optim import RowWiseAdagrad
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from sml_torchrec.data.batching import FEATURES, iterate_batches
+from sml_torchrec.data.period_dataset import Interactions
+from sml_torchrec.data.sampling import sample_negatives
+from sml_torchrec.distributed.shard_ops import (
+    gather_full,
+    load_full,
+    row_block,
+    table_tensor,
+    transfer_in_place,
+)
+from sml_torchrec.distributed.sharding import plan_sharding, shard_model
+from sml_torchrec.modules.mf import ITEM_TABLE, USER_TABLE, MatrixFactorization, log_loss, mf_tables
+from sml_torchrec.modules.transfer import TransferConfig
+from sml_torchrec.modules.transfer_embedding import TransferEmbeddingBagCollection
+from sml_torchrec.retrain.config import RetrainConfig
+
+TABLES = (USER_TABLE, ITEM_TABLE)
+
+
+def world() -> tuple[int, int]:
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _max_over_ranks(x: int) -> int:
+    t = torch.tensor([x])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+class RetrainModel:
+    """MF over sharded tables; ``transfer=True`` makes it SML's f_Θ(W_{t-1}, Ŵ_t) model."""
+
+    def __init__(
+        self, num_users: int, num_items: int, cfg: RetrainConfig, transfer: bool,
+        device: torch.device | None = None,
+    ) -> None:
+        self.cfg, self.transfer = cfg, transfer
+        self.num_users, self.num_items = num_users, num_items
+        self.device = device or torch.device("cpu")
+        self.rank, self.world_size = world()
+        meta = torch.device("meta")
+        tables = mf_tables(num_users, num_items, cfg.dim)
+        if transfer:
+            tcfg = TransferConfig(n1=cfg.transfer_n1, n2=cfg.transfer_n2,
+                                  hidden=cfg.transfer_hidden)
+            emb = TransferEmbeddingBagCollection(
+                tables, tcfg, device=meta,
+                stride_fn=_max_over_ranks if self.world_size > 1 else None,
+            )
+            emb.transfers.to(self.device)
+            trainable = emb.new
+            self.paths = {"prev": "embedding.prev", "new": "embedding.new"}
+            colocate = {"embedding.prev": "embedding.new"}
+        else:
+            emb = EmbeddingBagCollection(tables=tables, device=meta)
+            trainable = emb
+            self.paths = {"new": "embedding"}
+            colocate = {}
+        self.module = MatrixFactorization(emb)
+        apply_optimizer_in_backward(RowWiseAdagrad, trainable.parameters(), {"lr": cfg.table_lr})
+        plan = plan_sharding(self.module, cfg.sharding, self.world_size, self.device, colocate)
+        self.dmp = shard_model(self.module, plan, self.device)
+        self.embedding = self.dmp.module.embedding
+        self.dense_opt = None
+        if transfer:
+            # Θ by name: in_backward_optimizer_filter would also return frozen table slices.
+            theta = [p for n, p in self.dmp.named_parameters() if ".transfers." in n]
+            self.dense_opt = torch.optim.Adam(
+                theta, lr=cfg.transfer_lr, weight_decay=2 * cfg.l2_transfer
+            )
+
+    # -- tables -------------------------------------------------------------------------------
+    def _state(self) -> dict:
+        return self.dmp.state_dict()
+
+    def table(self, which: str, name: str):
+        prefix = "module." if any(k.startswith("module.") for k in self._state()) else ""
+        return table_tensor(self._state(), prefix + self.paths[which], name)
+
+    def load_tables(self, full: dict[str, torch.Tensor]) -> None:
+        """Set W (plain) or both W_{t-1} and Ŵ_t (transfer) to the given full tables."""
+        for name in TABLES:
+            for which in self.paths:
+                load_full(self.table(which, name), full[name])
+
+    def export_tables(self) -> dict[str, torch.Tensor]:
+        """Full tables of the model being served (for plain MF; transfer: materialise first)."""
+        return {name: gather_full(self.table("new", name)) for name in TABLES}
+
+    def materialize(self) -> None:
+        """W_t = f(W_{t-1}, Ŵ_t) into the W_{t-1} tables, then Ŵ_{t+1} starts from W_t."""
+        nets = self.embedding.transfers
+        for name in TABLES:
+            transfer_in_place(nets[name], self.table("prev", name), self.table("new", name), name)
+
+    def reset_new_from_prev(self) -> None:
+        for name in TABLES:
+            load_full(self.table("new", name), gather_full(self.table("prev", name)))
+
+    # -- training -----------------------------------------------------------------------------
+    def train_epoch(
+        self, data: Interactions, num_items: int, seed: int, step: str = "tables"
+    ) -> float:
+        """One epoch over ``data`` (split disjointly across ranks); returns the mean loss.
+
+        ``step="tables"``: update the tables only (plain MF, or SML step 1);
+        ``step="transfer"``: update Θ only (SML step 2).
+        """
+        if len(data) == 0:
+            return float("nan")
+        neg = sample_negatives(data.user_id, data.item_id, num_items, seed)
+        batch = self.cfg.batch_size if step == "tables" else self.cfg.transfer_batch_size
+        batch = max(1, batch // self.world_size)
+        if self.transfer:
+            self.embedding.set_mode(step)
+        ddp = self.dmp._dmp_wrapped_module
+        sync_off = (
+            ddp.no_sync if isinstance(ddp, DistributedDataParallel) and step == "tables"
+            else nullcontext
+        )
+        losses = []
+        for b in iterate_batches(data.user_id, data.item_id, neg, batch, seed=seed,
+                                 rank=self.rank, world_size=self.world_size):
+            with sync_off():
+                pos, negs, sq = self.dmp(b.features.to(self.device))
+                loss = log_loss(pos, negs)
+                if step == "tables":
+                    loss = loss + self.cfg.l2_tables * sq / b.size
+                else:
+                    self.dense_opt.zero_grad(set_to_none=True)
+                loss.backward()
+            if step == "transfer":
+                self.dense_opt.step()
+            losses.append(loss.item())
+        return float(np.mean(losses)) if losses else float("nan")
+
+    # -- evaluation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def user_vectors(self, users: np.ndarray) -> torch.Tensor:
+        """Served user rows for ``users`` [U] -> [U, d], identical on every rank."""
+        n = len(users)
+        per = -(-n // self.world_size) if n else 1
+        mine = users[self.rank * per : (self.rank + 1) * per]
+        padded = np.zeros(per, dtype=np.int64)
+        padded[: len(mine)] = mine
+        lengths = torch.zeros(len(FEATURES) * per, dtype=torch.int32)
+        lengths[:per] = 1
+        kjt = KeyedJaggedTensor.from_lengths_sync(
+            keys=list(FEATURES), values=torch.from_numpy(padded), lengths=lengths
+        ).to(self.device)
+        if self.transfer:
+            self.embedding.set_mode("frozen")
+        rows = self.embedding(kjt).to_dict()["user_id"].cpu()
+        if self.world_size > 1:
+            parts = [torch.empty_like(rows) for _ in range(self.world_size)]
+            dist.all_gather(parts, rows)
+            rows = torch.cat(parts)
+        return rows[:n]
+
+    @torch.no_grad()
+    def item_block(self) -> tuple[torch.Tensor, int]:
+        """This rank's block of served item rows (disjoint across ranks) and its first id."""
+        block, offset = row_block(self.table("new", ITEM_TABLE))
+        if self.transfer:
+            prev, _ = row_block(self.table("prev", ITEM_TABLE))
+            net = self.embedding.transfers[ITEM_TABLE]
+            from sml_torchrec.modules.transfer import materialize
+
+            out = torch.empty_like(block)
+            materialize(net, prev, block, out=out)
+            block = out
+        return block.cpu(), offset
+
+    @torch.no_grad()
+    def item_table(self) -> torch.Tensor:
+        """All served item rows on every rank."""
+        block, offset = self.item_block()
+        full = torch.zeros(self.num_items, self.cfg.dim)
+        full[offset : offset + len(block)] = block
+        if self.world_size > 1:
+            dist.all_reduce(full)
+        return full
