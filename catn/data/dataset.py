@@ -159,6 +159,10 @@ class EtaData:
     train_t: tuple[np.ndarray, np.ndarray, np.ndarray]
     val: tuple[np.ndarray, np.ndarray, np.ndarray]
     test: tuple[np.ndarray, np.ndarray, np.ndarray]
+    # every visible (user, item, rating) of each domain: training, cold-start (source only)
+    # and single-domain users; rating-matrix baselines (CMF, EMCDR, ...) factorise these
+    visible_s: tuple[np.ndarray, np.ndarray, np.ndarray]
+    visible_t: tuple[np.ndarray, np.ndarray, np.ndarray]
     global_mean_s: float
     global_mean_t: float
     item_mean_s: np.ndarray  # (num_items_s,) float32; global mean where an item has no rating
@@ -241,6 +245,8 @@ def prepare_eta(
         train_t=pairs(ut, it, rt, selected[ut]),
         val=pairs(T.user, T.item, T.rating, val_mask),
         test=pairs(T.user, T.item, T.rating, test_mask),
+        visible_s=pairs(us, is_, rs, np.ones(len(us), dtype=bool)),
+        visible_t=pairs(ut, it, rt, np.ones(len(ut), dtype=bool)),
         global_mean_s=glob_s,
         global_mean_t=glob_t,
         item_mean_s=item_mean_s,
