@@ -66,7 +66,7 @@ def topk_cosine(a: torch.Tensor, b: torch.Tensor, k: int, exclude: torch.Tensor 
         s = an[lo:lo + chunk] @ bn.T
         if exclude is not None:
             ex = exclude[lo:lo + chunk]
-            s[torch.arange(len(ex)), ex] = -1.0
+            s[torch.arange(len(ex)), ex] = -2.0  # below any cosine: never picked
         v, j = s.topk(k, dim=1)
         idx.append(j)
         sim.append(v.clamp_min(0.0))
