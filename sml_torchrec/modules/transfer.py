@@ -1,0 +1,390 @@
+"""SML's transfer network f_Θ: combines W_{t-1} and Ŵ_t row by row into W_t.
+
+For one embedding row (length d) the paper's transfer is::
+
+    H0 = [w_prev; w_new; w_dot]              3 x d,  w_dot = w_prev ⊙ w_new / (‖w_prev‖ + ε)
+    H1 = GELU(F1 @ H0)                        n1 x d  (conv1: n1 filters of height 3, no bias)
+    H2 = GELU(F2 @ H1)                        n2 x d  (conv2: n2 filters over n1 channels)
+    z  = GELU(W_f flatten(H2) + b1)           hidden  (flatten is row-major: index k*d + m)
+    w  = W_o z + b2                           d
+
+Three implementations compute the same function from the same parameters (the state_dict
+does not depend on the implementation; switch at run time with ``net.config.impl = ...``):
+
+* ``"reference"``: the layers written out as the paper draws them (``conv2d`` over a
+  ``[N, 1, 3, d]`` image); the baseline that the others are tested against.
+* ``"fused"``: both convolutions are per-column linear maps 3 -> n1 -> n2, so the stage runs
+  as two tiny GEMMs over all N*d columns at once (channel-major layout); the FC layers run as
+  ``addmm`` with the bias folded in. For the sigmoid GELU the constant 1.702 is folded into
+  F1, b1 and the last GEMM's ``alpha`` so each activation is a single ``silu``. Rows are
+  processed in cache-sized chunks (``config.chunk_rows``); under ``no_grad`` a leaner path
+  reuses scratch buffers and activates in place. On CUDA with Triton installed, the no-grad
+  path runs the stack+conv stage as one Triton kernel (``transfer_triton``).
+* ``"compiled"``: ``torch.compile`` (inductor) of a pointwise formulation of the same chunk
+  function, which lets inductor fuse the stack+conv stage into one loop nest.
+
+This module imports with plain torch (no torchrec, no process group).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "GELU_KINDS",
+    "IMPLS",
+    "TransferConfig",
+    "TransferNet",
+    "gelu",
+    "materialize",
+    "transfer_flops_per_row",
+]
+
+IMPLS = ("reference", "fused", "compiled")
+GELU_KINDS = ("sigmoid", "erf", "tanh")
+# The authors' GELU approximation x * sigmoid(1.702 x).
+_SIGMOID_GELU_SCALE = 1.702
+
+
+@dataclass
+class TransferConfig:
+    """Hyper-parameters of f_Θ; defaults are the authors' (n1=10, n2=5, hidden 512)."""
+
+    n1: int = 10  # conv1 filters (height 3 over the stacked [w_prev; w_new; w_dot])
+    n2: int = 5  # conv2 filters over the n1 channels
+    hidden: int = 512  # FC hidden width
+    eps: float = 1e-8  # in w_dot = (w_prev * w_new) / (||w_prev|| + eps)
+    # "sigmoid": x*sigmoid(1.702x) as the authors' code; "erf": exact GELU; "tanh"
+    gelu: str = "sigmoid"
+    # "reference" | "fused" | "compiled" (torch.compile of the fused path). "fused" is the
+    # default: on CPU it measured at least as fast as "compiled" and needs no compile step
+    # (benchmarks/transfer_throughput.py).
+    impl: str = "fused"
+    chunk_rows: int = 2048  # rows per chunk for forward and materialise (cache-sized)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+def _validate(c: TransferConfig) -> None:
+    if c.impl not in IMPLS:
+        raise ValueError(f"TransferConfig.impl must be one of {IMPLS}, got {c.impl!r}")
+    if c.gelu not in GELU_KINDS:
+        raise ValueError(f"TransferConfig.gelu must be one of {GELU_KINDS}, got {c.gelu!r}")
+    if min(c.n1, c.n2, c.hidden, c.chunk_rows) < 1:
+        raise ValueError(f"n1, n2, hidden and chunk_rows must be positive: {c}")
+
+
+def transfer_flops_per_row(dim: int, config: TransferConfig | None = None) -> int:
+    """Multiply-add FLOPs (2 per MAC) of one row: conv1 + conv2 + fc1 + fc2.
+
+    Biases, w_dot and activations are not counted. n1=10, n2=5, hidden=512, d=64 gives
+    3,840 + 6,400 + 327,680 + 65,536 = 403,456.
+    """
+    c = config or TransferConfig()
+    return 2 * (3 * c.n1 * dim + c.n1 * c.n2 * dim + c.n2 * dim * c.hidden + c.hidden * dim)
+
+
+def gelu(x: Tensor, kind: str = "sigmoid") -> Tensor:
+    """The GELU variant named by ``kind`` (see :class:`TransferConfig`), out of place."""
+    if kind == "sigmoid":
+        return x * torch.sigmoid(_SIGMOID_GELU_SCALE * x)
+    if kind == "erf":
+        return F.gelu(x)
+    if kind == "tanh":
+        return F.gelu(x, approximate="tanh")
+    raise ValueError(f"unknown GELU kind {kind!r}")
+
+
+def _w_dot(prev: Tensor, new: Tensor, eps: float) -> Tensor:
+    # A constant of the graph, as in the authors' code: no gradient flows through it.
+    new = new.detach()
+    return prev * new / (torch.linalg.vector_norm(prev, dim=1, keepdim=True) + eps)
+
+
+# --- fused path -----------------------------------------------------------------------------
+# With the sigmoid GELU, g(x) = x*sigmoid(s x) = silu(s x) / s. Feeding every activation a
+# pre-activation scaled by s and letting it return s*g keeps the scale exact through the
+# linear layers: conv1 uses s*F1, conv2 is unchanged, fc1 adds s*b1 (beta=s), fc2 undoes it
+# with alpha=1/s. For erf/tanh s = 1 and the activation is F.gelu.
+
+
+def _scale(kind: str) -> float:
+    return _SIGMOID_GELU_SCALE if kind == "sigmoid" else 1.0
+
+
+def _act(u: Tensor, kind: str) -> Tensor:
+    if kind == "sigmoid":
+        return F.silu(u)
+    return F.gelu(u, approximate="tanh" if kind == "tanh" else "none")
+
+
+def _act_(u: Tensor, kind: str) -> Tensor:
+    if kind == "sigmoid":
+        return F.silu(u, inplace=True)
+    return torch.ops.aten.gelu_(u, approximate="tanh" if kind == "tanh" else "none")
+
+
+def _act_out(u: Tensor, kind: str, out: Tensor) -> Tensor:
+    """``out[:] = act(u)``; ``out`` may be a strided view."""
+    if kind == "sigmoid":
+        return torch.ops.aten.silu.out(u, out=out)
+    # gelu.out mishandles a strided ``out`` (it writes as if contiguous): activate, then copy.
+    return out.copy_(_act_(u, kind))
+
+
+Params = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+def _fused_chunk(prev: Tensor, new: Tensor, p: Params, eps: float, kind: str) -> Tensor:
+    """Autograd-capable fused transfer of one chunk of rows: ``[B, d] -> [B, d]``."""
+    f1, f2, w1, b1, w2, b2 = p
+    b, d = new.shape
+    s = _scale(kind)
+    # Channel-major [3, B*d]: each conv becomes one GEMM over all columns of the chunk.
+    x = torch.stack((prev, new, _w_dot(prev, new, eps))).view(3, b * d)
+    h1 = _act(torch.mm(f1 * s if s != 1.0 else f1, x), kind)
+    h2 = _act(torch.mm(f2, h1), kind)
+    h2 = h2.view(f2.shape[0], b, d).transpose(0, 1).reshape(b, f2.shape[0] * d)
+    z = _act(torch.addmm(b1, h2, w1.t(), beta=s), kind)
+    return torch.addmm(b2, z, w2.t(), alpha=1.0 / s)
+
+
+class _Scratch:
+    """Reusable buffers for the no-grad fused path, sized for ``rows`` rows."""
+
+    def __init__(self, rows: int, dim: int, n1: int, n2: int, hidden: int, like: Tensor):
+        new = lambda *shape: torch.empty(*shape, dtype=like.dtype, device=like.device)  # noqa: E731
+        self.x = new(3 * rows * dim)
+        self.h1 = new(n1 * rows * dim)
+        self.u2 = new(n2 * rows * dim)
+        self.h2 = new(rows * n2 * dim)
+        self.z = new(rows * hidden)
+        self.norm = new(rows)
+
+
+@torch.no_grad()
+def _fused_chunk_into(
+    prev: Tensor, new: Tensor, p: Params, eps: float, kind: str, out: Tensor, buf: _Scratch
+) -> None:
+    """``out[:] = f(prev, new)`` for one chunk, in place, without autograd or allocations."""
+    f1, f2, w1, b1, w2, b2 = p
+    b, d = new.shape
+    n1, n2, hidden = f1.shape[0], f2.shape[0], w1.shape[0]
+    s = _scale(kind)
+    if b == 0:
+        return
+    x = buf.x[: 3 * b * d].view(3, b, d)
+    x[0].copy_(prev)
+    x[1].copy_(new)
+    torch.linalg.vector_norm(prev, dim=1, out=buf.norm[:b])
+    torch.mul(prev, new, out=x[2]).div_(buf.norm[:b].add_(eps).unsqueeze(1))
+    h1 = buf.h1[: n1 * b * d].view(n1, b * d)
+    _act_(torch.mm(f1 * s, x.view(3, b * d), out=h1), kind)
+    u2 = buf.u2[: n2 * b * d].view(n2, b * d)
+    torch.mm(f2, h1, out=u2)
+    h2 = buf.h2[: b * n2 * d].view(b, n2, d)
+    # The transpose to the row-major flatten rides on the activation's (strided) write.
+    _act_out(u2.view(n2, b, d), kind, out=h2.transpose(0, 1))
+    z = buf.z[: b * hidden].view(b, hidden)
+    _act_(torch.addmm(b1, h2.view(b, n2 * d), w1.t(), beta=s, out=z), kind)
+    if out.is_contiguous():
+        torch.addmm(b2, z, w2.t(), alpha=1.0 / s, out=out)
+    else:
+        out.copy_(torch.addmm(b2, z, w2.t(), alpha=1.0 / s))
+
+
+# --- compiled path --------------------------------------------------------------------------
+
+
+def _pointwise_chunk(prev: Tensor, new: Tensor, p: Params, eps: float, kind: str) -> Tensor:
+    """The chunk function written as broadcasts and small sums, for inductor to fuse."""
+    f1, f2, w1, b1, w2, b2 = p
+    x = torch.stack((prev, new, _w_dot(prev, new, eps)), 1)  # [B, 3, d]
+    h1 = gelu((f1[None, :, :, None] * x[:, None]).sum(2), kind)  # [B, n1, d]
+    h2 = gelu((f2[None, :, :, None] * h1[:, None]).sum(2), kind)  # [B, n2, d]
+    z = gelu(torch.addmm(b1, h2.flatten(1), w1.t()), kind)
+    return torch.addmm(b2, z, w2.t())
+
+
+# One top-level function per GELU kind: dynamo keeps its compiled graphs (and its recompile
+# limit) per code object, so the kinds do not evict each other.
+def _pointwise_sigmoid(prev: Tensor, new: Tensor, p: Params, eps: float) -> Tensor:
+    return _pointwise_chunk(prev, new, p, eps, "sigmoid")
+
+
+def _pointwise_erf(prev: Tensor, new: Tensor, p: Params, eps: float) -> Tensor:
+    return _pointwise_chunk(prev, new, p, eps, "erf")
+
+
+def _pointwise_tanh(prev: Tensor, new: Tensor, p: Params, eps: float) -> Tensor:
+    return _pointwise_chunk(prev, new, p, eps, "tanh")
+
+
+_POINTWISE = {"sigmoid": _pointwise_sigmoid, "erf": _pointwise_erf, "tanh": _pointwise_tanh}
+_compiled: dict[str, Callable[..., Tensor]] = {}
+
+
+def _compiled_chunk(prev: Tensor, new: Tensor, p: Params, eps: float, kind: str) -> Tensor:
+    if new.shape[0] < 2:
+        # Sizes 0 and 1 are specialised by dynamo; the eager fused path computes the same.
+        return _fused_chunk(prev, new, p, eps, kind)
+    fn = _compiled.get(kind)
+    if fn is None:
+        # Created on first use so that importing this module never starts inductor.
+        fn = _compiled[kind] = torch.compile(_POINTWISE[kind])
+    # The row count varies from batch to batch: one shape-generic graph instead of a
+    # recompile per size (past dynamo's recompile limit it would fall back to eager).
+    torch._dynamo.maybe_mark_dynamic(prev, 0)
+    torch._dynamo.maybe_mark_dynamic(new, 0)
+    # Plain tensors, detached when no gradient is wanted: dynamo guards on Parameter vs
+    # Tensor and on requires_grad, so this keeps it to one graph per grad mode.
+    if torch.is_grad_enabled():
+        p = tuple(t.view(t.shape) for t in p)  # type: ignore[assignment]
+    else:
+        new, p = new.detach(), tuple(t.detach() for t in p)  # type: ignore[assignment]
+    return fn(prev, new, p, eps)
+
+
+# --- module ---------------------------------------------------------------------------------
+
+
+class TransferNet(nn.Module):
+    """f_Θ for one table: ``forward(prev [N, d], new [N, d]) -> [N, d]``.
+
+    Parameters (the same names and shapes for every ``impl``):
+    ``conv1`` F1 ``[n1, 3]``, ``conv2`` F2 ``[n2, n1]`` (no conv biases, as in the paper),
+    ``fc1`` (W_f: ``n2*d -> hidden``, weight ``[hidden, n2*d]``, bias b1 ``[hidden]``),
+    ``fc2`` (W_o: ``hidden -> d``, weight ``[d, hidden]``, bias b2 ``[d]``).
+
+    ``prev`` (W_{t-1}) is a constant: it is detached and gets no gradient. ``w_dot`` is a
+    constant too (authors' code), so gradients reach ``new`` only through the Ŵ_t slot of the
+    stack, and reach every parameter. Works for any N >= 0 and any d.
+
+    Initialisation: PyTorch's defaults for the layers the authors use (they set nothing
+    explicitly), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in 3 for F1 (a 3x1 conv on
+    one input channel), n1 for F2 (a 1x1 conv) and ``nn.Linear``'s default for the FC layers.
+    """
+
+    def __init__(self, dim: int, config: TransferConfig | None = None) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"dim must be positive, got {dim}")
+        c = config if config is not None else TransferConfig()
+        _validate(c)
+        self.config = c
+        self.dim = dim
+        self.conv1 = nn.Parameter(torch.empty(c.n1, 3))
+        self.conv2 = nn.Parameter(torch.empty(c.n2, c.n1))
+        self.fc1 = nn.Linear(c.n2 * dim, c.hidden)
+        self.fc2 = nn.Linear(c.hidden, dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for f in (self.conv1, self.conv2):
+            bound = 1.0 / math.sqrt(f.shape[1])
+            nn.init.uniform_(f, -bound, bound)
+        self.fc1.reset_parameters()
+        self.fc2.reset_parameters()
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"dim={self.dim}, gelu={c.gelu!r}, impl={c.impl!r}, chunk_rows={c.chunk_rows}"
+
+    def params(self) -> Params:
+        """(F1, F2, W_f, b1, W_o, b2), read at call time so ``functional_call`` works."""
+        return (self.conv1, self.conv2, self.fc1.weight, self.fc1.bias,
+                self.fc2.weight, self.fc2.bias)
+
+    def _check(self, prev: Tensor, new: Tensor) -> None:
+        if prev.dim() != 2 or prev.shape != new.shape or new.shape[1] != self.dim:
+            raise ValueError(
+                f"prev and new must both be [N, {self.dim}], got {tuple(prev.shape)} "
+                f"and {tuple(new.shape)}"
+            )
+
+    def reference(self, prev: Tensor, new: Tensor) -> Tensor:
+        """The paper's layers written straightforwardly (the baseline implementation)."""
+        c, n = self.config, new.shape[0]
+        prev = prev.detach()
+        h0 = torch.stack((prev, new, _w_dot(prev, new, c.eps)), 1).unsqueeze(1)  # [N,1,3,d]
+        h1 = gelu(F.conv2d(h0, self.conv1.view(c.n1, 1, 3, 1)), c.gelu)  # [N, n1, 1, d]
+        h2 = gelu(F.conv2d(h1, self.conv2.view(c.n2, c.n1, 1, 1)), c.gelu)  # [N, n2, 1, d]
+        z = gelu(self.fc1(h2.reshape(n, c.n2 * self.dim)), c.gelu)
+        return self.fc2(z)
+
+    def forward(self, prev: Tensor, new: Tensor) -> Tensor:
+        self._check(prev, new)
+        c = self.config
+        _validate(c)
+        prev = prev.detach()
+        if c.impl == "reference":
+            return self.reference(prev, new)
+        needs_grad = torch.is_grad_enabled() and (
+            new.requires_grad or any(t.requires_grad for t in self.params())
+        )
+        if c.impl == "fused" and not needs_grad:
+            out = torch.empty_like(new, memory_format=torch.contiguous_format)
+            _materialize_rows(self, prev, new, out, c.chunk_rows)
+            return out
+        fn = _fused_chunk if c.impl == "fused" else _compiled_chunk
+        p, n, step = self.params(), new.shape[0], c.chunk_rows
+        if n <= step:
+            return fn(prev, new, p, c.eps, c.gelu)
+        chunks = [
+            fn(prev[i : i + step], new[i : i + step], p, c.eps, c.gelu) for i in range(0, n, step)
+        ]
+        return torch.cat(chunks)
+
+
+def _materialize_rows(
+    net: TransferNet, prev: Tensor, new: Tensor, out: Tensor, step: int
+) -> None:
+    c, n = net.config, new.shape[0]
+    p = tuple(t.detach() for t in net.params())
+    if c.impl == "fused" and new.is_cuda:
+        from sml_torchrec.modules import transfer_triton
+
+        if transfer_triton.available():
+            for i in range(0, n, step):
+                j = min(i + step, n)
+                transfer_triton.transfer_rows_into(prev[i:j], new[i:j], p, c.eps, c.gelu, out[i:j])
+            return
+    if c.impl == "fused":
+        buf = _Scratch(min(step, n), net.dim, c.n1, c.n2, c.hidden, like=new)
+        for i in range(0, n, step):
+            j = min(i + step, n)
+            _fused_chunk_into(prev[i:j], new[i:j], p, c.eps, c.gelu, out[i:j], buf)
+        return
+    for i in range(0, n, step):
+        j = min(i + step, n)
+        if c.impl == "reference":
+            rows = net.reference(prev[i:j], new[i:j])
+        else:
+            rows = _compiled_chunk(prev[i:j], new[i:j], p, c.eps, c.gelu)
+        out[i:j].copy_(rows)
+
+
+@torch.no_grad()
+def materialize(
+    net: TransferNet, prev: Tensor, new: Tensor, out: Tensor, chunk_rows: int | None = None
+) -> None:
+    """``out[:] = net(prev, new)``, chunk by chunk, with memory bounded by the chunk size.
+
+    ``out`` may be the same tensor as ``prev`` (or ``new``): each chunk is read in full before
+    it is written. ``chunk_rows`` defaults to ``net.config.chunk_rows``.
+    """
+    net._check(prev, new)
+    _validate(net.config)
+    if out.shape != new.shape:
+        raise ValueError(f"out must be {tuple(new.shape)}, got {tuple(out.shape)}")
+    step = chunk_rows if chunk_rows is not None else net.config.chunk_rows
+    if step < 1:
+        raise ValueError(f"chunk_rows must be positive, got {step}")
+    _materialize_rows(net, prev, new, out, step)
