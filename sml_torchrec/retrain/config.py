@@ -44,6 +44,9 @@ class RetrainConfig:
     num_eval_negatives: int = 999
     seed: int = 0
     nproc: int = 1
+    checkpoint_dir: str | None = None  # per-period checkpoints; None = none
+    resume: bool = True  # continue from the newest complete checkpoint in checkpoint_dir
+    keep_checkpoints: int = 2
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.strategies if s not in STRATEGY_NAMES]

@@ -10,14 +10,19 @@ Runs on every rank (same code, same order of collectives); rank 0 prints and ret
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed.checkpoint as dcp
 
 from sml_torchrec.data.period_dataset import PeriodDataset
 from sml_torchrec.metrics import KS
+from sml_torchrec.retrain import checkpoint
 from sml_torchrec.retrain.config import PeriodRoles, RetrainConfig
 from sml_torchrec.retrain.evaluate import PeriodTest, evaluate, prepare_test
 from sml_torchrec.retrain.model import RetrainModel, world
@@ -58,6 +63,35 @@ def _average(rows: list[dict], weight_key: str) -> dict[str, float]:
     return {k: float(np.dot(w, [r[k] for r in rows]) / w.sum()) for k in keys}
 
 
+def _fault_hook(step: int, ckpt_dir: str) -> None:
+    """Test hook: SIGKILL one rank right after checkpoint ``SML_FAULT_KILL_AFTER_STEP``.
+
+    Fires once per checkpoint directory (a marker file remembers it), so the relaunched or
+    restarted job runs through. ``SML_FAULT_RANK`` picks the rank (default 1).
+    """
+    target = os.environ.get("SML_FAULT_KILL_AFTER_STEP")
+    if target is None or int(target) != step:
+        return
+    if world()[0] != int(os.environ.get("SML_FAULT_RANK", "1")):
+        return
+    marker = Path(ckpt_dir) / ".fault-fired"
+    if marker.exists():
+        return
+    marker.write_text(str(step))
+    print(f"[fault hook] rank {world()[0]} kills itself after checkpoint {step}", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Progress:
+    """What the loop has done: rank 0's picklable part of every checkpoint."""
+
+    def __init__(self) -> None:
+        self.initial: dict[str, torch.Tensor] | None = None
+        self.per_period: dict[str, dict[str, list[dict]]] = {}
+        self.seconds: dict[str, float] = {}
+        self.position: tuple[int, int] | None = None  # (strategy index, last period trained)
+
+
 def run(cfg: RetrainConfig, ds: PeriodDataset, dataset_name: str) -> dict:
     roles = PeriodRoles.from_config(ds.num_periods, cfg)
     t0 = time.monotonic()
@@ -71,30 +105,77 @@ def run(cfg: RetrainConfig, ds: PeriodDataset, dataset_name: str) -> dict:
         s: prepare_test(ds, s, cfg.protocols, cfg.num_eval_negatives, cfg.seed)
         for s in range(roles.first_online, ds.num_periods)
     }
-    init_test = prepare_test(ds, roles.init, ["full"], cfg.num_eval_negatives, cfg.seed)
-    initial = train_initial(ds, roles, cfg, init_test)
-    results: dict = {"full": {}, "sampled": {}}
-    for name in cfg.strategies:
-        ts = time.monotonic()
+    progress, resume_from = Progress(), None
+    if cfg.checkpoint_dir and cfg.resume:
+        resume_from = checkpoint.latest_valid(cfg.checkpoint_dir)
+    extra: dict = {}
+    if resume_from is not None:
+        extra = torch.load(resume_from / "extra.pt", weights_only=False)
+        progress = extra["progress"]
+        torch.set_rng_state(extra["torch_rng"])
+        np.random.set_state(extra["numpy_rng"])
+        _print(f"resuming from {resume_from} (strategy {progress.position})")
+
+    def save(step: int, strategy=None) -> None:
+        if not cfg.checkpoint_dir:
+            return
+        state = strategy.checkpoint_state() if strategy is not None else {}
+        payload = {
+            "progress": progress,
+            "strategy": strategy.extra_state() if strategy is not None else {},
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+            "config": asdict(cfg),
+        }
+        checkpoint.save(cfg.checkpoint_dir, step, state, payload, keep=cfg.keep_checkpoints)
+        _fault_hook(step, cfg.checkpoint_dir)
+
+    if progress.initial is None:
+        init_test = prepare_test(ds, roles.init, ["full"], cfg.num_eval_negatives, cfg.seed)
+        progress.initial = train_initial(ds, roles, cfg, init_test)
+        save(0)
+    periods = ds.num_periods
+    for i, name in enumerate(cfg.strategies):
         strategy = STRATEGIES[name](ds, roles, cfg)
-        strategy.start(initial)
-        per_period: dict[str, list[dict]] = {p: [] for p in cfg.protocols}
-        for t in range(roles.init, ds.num_periods - 1):
+        strategy.start(progress.initial)
+        first_t = roles.init
+        if progress.position is not None and progress.position[0] > i:
+            continue  # finished before the checkpoint
+        if progress.position is not None and progress.position[0] == i:
+            first_t = progress.position[1] + 1
+            state = strategy.checkpoint_state()
+            if state:
+                dcp.load(state, storage_reader=dcp.FileSystemReader(str(resume_from)))
+                strategy.load_checkpoint_state(state)
+            strategy.load_extra_state(extra["strategy"])
+        else:
+            progress.per_period[name] = {p: [] for p in cfg.protocols}
+            progress.seconds[name] = 0.0
+        ts = time.monotonic()
+        for t in range(first_t, periods - 1):
             strategy.train_period(t)
             s = t + 1
-            if s not in tests:
-                continue
-            m = evaluate(strategy.model, tests[s], cfg.protocols)
-            for p in cfg.protocols:
-                per_period[p].append({"period": s, "role": roles.role(s), **m[p]})
-            _print(
-                f"  {name:>12} period {s:>3} ({roles.role(s)}): "
-                + "  ".join(f"{p} R@20 {m[p]['recall@20']:.4f} N@20 {m[p]['ndcg@20']:.4f}"
-                            for p in cfg.protocols)
-            )
-        secs = time.monotonic() - ts
+            m = evaluate(strategy.model, tests[s], cfg.protocols) if s in tests else None
+            if m is not None:
+                for p in cfg.protocols:
+                    progress.per_period[name][p].append(
+                        {"period": s, "role": roles.role(s), **m[p]}
+                    )
+                _print(
+                    f"  {name:>12} period {s:>3} ({roles.role(s)}): "
+                    + "  ".join(
+                        f"{p} R@20 {m[p]['recall@20']:.4f} N@20 {m[p]['ndcg@20']:.4f}"
+                        for p in cfg.protocols
+                    )
+                )
+            progress.seconds[name] += time.monotonic() - ts
+            ts = time.monotonic()
+            progress.position = (i, t)
+            save(1 + i * periods + t, strategy)
+    results: dict = {p: {} for p in cfg.protocols}
+    for name in cfg.strategies:
         for p in cfg.protocols:
-            rows = per_period[p]
+            rows = progress.per_period[name][p]
             weight = "users" if p == "full" else "interactions"
             test_rows = [r for r in rows if r["role"] == "test"]
             val_rows = [r for r in rows if r["role"] == "val"]
@@ -102,14 +183,10 @@ def run(cfg: RetrainConfig, ds: PeriodDataset, dataset_name: str) -> dict:
                 **_average(test_rows, weight),
                 "val": _average(val_rows, weight) if val_rows else {},
                 "per_period": rows,
-                "seconds": secs,
+                "seconds": progress.seconds[name],
             }
     _print(f"done in {time.monotonic() - t0:.0f}s")
-    return {
-        "dataset": dataset_name,
-        "config": asdict(cfg),
-        "protocols": {p: results[p] for p in cfg.protocols},
-    }
+    return {"dataset": dataset_name, "config": asdict(cfg), "protocols": results}
 
 
 def format_table(results: dict) -> str:

@@ -84,7 +84,7 @@ class RetrainModel:
         plan = plan_sharding(self.module, cfg.sharding, self.world_size, self.device, colocate)
         self.dmp = shard_model(self.module, plan, self.device)
         self.embedding = self.dmp.module.embedding
-        self.dense_opt = None
+        self.dense_opt: torch.optim.Adam | None = None
         if transfer:
             # Θ by name: in_backward_optimizer_filter would also return frozen table slices.
             theta = [p for n, p in self.dmp.named_parameters() if ".transfers." in n]

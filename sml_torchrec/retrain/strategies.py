@@ -39,6 +39,31 @@ class Strategy:
     def train_period(self, t: int) -> None:
         raise NotImplementedError
 
+    # -- checkpoints: model/optimizer tensors go through DCP, the rest is pickled by rank 0 ----
+    def checkpoint_state(self) -> dict:
+        """Sharded tensors for DCP: tables, Θ, and the fused (per-shard) optimizer state."""
+        if self.model is None:
+            return {}
+        return {
+            "model": self.model.dmp.state_dict(),
+            "sparse_optim": self.model.dmp.fused_optimizer.state_dict(),
+        }
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        if state:
+            self.model.dmp.load_state_dict(state["model"])
+            self.model.dmp.fused_optimizer.load_state_dict(state["sparse_optim"])
+
+    def extra_state(self) -> dict:
+        """Picklable state (rank 0's). Θ's Adam state is replicated, so one copy suffices."""
+        if self.model is None or self.model.dense_opt is None:
+            return {}
+        return {"dense_optim": self.model.dense_opt.state_dict()}
+
+    def load_extra_state(self, extra: dict) -> None:
+        if "dense_optim" in extra:
+            self.model.dense_opt.load_state_dict(extra["dense_optim"])
+
     def _seed(self, t: int, k: int) -> int:
         return self.cfg.seed * 1_000_003 + t * 1009 + k
 
@@ -64,6 +89,9 @@ class FullRetrain(Strategy):
 
     def start(self, initial: dict[str, torch.Tensor]) -> None:
         self.initial = initial
+
+    def checkpoint_state(self) -> dict:
+        return {}  # each period's model is retrained from scratch: nothing to carry over
 
     def train_period(self, t: int) -> None:
         if t + 1 < self.roles.first_online:
@@ -101,6 +129,14 @@ class SampleBased(Strategy):
                 getattr(res, f)[slots] = getattr(d, f)[src]
         self.reservoir = res
         self.seen += n
+
+    def extra_state(self) -> dict:
+        return {"reservoir": self.reservoir, "seen": self.seen,
+                "rng": self.rng.bit_generator.state}
+
+    def load_extra_state(self, extra: dict) -> None:
+        self.reservoir, self.seen = extra["reservoir"], extra["seen"]
+        self.rng.bit_generator.state = extra["rng"]
 
     def train_period(self, t: int) -> None:
         data = Interactions.concat([self.ds[t], self.reservoir])

@@ -1,0 +1,139 @@
+"""TorchX components: ``torchx run -s local_cwd launch/components.py:sml_retrain ...``.
+
+Each component returns a ``torchx.specs.AppDef`` built on TorchX's ``dist.ddp`` (one role,
+``torchrun`` per node). The same component runs on any scheduler; only scheduler flags change::
+
+    torchx run -s local_cwd  launch/components.py:sml_retrain --nproc_per_node 2
+    torchx run -s slurm      launch/components.py:sml_retrain --nnodes 4 --nproc_per_node 8
+    torchx run -s kubernetes -cfg queue=default launch/components.py:sml_retrain --nnodes 4 \\
+        --image <your image with this package installed>
+
+Parameters are validated here, when ``torchx run`` builds the app, so a typo fails before any
+rank starts. Extra arguments after ``--`` go to the program unchanged (``-- --dim 64``).
+"""
+
+import shlex
+
+import torchx
+import torchx.specs as specs
+from torchx.components.dist import ddp
+
+
+def _with_restarts(app: specs.AppDef, max_restarts: int) -> specs.AppDef:
+    # dist.ddp never passes --max-restarts to torchrun, and local_cwd does not retry: without
+    # this a crashed rank ends the job. torchrun restarts *all* workers; the program resumes
+    # from its newest complete checkpoint on start.
+    if max_restarts > 0:
+        role = app.roles[0]
+        role.args = [a.replace("torchrun ", f"torchrun --max-restarts {max_restarts} ", 1)
+                     for a in role.args]
+    return app
+
+
+def sml_retrain(
+    *script_args: str,
+    data: str = "",
+    strategies: str = "sml,fine_tune,full_retrain,sample_based",
+    out: str = "runs/torchx",
+    checkpoint_dir: str = "",
+    nnodes: int = 1,
+    nproc_per_node: int = 2,
+    max_restarts: int = 0,
+    cpu: int = 2,
+    gpu: int = 0,
+    memMB: int = 8192,
+    h: str | None = None,
+    image: str = torchx.IMAGE,
+    env: dict[str, str] | None = None,
+    rdzv_port: int = 29500,
+) -> specs.AppDef:
+    """Period-by-period retraining (SML and baselines) on sharded TorchRec tables.
+
+    Args:
+        script_args: further sml-retrain flags, e.g. ``-- --dim 64 --sharding row_wise``
+        data: period dataset directory from ``sml-data build`` (empty: built-in synthetic)
+        strategies: comma list of sml, fine_tune, full_retrain, sample_based
+        out: output directory (results.json)
+        checkpoint_dir: per-period checkpoints (empty: OUT/checkpoints); a relaunch resumes
+        nnodes: number of nodes
+        nproc_per_node: ranks per node
+        max_restarts: torchrun restarts of all workers after a failure (resume from checkpoint)
+        cpu: CPUs per node
+        gpu: GPUs per node
+        memMB: memory per node in MB
+        h: a registered named resource (overrides cpu/gpu/memMB)
+        image: container image (ignored by local_cwd)
+        env: extra environment variables, e.g. ``LOGLEVEL=INFO``
+        rdzv_port: rendezvous port on the first node (multi-node)
+    """
+    from sml_torchrec.cli import parse_config
+
+    checkpoint_dir = checkpoint_dir or f"{out}/checkpoints"
+    args = ["--strategies", strategies, "--out", out, "--checkpoint-dir", checkpoint_dir]
+    if data:
+        args += ["--data", data]
+    args += list(script_args)
+    if nnodes < 1 or nproc_per_node < 1 or max_restarts < 0:
+        raise ValueError("nnodes and nproc_per_node must be >= 1, max_restarts >= 0")
+    try:
+        parse_config(args)  # fail now, not on every rank
+    except SystemExit as e:
+        raise ValueError(f"invalid sml-retrain arguments: {shlex.join(args)}") from e
+    app = ddp(
+        *args, m="sml_torchrec", name="sml_retrain", image=image, h=h, cpu=cpu, gpu=gpu,
+        memMB=memMB, j=f"{nnodes}x{nproc_per_node}", env=env, rdzv_port=rdzv_port,
+    )
+    return _with_restarts(app, max_restarts)
+
+
+def catn_train(
+    *script_args: str,
+    data: str = "",
+    methods: str = "catn,global_mean,item_mean,user_mean_item_bias",
+    eta: str = "1,0.5,0.2,0.1,0.05",
+    out: str = "runs/catn-torchx",
+    nnodes: int = 1,
+    nproc_per_node: int = 2,
+    max_restarts: int = 0,
+    cpu: int = 2,
+    gpu: int = 0,
+    memMB: int = 8192,
+    h: str | None = None,
+    image: str = torchx.IMAGE,
+    env: dict[str, str] | None = None,
+    rdzv_port: int = 29500,
+) -> specs.AppDef:
+    """Data-parallel CATN training and the cold-start MSE table.
+
+    Args:
+        script_args: further catn-train flags, e.g. ``-- --epochs 20``
+        data: dataset directory from ``catn-data build`` (empty: built-in synthetic)
+        methods: comma list of methods (rows of the table)
+        eta: comma list of η shares of overlapping training users
+        out: output directory (results.json)
+        nnodes: number of nodes
+        nproc_per_node: ranks per node
+        max_restarts: torchrun restarts of all workers after a failure
+        cpu: CPUs per node
+        gpu: GPUs per node
+        memMB: memory per node in MB
+        h: a registered named resource (overrides cpu/gpu/memMB)
+        image: container image (ignored by local_cwd)
+        env: extra environment variables
+        rdzv_port: rendezvous port on the first node (multi-node)
+    """
+    from catn.train import parse_args
+
+    args = ["--methods", methods, "--eta", eta, "--out", out, "--no-progress"]
+    if data:
+        args += ["--data", data]
+    args += list(script_args)
+    try:
+        parse_args(args)
+    except SystemExit as e:
+        raise ValueError(f"invalid catn-train arguments: {shlex.join(args)}") from e
+    app = ddp(
+        *args, m="catn.train", name="catn_train", image=image, h=h, cpu=cpu, gpu=gpu,
+        memMB=memMB, j=f"{nnodes}x{nproc_per_node}", env=env, rdzv_port=rdzv_port,
+    )
+    return _with_restarts(app, max_restarts)
