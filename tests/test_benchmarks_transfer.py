@@ -1,0 +1,67 @@
+"""Smoke tests of the transfer benchmarks: they run, and their JSON line is well formed."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, *args: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--smoke", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert len(lines) == 1, proc.stdout
+    return json.loads(lines[0])
+
+
+def _positive(x) -> bool:
+    return isinstance(x, float) and math.isfinite(x) and x > 0
+
+
+def test_transfer_throughput_smoke():
+    # The compiled path is compared with the reference in the module tests; compiling it
+    # here too would make this smoke test take tens of seconds.
+    res = _run("transfer_throughput.py", "--threads", "1", "--skip-compiled")
+    assert res["threads"] == 1 and res["dim"] == 16
+    # computed from the config: 2 * (3*n1*d + n1*n2*d + n2*d*hidden + hidden*d)
+    assert res["flop_per_row"] == 2 * (3 * 10 * 16 + 10 * 5 * 16 + 5 * 16 * 512 + 512 * 16)
+    assert _positive(res["mm_gflops"])
+    for section in (res, res["train"]):
+        assert section["naive"]["speedup_vs_naive"] == 1.0
+        for name in ("naive", "fused"):
+            r = section[name]
+            assert _positive(r["rows_per_s"]) and _positive(r["gflops"])
+            assert _positive(r["ratio_to_mm"]) and _positive(r["speedup_vs_naive"])
+            assert math.isclose(r["gflops"], r["rows_per_s"] * res["flop_per_row"] / 1e9
+                                * (3 if section is res["train"] else 1), rel_tol=1e-9)
+        assert section["compiled"] == {"skipped": "--skip-compiled"}
+
+
+def test_gpu_transfer_smoke(tmp_path):
+    out = tmp_path / "gpu.json"
+    res = _run("gpu_transfer.py", "--out", str(out))
+    assert json.loads(out.read_text()) == res
+    if "skipped" in res:
+        assert res["skipped"] == "no CUDA"
+        return
+    for name in ("naive", "fused_torch", "fused_triton_fp32", "fused_triton_bf16"):
+        assert _positive(res[name]["rows_per_s"]) and _positive(res[name]["ratio_to_mm"])
+    assert res["fused_triton_fp32"]["max_rel_err"] < 1e-4
+    assert res["fused_triton_bf16"]["max_rel_err"] < 3e-2
+
+
+def test_gpu_transfer_logic_on_cpu():
+    # The measuring code itself, on the CPU (numbers meaningless), so it is exercised here.
+    res = _run("gpu_transfer.py", "--device", "cpu")
+    assert res["device"].startswith("cpu")
+    assert res["naive"]["speedup_vs_naive"] == 1.0
+    assert res["fused_torch"]["max_rel_err"] < 1e-5
+    assert res["fused_triton_bf16"]["max_rel_err"] < 3e-2
