@@ -23,8 +23,6 @@ Precision (``compute_dtype``):
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -33,14 +31,15 @@ _SIGMOID_GELU_SCALE = 1.702
 _KIND_CODE = {"sigmoid": 0, "erf": 1, "tanh": 2}
 
 
-@functools.lru_cache(maxsize=1)
-def _triton_kernel():
-    """The jitted kernel, or None when Triton is not installed."""
-    try:
-        import triton
-        import triton.language as tl
-    except ImportError:
-        return None
+try:  # optional: everything below works without Triton (torch fallback)
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the environment
+    triton = None
+
+# The kernels are module-level globals: Triton resolves the names a kernel uses (``tl``,
+# ``_gelu``) in its module's globals.
+if triton is not None:
 
     @triton.jit
     def _gelu(x, KIND: tl.constexpr):
@@ -55,7 +54,7 @@ def _triton_kernel():
         return y
 
     @triton.jit
-    def conv_stage_kernel(
+    def _conv_stage_kernel(
         prev_ptr, new_ptr, f1_ptr, f2_ptr, out_ptr,
         n_rows, d, stride_prev, stride_new, eps, out_scale,
         N1: tl.constexpr, N2: tl.constexpr, N2P: tl.constexpr, DP: tl.constexpr,
@@ -89,7 +88,10 @@ def _triton_kernel():
         m3 = rmask[:, None, None] & kmask[None, :, None] & cmask[None, None, :]
         tl.store(out_ptr + offs, h2.to(out_ptr.dtype.element_ty), mask=m3)
 
-    return conv_stage_kernel
+
+def _triton_kernel():
+    """The jitted kernel, or None when Triton is not installed."""
+    return _conv_stage_kernel if triton is not None else None
 
 
 def available() -> bool:
