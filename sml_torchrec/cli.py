@@ -81,8 +81,13 @@ def run_rank(cfg: RetrainConfig, data_dir: str, name: str) -> dict | None:
     from sml_torchrec.distributed.process_group import init_process_group
     from sml_torchrec.retrain.loop import format_table, run
 
-    if "WORLD_SIZE" in os.environ:
-        init_process_group()
+    if "WORLD_SIZE" not in os.environ:
+        # A one-rank job still needs a process group: DMP and DCP are collective APIs.
+        from sml_torchrec.distributed.process_group import free_port
+
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0",
+                          WORLD_SIZE="1", LOCAL_RANK="0")
+    init_process_group()
     results = run(cfg, PeriodDataset(data_dir), name)
     if dist.is_initialized() and dist.get_rank() != 0:
         return None

@@ -28,7 +28,7 @@ class RetrainConfig:
     table_lr: float = 0.05
     l2_tables: float = 1e-6  # λ1
     batch_size: int = 1024
-    epochs: int = 2  # per period, for every table-training step outside SML's rounds
+    epochs: int = 3  # per period: table training of the baselines and of SML's new Ŵ_t
     init_epochs: int = 10
     # SML transfer Θ (dense Adam, gradients all-reduced)
     transfer_lr: float = 1e-3
