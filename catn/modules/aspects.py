@@ -100,6 +100,40 @@ def loop_aspects(ext: AspectExtractor, emb: torch.Tensor, mask: torch.Tensor, au
     return torch.stack(aspects, 1), torch.stack(attns, 1)
 
 
+class RunningCentre(nn.Module):
+    """Subtract a running mean over documents from aspect matrices: (N, M, k) -> (N, M, k).
+
+    Attention-pooled conv features of a long document are dominated by what every document
+    shares (ReLU features are non-negative, most words are generic), so across documents an
+    aspect vector is a large common offset plus a small document-specific part. In the
+    bilinear score ``A_s W A_tᵀ`` the offset turns the user x item term, the only one the
+    biases cannot express, into a second-order effect whose gradient is lost in batch noise.
+    Removing the mean leaves only the document-specific part.
+
+    The mean is a buffer (no gradient through it), updated in training mode from each
+    batch's documents with ``momentum`` (the first batch sets it); eval mode uses it as is, so
+    scores do not depend on the batch. Under data parallelism each rank updates its own copy:
+    the trainer averages the copies before evaluating.
+    """
+
+    def __init__(self, num_aspects: int, latent_dim: int, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("mean", torch.zeros(num_aspects, latent_dim))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        if self.training and a.shape[0] > 0:
+            with torch.no_grad():
+                batch_mean = a.mean(0)
+                if int(self.updates) == 0:
+                    self.mean.copy_(batch_mean)
+                else:
+                    self.mean.lerp_(batch_mean, self.momentum)
+                self.updates += 1
+        return a - self.mean
+
+
 class AuxFusion(nn.Module):
     """Fuse auxiliary-document aspects into the user's aspects (paper eq. for g_aux, A_u).
 

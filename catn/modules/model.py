@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from catn.modules.aspects import AspectExtractor, AuxFusion, loop_aspects
+from catn.modules.aspects import AspectExtractor, AuxFusion, RunningCentre, loop_aspects
 
 SOURCE, TARGET = 0, 1
 
@@ -32,7 +32,8 @@ class CATNConfig:
     window: int = 3
     num_aspects: int = 5
     latent_dim: int = 32
-    dropout: float = 0.2  # the authors' keep probability 0.8
+    dropout: float = 0.2  # the authors' keep probability 0.8, applied after centring
+    centre_aspects: bool = True  # subtract the running mean aspect matrix (see RunningCentre)
     use_aux: bool = True  # ablation "w/o auxiliary reviews" when False
     use_global_correlation: bool = True  # ablation "w/o S" (plain mean of S_ui) when False
     leaky_slope: float = 0.2
@@ -74,15 +75,24 @@ def _trunc(shape: tuple[int, ...], std: float) -> nn.Parameter:
 class CATN(nn.Module):
     """rating(u, i) = mean_{p,q}(S ⊙ S_ui) + b_u + b_i.
 
-    ``S = LeakyReLU(V_s W V_tᵀ)`` (M, M) from the per-aspect attention vectors of the source
-    and target extractors; ``S_ui = A_s W A_tᵀ`` where A_s/A_t are the aspect matrices (M, k)
-    of whichever of the pair's two documents is in the source/target domain.
+    ``S = LeakyReLU(V_s W V_tᵀ)`` (M, M), divided by its mean absolute value, from the
+    per-aspect attention vectors of the source and target extractors; ``S_ui = A_s W A_tᵀ``
+    where A_s/A_t are the aspect matrices (M, k) of whichever of the pair's two documents is
+    in the source/target domain.
+
+    Before the product, each domain's user and item aspect matrices are centred by a running
+    mean over documents (:class:`RunningCentre`), then dropped out: without centring the
+    aspect vectors are nearly the same for every document and the interaction does not learn.
 
     Biases: ``b_i`` per domain, initialised to the item's mean visible rating (the domain's
-    global mean for items with none, never 0). ``b_u`` is a fixed buffer set from the user's
-    shrunk mean residual against item means: cold-start users never receive a gradient, so a
-    trained user bias would be fitted for training users and left at its initial value for
-    the users it is evaluated on.
+    global mean for items with none, never 0). ``b_u`` is a fixed buffer (2, num_users): the
+    user's shrunk mean residual against item means *in the domain of the user's document*
+    (row ``SOURCE`` for pairs scored from the source document). Cold-start users never receive
+    a gradient, so a trained user bias would be fitted for training users and left at its
+    initial value for the users it is evaluated on; and taking it from the document's domain
+    means a training pair's bias never contains the rating it predicts (the rating is in the
+    other domain), exactly as for a cold-start user at test time. A 1-D ``user_offset`` is used
+    for both domains.
     """
 
     def __init__(self, cfg: CATNConfig, item_mean_source: np.ndarray | None = None,
@@ -101,8 +111,17 @@ class CATN(nn.Module):
                 self.embedding.weight[0].zero_()
         self.extractors = nn.ModuleList(
             AspectExtractor(cfg.word_dim, cfg.num_filters, cfg.window, cfg.num_aspects,
-                            cfg.latent_dim, with_aux=cfg.use_aux, dropout=cfg.dropout)
+                            cfg.latent_dim, with_aux=cfg.use_aux, dropout=0.0)
             for _ in (SOURCE, TARGET))
+        # dropout after centring: on the raw vectors its noise scales with the shared offset
+        # and swamps the small document-specific part
+        self.dropout = nn.Dropout(cfg.dropout)
+
+        def centres():
+            return nn.ModuleList(RunningCentre(cfg.num_aspects, cfg.latent_dim)
+                                 if cfg.centre_aspects else nn.Identity()
+                                 for _ in (SOURCE, TARGET))
+        self.user_centre, self.item_centre = centres(), centres()
         self.fusion = AuxFusion(cfg.latent_dim) if cfg.use_aux else None
         self.W = _trunc((cfg.latent_dim, cfg.latent_dim), 0.3)
 
@@ -112,7 +131,13 @@ class CATN(nn.Module):
         self.item_bias = nn.ParameterList([
             nn.Parameter(init(item_mean_source, cfg.num_items_source, 3.0).clone()),
             nn.Parameter(init(item_mean_target, cfg.num_items_target, 3.0).clone())])
-        self.register_buffer("user_bias", init(user_offset, cfg.num_users, 0.0).clone())
+        ub = init(user_offset, cfg.num_users, 0.0)
+        if ub.dim() == 1:
+            ub = ub.expand(2, -1)
+        if ub.shape != (2, cfg.num_users):
+            raise ValueError(f"user_offset {tuple(ub.shape)} is not (num_users,) or "
+                             f"(2, num_users) with num_users={cfg.num_users}")
+        self.register_buffer("user_bias", ub.clone())
         self.loop_over_aspects = False  # the benchmark's reference path
 
     def global_correlation(self) -> torch.Tensor:
@@ -121,7 +146,11 @@ class CATN(nn.Module):
             return torch.ones(self.cfg.num_aspects, self.cfg.num_aspects,
                               device=self.W.device)
         vs, vt = self.extractors[SOURCE].v, self.extractors[TARGET].v
-        return F.leaky_relu(vs @ self.W @ vt.T, self.cfg.leaky_slope)
+        s = F.leaky_relu(vs @ self.W @ vt.T, self.cfg.leaky_slope)
+        # S is a weighting of aspect pairs, so it is normalised to mean |S| = 1. Unnormalised,
+        # S is the cheapest way for the optimiser to remove the (at first random) interaction
+        # term: it drives S to ~0 within an epoch, after which nothing upstream learns.
+        return s / (s.abs().mean() + 1e-12)
 
     def encode(self, docs: torch.Tensor, domain: int, aux: bool = False) -> torch.Tensor:
         """(N, L) word ids -> aspect matrices (N, M, k) with ``domain``'s extractor."""
@@ -145,12 +174,13 @@ class CATN(nn.Module):
     def score(self, b: FlowBatch) -> torch.Tensor:
         """Predicted ratings (B,) for one flow."""
         ud, idom = b.user_domain, 1 - b.user_domain
-        a_u = self.encode_user(b.user_docs, b.aux_docs, ud)[b.user_index]
-        a_i = self.encode(b.item_docs, idom)[b.item_index]
+        a_u = self.dropout(self.user_centre[ud](self.encode_user(b.user_docs, b.aux_docs, ud)))
+        a_i = self.dropout(self.item_centre[idom](self.encode(b.item_docs, idom)))
+        a_u, a_i = a_u[b.user_index], a_i[b.item_index]
         a_s, a_t = (a_u, a_i) if ud == SOURCE else (a_i, a_u)
         s_ui = a_s @ self.W @ a_t.transpose(1, 2)  # (B, M, M)
         inter = (self.global_correlation() * s_ui).mean(dim=(1, 2))
-        return inter + self.user_bias[b.users] + self.item_bias[idom][b.items]
+        return inter + self.user_bias[ud][b.users] + self.item_bias[idom][b.items]
 
     def forward(self, *flows: FlowBatch) -> list[torch.Tensor]:
         """One prediction vector per flow (a training step passes both flows at once)."""

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from catn.modules.aspects import AspectExtractor, AuxFusion, loop_aspects
+from catn.modules.aspects import AspectExtractor, AuxFusion, RunningCentre, loop_aspects
 from catn.modules.model import CATN, SOURCE, TARGET, CATNConfig, FlowBatch
 
 V, L = 50, 12
@@ -60,13 +60,18 @@ def test_model_prediction_formula():
     m = CATN(_cfg(), np.full(4, 3.5, np.float32), np.full(5, 4.0, np.float32),
              np.linspace(-0.3, 0.3, 7).astype(np.float32)).eval()
     b = _batch(SOURCE)
+    assert m.score(b).shape == (5,)
+    # give the centres a non-zero mean, as after training
+    for c in (*m.user_centre, *m.item_centre):
+        c.mean.normal_()
     pred = m.score(b)
-    assert pred.shape == (5,)
-    a_u = m.encode_user(b.user_docs, b.aux_docs, SOURCE)[b.user_index]
-    a_i = m.encode(b.item_docs, TARGET)[b.item_index]
+    a_u = (m.encode_user(b.user_docs, b.aux_docs, SOURCE) - m.user_centre[SOURCE].mean)
+    a_i = (m.encode(b.item_docs, TARGET) - m.item_centre[TARGET].mean)
+    a_u, a_i = a_u[b.user_index], a_i[b.item_index]
     S = torch.nn.functional.leaky_relu(m.extractors[0].v @ m.W @ m.extractors[1].v.T, 0.2)
-    want = (S * (a_u @ m.W @ a_i.transpose(1, 2))).mean((1, 2)) + m.user_bias[b.users] + 4.0
-    assert torch.allclose(pred, want, atol=1e-6)
+    S = S / (S.abs().mean() + 1e-12)
+    want = (S * (a_u @ m.W @ a_i.transpose(1, 2))).mean((1, 2)) + m.user_bias[SOURCE][b.users]
+    assert torch.allclose(pred, want + 4.0, atol=1e-5)
     # an unseen target item's bias is its prior, never 0
     assert torch.allclose(m.item_bias[1].detach(), torch.full((5,), 4.0))
 
@@ -105,3 +110,43 @@ def test_gradcheck_each_branch():
         return (m.global_correlation() * 0 + torch.nn.functional.leaky_relu(
             ext.v @ w @ m.extractors[TARGET].v.T, 0.2)).sum()
     assert torch.autograd.gradcheck(head, (W,))
+
+
+def test_running_centre_sets_tracks_and_freezes_the_mean():
+    c = RunningCentre(2, 3, momentum=0.5)
+    x = torch.randn(6, 2, 3) + 4.0
+    y = c(x)  # training mode: the first batch sets the mean
+    assert torch.allclose(c.mean, x.mean(0)) and torch.allclose(y.mean(0), torch.zeros(2, 3),
+                                                                 atol=1e-5)
+    c(x + 2.0)
+    assert torch.allclose(c.mean, x.mean(0) + 1.0)  # moved half-way (momentum 0.5)
+    c.eval()
+    before = c.mean.clone()
+    z = torch.randn(4, 2, 3, requires_grad=True)
+    out = c(z)
+    assert torch.equal(c.mean, before)  # eval does not update
+    out.sum().backward()
+    assert torch.equal(z.grad, torch.ones_like(z))  # no gradient through the mean
+
+
+def test_global_correlation_is_normalised():
+    torch.manual_seed(4)
+    m = CATN(_cfg())
+    with torch.no_grad():
+        m.W.mul_(1e-3)  # a raw S of ~1e-6: the collapse the normalisation prevents
+    S = m.global_correlation()
+    assert torch.allclose(S.abs().mean(), torch.tensor(1.0), atol=1e-2)
+    assert torch.equal(CATN(_cfg(use_global_correlation=False)).global_correlation(),
+                       torch.ones(3, 3))
+
+
+def test_user_bias_comes_from_the_document_domain():
+    off = np.stack([np.zeros(7), np.full(7, 0.5)]).astype(np.float32)
+    m = CATN(_cfg(dropout=0.0), np.full(4, 3.0, np.float32), np.full(5, 3.0, np.float32),
+             off).eval()
+    with torch.no_grad():
+        m.W.zero_()  # bias terms only
+    assert torch.allclose(m.score(_batch(SOURCE)), torch.full((5,), 3.0))
+    assert torch.allclose(m.score(_batch(TARGET)), torch.full((5,), 3.5))
+    with pytest.raises(ValueError, match="user_offset"):
+        CATN(_cfg(), user_offset=np.zeros((3, 7), np.float32))
