@@ -44,7 +44,7 @@ class TrainConfig:
     epochs: int | None = None
     patience: int = 4
     batch_size: int | None = None  # global, split across ranks (default 64 synthetic, 256)
-    lr: float | None = None  # default 3e-3 synthetic (few steps per epoch), 1e-3 (authors)
+    lr: float | None = None  # default 1e-3 (the authors')
     l2: float = 1e-5
     doc_len: int | None = None
     word_dim: int | None = None
@@ -55,6 +55,7 @@ class TrainConfig:
     dropout: float = 0.2
     use_aux: bool = True
     use_global_correlation: bool = True
+    centre_aspects: bool = True
     word_vectors: str | None = None
     out: str | None = None
     nproc: int = 1
@@ -70,7 +71,7 @@ class TrainConfig:
         c.doc_len = c.doc_len if c.doc_len is not None else (80 if synth else 500)
         c.word_dim = c.word_dim if c.word_dim is not None else (32 if synth else 300)
         c.batch_size = c.batch_size if c.batch_size is not None else (64 if synth else 256)
-        c.lr = c.lr if c.lr is not None else (3e-3 if synth else 1e-3)
+        c.lr = c.lr if c.lr is not None else 1e-3
         return c
 
 
@@ -95,6 +96,19 @@ def _tensors(data: EtaData) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.ascontiguousarray(getattr(data, k))) for k in keys}
 
 
+def user_offsets(data: EtaData, shrink: float = 3.0) -> np.ndarray:
+    """(2, num_users) shrunk mean residual against item means, per domain of the user's
+    document: row SOURCE from visible source ratings (what a cold-start user has), row TARGET
+    from the training users' target ratings (the only users scored from a target document).
+    """
+    u, i, r = data.train_t
+    res = r - data.item_mean_t[i]
+    n = len(data.user_offset)
+    cnt = np.bincount(u, minlength=n)
+    tot = np.bincount(u, weights=res, minlength=n)
+    return np.stack([data.user_source_offset, tot / (cnt + shrink)]).astype(np.float32)
+
+
 def build_model(cfg: TrainConfig, corpus: CrossDomainCorpus, data: EtaData) -> CATN:
     wv = corpus.word_vectors
     if cfg.word_vectors:
@@ -107,8 +121,20 @@ def build_model(cfg: TrainConfig, corpus: CrossDomainCorpus, data: EtaData) -> C
         num_items_source=corpus.source.num_items, num_items_target=corpus.target.num_items,
         word_dim=word_dim, num_filters=cfg.num_filters, window=cfg.window,
         num_aspects=cfg.num_aspects, latent_dim=cfg.latent_dim, dropout=cfg.dropout,
-        use_aux=cfg.use_aux, use_global_correlation=cfg.use_global_correlation)
-    return CATN(mcfg, data.item_mean_s, data.item_mean_t, data.user_offset, wv)
+        use_aux=cfg.use_aux, use_global_correlation=cfg.use_global_correlation,
+        centre_aspects=cfg.centre_aspects)
+    return CATN(mcfg, data.item_mean_s, data.item_mean_t, user_offsets(data), wv)
+
+
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Average the floating-point buffers (running aspect means) over ranks, so that every
+    rank evaluates, and keeps as best, the same model."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    for b in model.buffers():
+        if b.is_floating_point():
+            dist.all_reduce(b)
+            b /= dist.get_world_size()
 
 
 def _epoch_plan(n_s: int, n_t: int, batch_size: int, world: int) -> tuple[int, int, int]:
@@ -167,6 +193,7 @@ def train_catn(cfg: TrainConfig, corpus: CrossDomainCorpus, data: EtaData, seed:
             opt.step()
             total += float(sq.detach().sum())
             count += len(sq)
+        sync_buffers(model)
         val = evaluate_distributed(model, data, tensors, data.val)
         history.append({"epoch": epoch + 1, "train_mse": total / max(count, 1),
                         "val_mse": val["mse"], "val_mae": val["mae"],
@@ -270,7 +297,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--epochs", type=int, help="max epochs (default 10 synthetic, 50 data)")
     p.add_argument("--patience", type=int, default=4)
     p.add_argument("--batch-size", type=int, help="global batch (default 64 synthetic, 256)")
-    p.add_argument("--lr", type=float, help="Adam lr (default 3e-3 synthetic, 1e-3)")
+    p.add_argument("--lr", type=float, help="Adam lr (default 1e-3)")
     p.add_argument("--l2", type=float, default=1e-5)
     p.add_argument("--doc-len", type=int, help="words per document (default 80 synthetic, 500)")
     p.add_argument("--word-dim", type=int, help="word vector size (default 32 synthetic, 300)")
@@ -283,6 +310,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--no-aux", action="store_true", help="ablation: no auxiliary reviews")
     p.add_argument("--no-global-correlation", action="store_true",
                    help="ablation: no global aspect correlation S")
+    p.add_argument("--no-centre-aspects", action="store_true",
+                   help="ablation: no running-mean centring of aspect matrices")
     p.add_argument("--nproc", type=int, default=1, help="local data-parallel ranks")
     p.add_argument("--out", help="output directory for results.json")
     p.add_argument("--timeout", type=float, default=3600.0)
@@ -300,6 +329,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         doc_len=a.doc_len, word_dim=a.word_dim, num_filters=a.num_filters, window=a.window,
         num_aspects=a.aspects, latent_dim=a.latent_dim, dropout=a.dropout,
         use_aux=not a.no_aux, use_global_correlation=not a.no_global_correlation,
+        centre_aspects=not a.no_centre_aspects,
         word_vectors=a.word_vectors, out=a.out, nproc=a.nproc, timeout_s=a.timeout,
         progress=not a.no_progress)
 
