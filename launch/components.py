@@ -13,6 +13,7 @@ rank starts. Extra arguments after ``--`` go to the program unchanged (``-- --di
 """
 
 import shlex
+from typing import Dict, Optional
 
 import torchx
 import torchx.specs as specs
@@ -42,9 +43,9 @@ def sml_retrain(
     cpu: int = 2,
     gpu: int = 0,
     memMB: int = 8192,
-    h: str | None = None,
+    h: Optional[str] = None,
     image: str = torchx.IMAGE,
-    env: dict[str, str] | None = None,
+    env: Optional[Dict[str, str]] = None,
     rdzv_port: int = 29500,
 ) -> specs.AppDef:
     """Period-by-period retraining (SML and baselines) on sharded TorchRec tables.
@@ -98,9 +99,9 @@ def catn_train(
     cpu: int = 2,
     gpu: int = 0,
     memMB: int = 8192,
-    h: str | None = None,
+    h: Optional[str] = None,
     image: str = torchx.IMAGE,
-    env: dict[str, str] | None = None,
+    env: Optional[Dict[str, str]] = None,
     rdzv_port: int = 29500,
 ) -> specs.AppDef:
     """Data-parallel CATN training and the cold-start MSE table.

@@ -39,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
         elif f.name == "data":
             p.add_argument(flag, default=None,
                            help="period dataset dir from `sml-data build` (default: synthetic)")
+        elif value is None:
+            p.add_argument(flag, default=None)
+        elif isinstance(value, bool):
+            p.add_argument(flag, default=value, action=argparse.BooleanOptionalAction)
         else:
             p.add_argument(flag, type=type(value), default=value)
     return p

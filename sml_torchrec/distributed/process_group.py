@@ -39,7 +39,23 @@ def init_process_group(backend: str | None = None, timeout_s: float = 300.0) -> 
     """Join the process group described by the torchrun environment; returns this rank's device."""
     backend = backend or default_backend()
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+        timeout = timedelta(seconds=timeout_s)
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if restart is not None and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # torchrun keeps one store across worker restarts; keys left by the failed round
+            # (a dead rank's address) would be read by the new one, so each round gets its own
+            # key prefix.
+            store = dist.PrefixStore(
+                f"sml_torchrec/round{restart}",
+                dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                              is_master=False, timeout=timeout),
+            )
+            dist.init_process_group(
+                backend=backend, store=store, rank=int(os.environ["RANK"]),
+                world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout,
+            )
+        else:
+            dist.init_process_group(backend=backend, timeout=timeout)
     if backend == "nccl":
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local_rank)

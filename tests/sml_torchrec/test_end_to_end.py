@@ -1,0 +1,105 @@
+"""`sml-retrain` end to end on a tiny synthetic dataset, 2 ranks, with checkpoints and faults."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sml_torchrec.data.synthetic import SyntheticConfig, build_synthetic
+
+TINY = SyntheticConfig(num_users=160, periods=7, initial_items=40, new_items_per_period=15,
+                       seed=3)
+FLAGS = ["--init-periods", "2", "--val-periods", "1", "--test-periods", "2", "--dim", "8",
+         "--transfer-hidden", "16", "--batch-size", "128", "--transfer-batch-size", "128",
+         "--init-epochs", "2", "--epochs", "1", "--rounds", "1", "--num-eval-negatives", "50"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data") / "tiny"
+    build_synthetic(d, TINY)
+    return str(d)
+
+
+def _run(args, env_extra=None, check=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    p = subprocess.run([sys.executable, "-m", "sml_torchrec", *args], capture_output=True,
+                       text=True, env=env, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def _metrics(out):
+    r = json.loads((out / "results.json").read_text())
+    for proto in r["protocols"].values():
+        for s in proto.values():
+            s.pop("seconds")
+    return r["protocols"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "a"
+    p = _run(["--data", tiny_data, "--nproc", "2", "--out", str(out),
+              "--checkpoint-dir", str(out / "ckpt"), *FLAGS])
+    return out, p.stdout
+
+
+def test_results_json_and_table(uninterrupted):
+    out, stdout = uninterrupted
+    r = json.loads((out / "results.json").read_text())
+    assert r["dataset"] == "tiny" and r["config"]["nproc"] == 2
+    for proto in ("full", "sampled"):
+        rows = r["protocols"][proto]
+        assert set(rows) == {"sml", "fine_tune", "full_retrain", "sample_based"}
+        for s in rows.values():
+            assert {"recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20",
+                    "per_period", "seconds"} <= set(s)
+            assert [p["period"] for p in s["per_period"]] == [4, 5, 6]
+            assert 0 <= s["recall@5"] <= s["recall@10"] <= s["recall@20"] <= 1
+    assert "[full protocol]" in stdout and "[sampled protocol]" in stdout
+
+
+def test_kill_a_rank_then_relaunch_gives_identical_results(uninterrupted, tiny_data, tmp_path):
+    ref, _ = uninterrupted
+    out = tmp_path / "b"
+    args = ["--data", tiny_data, "--nproc", "2", "--out", str(out),
+            "--checkpoint-dir", str(out / "ckpt"), *FLAGS]
+    # Step 10 = sml done and fine_tune's first period checkpointed: rank 1 is SIGKILLed then.
+    killed = _run(args, {"SML_FAULT_KILL_AFTER_STEP": "10"}, check=False)
+    assert killed.returncode != 0
+    assert "kills itself after checkpoint 10" in killed.stdout
+    assert not (out / "results.json").exists()
+    resumed = _run(args)
+    assert "resuming from" in resumed.stdout and "ckpt-000010" in resumed.stdout
+    assert _metrics(out) == _metrics(ref)
+
+
+def test_corrupt_newest_checkpoint_falls_back(uninterrupted, tiny_data, tmp_path):
+    ref, _ = uninterrupted
+    out = tmp_path / "c"
+    args = ["--data", tiny_data, "--nproc", "2", "--out", str(out),
+            "--checkpoint-dir", str(out / "ckpt"), *FLAGS]
+    _run(args, {"SML_FAULT_KILL_AFTER_STEP": "10"}, check=False)
+    newest = out / "ckpt" / "ckpt-000010"
+    victim = max((p for p in newest.iterdir() if p.suffix == ".distcp"),
+                 key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    resumed = _run(args)
+    assert "ckpt-000010 is damaged" in resumed.stdout
+    assert "resuming from" in resumed.stdout and "ckpt-000006" in resumed.stdout
+    assert _metrics(out) == _metrics(ref)
+
+
+def test_resume_on_a_different_world_size(uninterrupted, tiny_data, tmp_path):
+    out = tmp_path / "d"
+    args = ["--data", tiny_data, "--out", str(out), "--checkpoint-dir", str(out / "ckpt"),
+            *FLAGS]
+    _run([*args, "--nproc", "2"], {"SML_FAULT_KILL_AFTER_STEP": "10"}, check=False)
+    resumed = _run([*args, "--nproc", "1"])
+    assert "resuming from" in resumed.stdout
+    r = json.loads((out / "results.json").read_text())
+    assert [p["period"] for p in r["protocols"]["full"]["sample_based"]["per_period"]] == [4, 5, 6]
