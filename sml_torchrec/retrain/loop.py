@@ -82,6 +82,18 @@ def _fault_hook(step: int, ckpt_dir: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+# Settings that may differ between a run and its resumption.
+_RESUMABLE_CHANGES = {"nproc", "resume", "out", "checkpoint_dir", "keep_checkpoints"}
+
+
+def _config_changes(saved: dict, now: dict) -> list[str]:
+    return [
+        f"{k}: {saved.get(k)!r} -> {v!r}"
+        for k, v in now.items()
+        if k not in _RESUMABLE_CHANGES and saved.get(k) != v
+    ]
+
+
 class Progress:
     """What the loop has done: rank 0's picklable part of every checkpoint."""
 
@@ -111,6 +123,12 @@ def run(cfg: RetrainConfig, ds: PeriodDataset, dataset_name: str) -> dict:
     extra: dict = {}
     if resume_from is not None:
         extra = torch.load(resume_from / "extra.pt", weights_only=False)
+        changed = _config_changes(extra["config"], asdict(cfg))
+        if changed:
+            raise ValueError(
+                f"checkpoint {resume_from} was made with a different configuration "
+                f"({'; '.join(changed)}); use another --checkpoint-dir or --no-resume"
+            )
         progress = extra["progress"]
         torch.set_rng_state(extra["torch_rng"])
         np.random.set_state(extra["numpy_rng"])

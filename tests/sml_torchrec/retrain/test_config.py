@@ -28,3 +28,13 @@ def test_flags_fill_the_dataclass():
 def test_unknown_strategy_is_named():
     with pytest.raises(ValueError, match=r"unknown strategies \['gru'\]"):
         parse_config(["--strategies", "sml,gru"])
+
+
+def test_resume_refuses_a_changed_configuration():
+    from dataclasses import asdict
+
+    from sml_torchrec.retrain.loop import _config_changes
+
+    a = asdict(RetrainConfig())
+    b = asdict(RetrainConfig(dim=64, nproc=4, out="elsewhere"))
+    assert _config_changes(a, b) == ["dim: 32 -> 64"]
