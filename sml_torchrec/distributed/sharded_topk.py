@@ -37,25 +37,30 @@ def _check(queries: Tensor, items: Tensor, k: int, eq: Tensor | None, ei: Tensor
 def _ordered_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Top-k of each row of ``scores`` [b, n] (k <= n) by (score desc, column asc).
 
-    ``torch.topk`` does not say which of several equal scores it keeps, so the k-th value is
-    used as a threshold: everything above it, then the lowest columns equal to it. Returns
-    (values [b, k], columns [b, k]).
+    ``torch.topk`` does not say which of several items tied at the k-th score it keeps. A row
+    where every item tied at that score made it in is already right; only the other rows (rare
+    with real-valued scores; rows with fewer than k unmasked items are among them) are redone,
+    picking the lowest columns at the threshold. Returns (values [b, k], columns [b, k]).
     """
-    b, n = scores.shape
-    vals = torch.topk(scores, k, dim=1).values
+    n = scores.shape[1]
+    # One extra place tells whether the k-th score continues past the cut: an item left out
+    # with a score equal to the k-th is exactly a (k+1)-th score equal to the k-th.
+    vals, cols = torch.topk(scores, min(k + 1, n), dim=1)
     if torch.isnan(vals).any():  # topk ranks NaN highest, so any NaN in a row shows up here
         raise ValueError("scores contain NaN")
+    if n > k:
+        crowded = torch.nonzero(vals[:, k] == vals[:, k - 1]).flatten()
+        vals, cols = vals[:, :k], cols[:, :k].contiguous()
+    else:
+        crowded = cols.new_zeros(0)
     thr = vals[:, -1:]
-    above = scores > thr
-    at = scores == thr
-    need = k - above.sum(dim=1, keepdim=True)
-    sel = above | at
-    # Only rows with more ties at the threshold than places left need the (costly) cumsum.
-    crowded = torch.nonzero(at.sum(dim=1, keepdim=True).squeeze(1) > need.squeeze(1)).flatten()
     if len(crowded):
-        sub = at[crowded]
-        sel[crowded] = above[crowded] | (sub & (sub.cumsum(dim=1) <= need[crowded]))
-    cols = torch.nonzero(sel)[:, 1].view(b, k)  # ascending columns within each row
+        sub, t = scores[crowded], thr[crowded]
+        above, at = sub > t, sub == t
+        need = k - above.sum(dim=1, keepdim=True)
+        sel = above | (at & (at.cumsum(dim=1) <= need))
+        cols[crowded] = torch.nonzero(sel)[:, 1].view(len(crowded), k)
+    cols = torch.sort(cols, dim=1).values  # ascending columns, so stable sort breaks ties
     v = scores.gather(1, cols)
     order = torch.sort(v, dim=1, descending=True, stable=True).indices
     return v.gather(1, order), cols.gather(1, order)
