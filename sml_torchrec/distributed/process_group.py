@@ -8,6 +8,7 @@ soon as one rank fails or the timeout passes, so a hung rank can never hang the 
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import time
 import traceback
@@ -86,7 +87,9 @@ def _child(
     try:
         init_process_group(backend)
         out = fn(*args)
-        results.put((rank, "ok", out))
+        # Plain pickle copies tensors into the message; the queue's default would share their
+        # memory with this process, which may have exited by the time the parent reads it.
+        results.put((rank, "ok", pickle.dumps(out)))
     except BaseException:  # noqa: BLE001 - the parent re-raises with this traceback
         results.put((rank, "error", traceback.format_exc()))
         raise SystemExit(1) from None
@@ -142,7 +145,7 @@ def run_local(
                 rank = None
             if rank is not None:
                 if status == "ok":
-                    outputs[rank] = payload
+                    outputs[rank] = pickle.loads(payload)
                 else:
                     failure = f"rank {rank} failed:\n{payload}"
                 continue

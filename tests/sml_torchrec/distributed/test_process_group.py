@@ -49,3 +49,12 @@ def test_hung_ranks_time_out():
 def test_dead_rank_is_detected():
     with pytest.raises(RankFailed, match="exit code 3"):
         run_local(_exit_hard, 2, timeout_s=50)
+
+
+def _return_tensor() -> torch.Tensor:
+    return torch.full((1000, 10), float(dist.get_rank()))
+
+
+def test_tensors_come_back_intact():
+    out = run_local(_return_tensor, 2, timeout_s=60)
+    assert [float(t.mean()) for t in out] == [0.0, 1.0]
