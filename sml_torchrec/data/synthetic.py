@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from sml_torchrec.data.build import renumber_by_first_appearance
 from sml_torchrec.data.period_dataset import PeriodMetadata, write_period_dataset
@@ -112,8 +113,6 @@ def generate(config: SyntheticConfig) -> SyntheticLog:
 def build_synthetic(out_dir: str | Path, config: SyntheticConfig | None = None) -> PeriodMetadata:
     """Generate the synthetic log and write it as a period dataset (periods as generated)."""
     config = config or SyntheticConfig()
-    import pyarrow as pa
-
     g = generate(config)
     user, user_old = renumber_by_first_appearance(g.user, config.num_users)
     item, item_old = renumber_by_first_appearance(g.item, len(g.item_birth))

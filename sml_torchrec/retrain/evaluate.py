@@ -59,7 +59,7 @@ def prepare_test(
             hist.user_id, hist.item_id, d.user_id, d.item_id, d.timestamp,
             num_items=ds.num_items, num_negatives=num_negatives, seed=seed + s,
         )
-        if candidates.short_pools:
+        if candidates.short_pools and world()[0] == 0:
             log.warning(
                 "period %d: %d of %d test interactions had fewer than %d candidate negatives; "
                 "used the whole pool", s, candidates.short_pools, len(d), num_negatives,

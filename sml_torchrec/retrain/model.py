@@ -31,7 +31,7 @@ from sml_torchrec.distributed.shard_ops import (
 )
 from sml_torchrec.distributed.sharding import plan_sharding, shard_model
 from sml_torchrec.modules.mf import ITEM_TABLE, USER_TABLE, MatrixFactorization, log_loss, mf_tables
-from sml_torchrec.modules.transfer import TransferConfig
+from sml_torchrec.modules.transfer import TransferConfig, materialize
 from sml_torchrec.modules.transfer_embedding import TransferEmbeddingBagCollection
 from sml_torchrec.retrain.config import RetrainConfig
 
@@ -97,8 +97,7 @@ class RetrainModel:
         return self.dmp.state_dict()
 
     def table(self, which: str, name: str):
-        prefix = "module." if any(k.startswith("module.") for k in self._state()) else ""
-        return table_tensor(self._state(), prefix + self.paths[which], name)
+        return table_tensor(self._state(), self.paths[which], name)
 
     def load_tables(self, full: dict[str, torch.Tensor]) -> None:
         """Set W (plain) or both W_{t-1} and Ŵ_t (transfer) to the given full tables."""
@@ -187,8 +186,6 @@ class RetrainModel:
         if self.transfer:
             prev, _ = row_block(self.table("prev", ITEM_TABLE))
             net = self.embedding.transfers[ITEM_TABLE]
-            from sml_torchrec.modules.transfer import materialize
-
             out = torch.empty_like(block)
             materialize(net, prev, block, out=out)
             block = out
