@@ -1,0 +1,281 @@
+"""SML training steps on sharded tables: step 1, step 2 and plain MF fine-tuning, 1 vs 2 ranks.
+
+Question: how many examples/s does one SML training step reach, compared with the plain MF
+fine-tune step it replaces, and how close does step 1 get to the machine's dense GEMM rate?
+All three steps run through ``RetrainModel.train_epoch`` (the library's own code path:
+negative sampling, batching, the DMP-sharded lookup, the loss, backward with FBGEMM's fused
+row-wise Adagrad, and for step 2 the Adam step on Θ) on the same row-wise sharded tables and the
+same batches:
+
+* ``step1``: SML step 1, ``train_epoch(..., step="tables")`` of a transfer-wrapped model: the
+  loss goes through f_Θ(W_{t-1}, Ŵ_t) with Θ detached; gradients reach Ŵ_t only.
+* ``step2``: SML step 2, ``step="transfer"`` of the same model: tables looked up without grad,
+  gradients reach Θ only (DDP all-reduces them across ranks).
+* ``finetune``: ``step="tables"`` of a plain MF model (no transfer): the baseline.
+
+Each data set is ``--steps`` batches of ``--batch`` examples *per rank* (the config's batch
+sizes are set to batch x ranks, so step 1 and step 2 see the same batches). Also timed: the
+end-of-period ``RetrainModel.materialize()`` over the full tables (rows/s; tables are reloaded
+before each repeat, untimed). Each repeat's time is the slowest rank's; the repeats interleave
+the four measurements; reported numbers are medians over ``--repeats`` after one warm-up.
+
+Transfer FLOPs actually done: the transfer runs once per unique id of each table in a rank's
+batch, so a step does (unique users + unique items incl. negatives) rows x ``flop_per_row``
+(``transfer_flops_per_row``: 2 per multiply-add of conv1, conv2, fc1, fc2) x a factor:
+
+* step 1: 2. Forward 1x; the backward needs grad-input only (Θ is detached, so autograd does
+  no weight-gradient GEMMs): each of the four GEMMs has one grad-input GEMM of the forward's
+  size (conv1's covers the whole [3, B*d] stack, which ``mm``'s backward computes in full).
+* step 2: 3 - 6*n1*d/flop_per_row (~2.995). Forward 1x, weight gradients 1x, grad-input 1x
+  for fc2, fc1 and conv2 but not conv1 (the looked-up rows need no gradient).
+
+``transfer_efficiency`` = step 1's transfer FLOPs per second (summed over ranks, over the whole
+step's wall time) / the same-run ``torch.mm`` rate (summed over ranks). The mm rate is a
+``--mm-size``^3 fp32 ``torch.mm`` timed in every rank process with the same thread count, at
+the same time on all ranks, sampled at the start of every repeat; its median is used. Threads
+per rank = ``--threads`` // ranks. Peak RSS is each rank's ``ru_maxrss``. Prints a human table
+and one JSON line.
+
+    python benchmarks/sml_step.py            # 20k users, 10k items, d=64, batch 1024/rank,
+                                             # 8 steps x 7 repeats, 1 and 2 ranks (~1 min)
+    python benchmarks/sml_step.py --smoke    # tiny sizes, seconds
+    python benchmarks/sml_step.py --profile  # also: torch.profiler table of step 1 (1 rank)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from sml_torchrec.data.batching import iterate_batches
+from sml_torchrec.data.period_dataset import Interactions
+from sml_torchrec.data.sampling import sample_negatives
+from sml_torchrec.distributed.process_group import run_local
+from sml_torchrec.modules.mf import ITEM_TABLE, USER_TABLE
+from sml_torchrec.modules.transfer import TransferConfig, transfer_flops_per_row
+from sml_torchrec.retrain.config import RetrainConfig
+from sml_torchrec.retrain.model import RetrainModel
+
+STEPS = ("step1", "step2", "finetune")
+SEED = 3  # the epoch seed of every timed call: same negatives, same batches
+
+
+def flop_factors(dim: int, tcfg: TransferConfig) -> dict[str, float]:
+    """Transfer FLOPs of a training step per row, in units of the forward's (see the doc)."""
+    f = transfer_flops_per_row(dim, tcfg)
+    conv1 = 2 * 3 * tcfg.n1 * dim
+    return {"step1": 2.0, "step2": 3.0 - conv1 / f}
+
+
+def make_interactions(n: int, users: int, items: int, seed: int = 0) -> Interactions:
+    rng = np.random.default_rng(seed)
+    return Interactions(
+        rng.integers(0, users, n), rng.integers(0, items, n),
+        np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int32),
+    )
+
+
+def mm_gflops(n: int, repeats: int = 3) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def _slowest(fn) -> float:
+    """Seconds of ``fn()`` on the slowest rank (all ranks start together)."""
+    if dist.is_initialized():
+        dist.barrier()
+    t0 = time.perf_counter()
+    fn()
+    dt = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(dt, op=dist.ReduceOp.MAX)
+    return float(dt)
+
+
+def _sum_over_ranks(x: float) -> float:
+    t = torch.tensor([x], dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return float(t)
+
+
+def unique_rows(data: Interactions, num_items: int, batch: int, rank: int, world: int) -> int:
+    """Rows the transfer runs on, over this rank's batches of ``train_epoch(data, .., SEED)``."""
+    neg = sample_negatives(data.user_id, data.item_id, num_items, SEED)
+    total = 0
+    for b in iterate_batches(data.user_id, data.item_id, neg, batch, seed=SEED, rank=rank,
+                             world_size=world):
+        f = b.features.to_dict()
+        total += len(torch.unique(f["user_id"].values()))
+        total += len(torch.unique(torch.cat([f["item_id"].values(),
+                                             f["neg_item_id"].values()])))
+    return total
+
+
+def bench_rank(cfg: dict) -> dict:
+    """One rank's part; returns plain Python values."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    users, items, dim, steps = cfg["users"], cfg["items"], cfg["dim"], cfg["steps"]
+    torch.manual_seed(0)
+    data = make_interactions(steps * cfg["batch"] * world, users, items)
+    g = torch.Generator().manual_seed(1)
+    full = {USER_TABLE: 0.1 * torch.randn(users, dim, generator=g),
+            ITEM_TABLE: 0.1 * torch.randn(items, dim, generator=g)}
+    rcfg = RetrainConfig(dim=dim, batch_size=cfg["batch"] * world,
+                         transfer_batch_size=cfg["batch"] * world, sharding=cfg["sharding"])
+    t0 = time.perf_counter()
+    sml = RetrainModel(users, items, rcfg, transfer=True)
+    mf = RetrainModel(users, items, rcfg, transfer=False)
+    build_s = time.perf_counter() - t0
+    sml.load_tables(full)
+    mf.load_tables(full)
+    rows = unique_rows(data, items, cfg["batch"], rank, world)
+
+    def materialize() -> float:
+        sml.load_tables(full)  # untimed: every repeat transfers the same tables
+        return _slowest(sml.materialize)
+
+    runs = {
+        "step1": lambda: _slowest(lambda: sml.train_epoch(data, items, SEED, "tables")),
+        "step2": lambda: _slowest(lambda: sml.train_epoch(data, items, SEED, "transfer")),
+        "finetune": lambda: _slowest(lambda: mf.train_epoch(data, items, SEED, "tables")),
+        "materialize": materialize,
+    }
+    for fn in runs.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    mm: list[float] = []
+    for _ in range(cfg["repeats"]):
+        if dist.is_initialized():
+            dist.barrier()
+        mm.append(mm_gflops(cfg["mm_size"]))
+        for k, fn in runs.items():
+            times[k].append(fn())
+    out = {k: statistics.median(v) for k, v in times.items()}
+    out["mm_gflops"] = _sum_over_ranks(statistics.median(mm))
+    out["mm_min_max"] = [_sum_over_ranks(min(mm)), _sum_over_ranks(max(mm))]
+    out["unique_rows"] = _sum_over_ranks(rows)
+    out["build_s"] = build_s
+    if cfg["profile"] and rank == 0:
+        out["profile"] = profile_step1(sml, data, items, cfg["profile_rows"])
+    # ru_maxrss is in KiB on Linux.
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def profile_step1(model: RetrainModel, data: Interactions, items: int, rows: int) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        model.train_epoch(data, items, SEED, "tables")
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def summarise(r: dict, ranks: int, a, flop_per_row: int, factors: dict) -> dict:
+    examples = a.steps * a.batch * ranks
+    res = {f"{k}_examples_per_s": examples / r[k] for k in STEPS}
+    res["materialize_rows_per_s"] = (a.users + a.items) / r["materialize"]
+    for k in ("step1", "step2"):
+        gflops = r["unique_rows"] * flop_per_row * factors[k] / r[k] / 1e9
+        res[f"{k}_transfer_gflops"] = gflops
+        eff_key = "transfer_efficiency" if k == "step1" else "step2_transfer_efficiency"
+        res[eff_key] = gflops / r["mm_gflops"]
+    res["materialize_transfer_efficiency"] = (
+        res["materialize_rows_per_s"] * flop_per_row / 1e9 / r["mm_gflops"]
+    )
+    res["step1_vs_finetune"] = r["finetune"] / r["step1"]  # step 1's speed as a fraction
+    res["mm_gflops"] = r["mm_gflops"]
+    res["mm_gflops_min_max"] = r["mm_min_max"]
+    res["unique_rows_per_step"] = r["unique_rows"] / (a.steps * ranks)  # per rank
+    res["threads_per_rank"] = max(1, a.threads // ranks)
+    res["seconds"] = {k: r[k] for k in (*STEPS, "materialize")}
+    res["model_build_s"] = r["build_s"]
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--smoke", action="store_true", help="tiny sizes for a quick check")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                   help="torch threads in total; each of N ranks gets threads // N")
+    p.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--users", type=int, default=20_000)
+    p.add_argument("--items", type=int, default=10_000)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--batch", type=int, default=1024, help="examples per rank per step")
+    p.add_argument("--steps", type=int, default=8, help="timed steps per repeat")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--mm-size", type=int, default=2048)
+    p.add_argument("--sharding", default="row_wise",
+                   choices=["row_wise", "table_wise", "column_wise"])
+    p.add_argument("--profile", action="store_true",
+                   help="print a torch.profiler table of step 1 on rank 0 of each run")
+    p.add_argument("--profile-rows", type=int, default=25)
+    a = p.parse_args(argv)
+    if a.smoke:
+        a.users, a.items, a.dim, a.batch, a.steps, a.repeats, a.mm_size = (
+            400, 300, 16, 64, 2, 2, 256)
+    tcfg = TransferConfig(n1=RetrainConfig.transfer_n1, n2=RetrainConfig.transfer_n2,
+                          hidden=RetrainConfig.transfer_hidden)
+    flop_per_row = transfer_flops_per_row(a.dim, tcfg)
+    factors = flop_factors(a.dim, tcfg)
+    cfg = {"users": a.users, "items": a.items, "dim": a.dim, "batch": a.batch,
+           "steps": a.steps, "repeats": a.repeats, "mm_size": a.mm_size,
+           "sharding": a.sharding, "profile": a.profile, "profile_rows": a.profile_rows}
+    results: dict[str, dict] = {}
+    for n in a.ranks:
+        per_rank = run_local(bench_rank, n, (cfg,), timeout_s=900,
+                             threads=max(1, a.threads // n))
+        r = per_rank[0]  # times, mm rates and row counts are already reduced over ranks
+        if "profile" in r:
+            print(f"--- torch.profiler, step 1, {n} rank(s), rank 0 ---\n{r['profile']}")
+        res = summarise(r, n, a, flop_per_row, factors)
+        res["peak_rss_mb"] = max(x["peak_rss_mb"] for x in per_rank)
+        res["peak_rss_mb_per_rank"] = [x["peak_rss_mb"] for x in per_rank]
+        results[str(n)] = res
+
+    print(f"SML steps on {a.sharding} sharded tables: {a.users} users, {a.items} items, "
+          f"d={a.dim}, batch {a.batch}/rank, {a.steps} steps x {a.repeats} repeats (medians), "
+          f"{a.threads} thread(s) in total = threads // ranks per rank, gloo on CPU; "
+          f"transfer n1={tcfg.n1} n2={tcfg.n2} hidden={tcfg.hidden}: {flop_per_row:,} "
+          f"FLOP/row fwd, x{factors['step1']:.0f} step 1, x{factors['step2']:.3f} step 2")
+    print(f"{'ranks':>5}{'thr/rk':>7}{'step1 ex/s':>12}{'step2 ex/s':>12}{'finetune ex/s':>15}"
+          f"{'s1/ft':>7}{'mater. rows/s':>15}{'uniq rows':>11}{'s1 GF/s':>9}{'mm GF/s':>9}"
+          f"{'s1 eff':>8}{'s2 eff':>8}{'mat eff':>8}{'RSS MB':>8}")
+    for n, r in results.items():
+        print(f"{n:>5}{r['threads_per_rank']:>7}{r['step1_examples_per_s']:>12,.0f}"
+              f"{r['step2_examples_per_s']:>12,.0f}{r['finetune_examples_per_s']:>15,.0f}"
+              f"{r['step1_vs_finetune']:>7.2f}{r['materialize_rows_per_s']:>15,.0f}"
+              f"{r['unique_rows_per_step']:>11,.0f}{r['step1_transfer_gflops']:>9.1f}"
+              f"{r['mm_gflops']:>9.1f}{r['transfer_efficiency']:>8.2f}"
+              f"{r['step2_transfer_efficiency']:>8.2f}"
+              f"{r['materialize_transfer_efficiency']:>8.2f}{r['peak_rss_mb']:>8.0f}")
+    print("ex/s and rows/s are totals over ranks; s1/ft = step 1 speed / fine-tune speed; "
+          "uniq rows = transfer rows per step per rank; eff = transfer GFLOP/s / mm GFLOP/s "
+          "(both summed over ranks; target for s1 >= 0.5).")
+    print(json.dumps({
+        "benchmark": "sml_step", "smoke": a.smoke, "threads": a.threads,
+        "sharding": a.sharding, "users": a.users, "items": a.items, "dim": a.dim,
+        "batch_per_rank": a.batch, "steps": a.steps, "repeats": a.repeats,
+        "mm_size": a.mm_size, "flop_per_row": flop_per_row, "flop_factors": factors,
+        "torch": torch.__version__, "ranks": results,
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

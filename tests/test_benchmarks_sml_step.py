@@ -1,0 +1,47 @@
+"""Smoke test of benchmarks/sml_step.py: it runs on 1 and 2 ranks and its JSON line is sound."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+KEYS = (
+    "step1_examples_per_s", "step2_examples_per_s", "finetune_examples_per_s",
+    "materialize_rows_per_s", "transfer_efficiency", "step2_transfer_efficiency",
+    "step1_transfer_gflops", "mm_gflops", "peak_rss_mb", "unique_rows_per_step",
+)
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_sml_step_benchmark_smoke():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "sml_step.py"), "--smoke", "--threads", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert len(lines) == 1, proc.stdout
+    res = json.loads(lines[0])
+    assert res["benchmark"] == "sml_step" and res["smoke"] is True and res["threads"] == 2
+    assert res["flop_factors"]["step1"] == 2.0 and 2.9 < res["flop_factors"]["step2"] < 3.0
+    assert set(res["ranks"]) == {"1", "2"}
+    for n, r in res["ranks"].items():
+        for key in KEYS:
+            assert _positive(r[key]), (n, key, r.get(key))
+        assert r["threads_per_rank"] == 2 // int(n)
+        assert len(r["peak_rss_mb_per_rank"]) == int(n)
+        # Each rank transfers at most its batch's users + 2 item ids per example.
+        assert r["unique_rows_per_step"] <= 3 * res["batch_per_rank"]
+        examples = res["steps"] * res["batch_per_rank"] * int(n)
+        assert math.isclose(r["step1_examples_per_s"] * r["seconds"]["step1"], examples)
+        assert math.isclose(r["transfer_efficiency"],
+                            r["step1_transfer_gflops"] / r["mm_gflops"])
+    assert "step1 ex/s" in proc.stdout  # the human table is printed too
