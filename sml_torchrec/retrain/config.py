@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-STRATEGY_NAMES = ("sml", "fine_tune", "full_retrain", "sample_based")
+STRATEGY_NAMES = ("sml", "fine_tune", "full_retrain", "sample_based", "gru4rec", "caser")
+DEFAULT_STRATEGIES = ("sml", "fine_tune", "full_retrain", "sample_based")
 
 
 @dataclass
@@ -19,7 +20,7 @@ class RetrainConfig:
 
     data: str | None = None  # period dataset dir; None = built-in synthetic
     out: str = "runs/default"
-    strategies: list[str] = field(default_factory=lambda: list(STRATEGY_NAMES))
+    strategies: list[str] = field(default_factory=lambda: list(DEFAULT_STRATEGIES))
     init_periods: int = 3
     val_periods: int = 2
     test_periods: int = 5

@@ -16,6 +16,7 @@ import torch
 from sml_torchrec.data.period_dataset import Interactions, PeriodDataset
 from sml_torchrec.retrain.config import PeriodRoles, RetrainConfig
 from sml_torchrec.retrain.model import RetrainModel
+from sml_torchrec.retrain.sequential import CaserStrategy, GRU4RecStrategy
 
 log = logging.getLogger(__name__)
 
@@ -188,5 +189,5 @@ class SML(Strategy):
 
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    s.name: s for s in (SML, FineTune, FullRetrain, SampleBased)
+    s.name: s for s in (SML, FineTune, FullRetrain, SampleBased, GRU4RecStrategy, CaserStrategy)
 }
