@@ -132,6 +132,15 @@ class SequentialModel:
         mine = order[rank_slice(len(data), self.rank, self.world_size)]
         batch = max(1, m.batch_size // self.world_size)
         self.dmp.train()
+        # Dropout draws from a generator seeded by the epoch (and rank), not from whatever the
+        # global RNG holds: a run resumed from a checkpoint then trains exactly as the
+        # uninterrupted one did.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed * 7919 + self.rank)
+            return self._epoch(data, seqs, neg, mine, batch)
+
+    def _epoch(self, data: Interactions, seqs: np.ndarray, neg: np.ndarray, mine: np.ndarray,
+               batch: int) -> float:
         losses = []
         for start in range(0, len(mine), batch):
             idx = mine[start : start + batch]
