@@ -37,6 +37,14 @@ def table_tensor(state: dict, module_path: str, table: str) -> torch.Tensor | Sh
     return state[key]
 
 
+def ec_table(state: dict, module_path: str, table: str) -> torch.Tensor | ShardedTensor:
+    """The (sharded) weight of ``table`` in the EmbeddingCollection at ``module_path``."""
+    key = f"{module_path}.embeddings.{table}.weight"
+    if key not in state:
+        raise KeyError(f"no table {key!r} in state dict (has {sorted(state)[:8]}...)")
+    return state[key]
+
+
 def local_shards(t: torch.Tensor | ShardedTensor) -> list[LocalShard]:
     """This rank's blocks of a table (the whole tensor if it is not sharded)."""
     if isinstance(t, ShardedTensor):

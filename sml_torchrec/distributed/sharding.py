@@ -18,6 +18,7 @@ import copy
 import torch
 import torch.distributed as dist
 from torch import nn
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import (
@@ -27,7 +28,8 @@ from torchrec.distributed.model_parallel import (
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.types import ShardingPlan, ShardingType
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_configs import BaseEmbeddingConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
 SHARDING_TYPES = {
     "table_wise": ShardingType.TABLE_WISE.value,
@@ -46,8 +48,20 @@ class EBCSharder(EmbeddingBagCollectionSharder):
         return types
 
 
-def ebc_paths(model: nn.Module) -> dict[str, EmbeddingBagCollection]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, EmbeddingBagCollection)}
+def sharders() -> list:
+    """Sharders for both kinds of collection: pooled (EBC) and per-position (EC)."""
+    return [EBCSharder(), EmbeddingCollectionSharder()]
+
+
+def embedding_tables(model: nn.Module) -> dict[str, list[BaseEmbeddingConfig]]:
+    """Table configs of every EmbeddingBagCollection / EmbeddingCollection, by module path."""
+    out: dict[str, list[BaseEmbeddingConfig]] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, EmbeddingBagCollection):
+            out[name] = m.embedding_bag_configs()
+        elif isinstance(m, EmbeddingCollection):
+            out[name] = m.embedding_configs()
+    return out
 
 
 def plan_sharding(
@@ -58,17 +72,16 @@ def plan_sharding(
     colocate: dict[str, str] | None = None,
     process_group: dist.ProcessGroup | None = None,
 ) -> ShardingPlan:
-    """Plan every EBC table of ``model`` with one sharding type and the FUSED kernel.
+    """Plan every table of ``model`` (EBCs and ECs) with one sharding type and the FUSED kernel.
 
     ``colocate`` maps a module path to the path whose plan it must copy (W_{t-1} -> Ŵ_t).
     """
     if sharding not in SHARDING_TYPES:
         raise ValueError(f"sharding must be one of {sorted(SHARDING_TYPES)}, got {sharding!r}")
     colocate = colocate or {}
-    ebcs = ebc_paths(model)
     constraints = {}
-    for ebc in ebcs.values():
-        for cfg in ebc.embedding_bag_configs():
+    for configs in embedding_tables(model).values():
+        for cfg in configs:
             c = ParameterConstraints(
                 sharding_types=[SHARDING_TYPES[sharding]],
                 compute_kernels=[EmbeddingComputeKernel.FUSED.value],
@@ -82,11 +95,10 @@ def plan_sharding(
         topology=Topology(world_size=world_size, compute_device=device.type),
         constraints=constraints,
     )
-    sharders = [EBCSharder()]
     if process_group is not None or (dist.is_initialized() and world_size > 1):
-        plan = planner.collective_plan(model, sharders, process_group or dist.group.WORLD)
+        plan = planner.collective_plan(model, sharders(), process_group or dist.group.WORLD)
     else:
-        plan = planner.plan(model, sharders)
+        plan = planner.plan(model, sharders())
     for dst, src in colocate.items():
         plan.plan[dst] = copy.deepcopy(plan.plan[src])
     check_plan(model, plan)
@@ -94,10 +106,10 @@ def plan_sharding(
 
 
 def check_plan(model: nn.Module, plan: ShardingPlan) -> None:
-    """Raise if any table of any EBC in ``model`` is missing from ``plan``."""
-    for path, ebc in ebc_paths(model).items():
+    """Raise if any table of any embedding collection in ``model`` is missing from ``plan``."""
+    for path, configs in embedding_tables(model).items():
         planned = plan.plan.get(path, {})
-        for cfg in ebc.embedding_bag_configs():
+        for cfg in configs:
             if cfg.name not in planned:
                 raise RuntimeError(
                     f"sharding plan has no entry for table {cfg.name!r} of module {path!r} "
@@ -113,6 +125,6 @@ def shard_model(
         module=model,
         device=device,
         plan=plan,
-        sharders=[EBCSharder()],
+        sharders=sharders(),
         data_parallel_wrapper=DefaultDataParallelWrapper(static_graph=False),
     )

@@ -33,8 +33,8 @@ from sml_torchrec.data.batching import rank_slice
 from sml_torchrec.data.period_dataset import Interactions, PeriodDataset
 from sml_torchrec.data.sampling import sample_negatives
 from sml_torchrec.data.sequences import last_items, period_examples
-from sml_torchrec.distributed.ec_sharding import ec_table, plan_ec_sharding, shard_ec_model
-from sml_torchrec.distributed.shard_ops import gather_full, load_full, row_block
+from sml_torchrec.distributed.shard_ops import ec_table, gather_full, load_full, row_block
+from sml_torchrec.distributed.sharding import plan_sharding, shard_model
 from sml_torchrec.modules.caser import Caser, CaserConfig
 from sml_torchrec.modules.gru4rec import GRU4Rec, GRU4RecConfig
 from sml_torchrec.modules.sequence import (
@@ -88,8 +88,8 @@ class SequentialModel:
         self.module = module
         for ec in (module.input_emb, module.output_emb):
             apply_optimizer_in_backward(RowWiseAdagrad, ec.parameters(), {"lr": cfg.table_lr})
-        plan = plan_ec_sharding(module, cfg.sharding, self.world_size, self.device)
-        self.dmp = shard_ec_model(module, plan, self.device)
+        plan = plan_sharding(module, cfg.sharding, self.world_size, self.device)
+        self.dmp = shard_model(module, plan, self.device)
         self.inner = self.dmp.module
         # Dense parameters by name: the fused tables must not be stepped by Adam too.
         dense = [p for n, p in self.dmp.named_parameters() if ".encoder." in f".{n}"]
