@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.distributed._shard.sharded_tensor import ShardedTensor
@@ -162,3 +163,22 @@ def row_block(t: torch.Tensor | ShardedTensor) -> tuple[torch.Tensor, int]:
     world, rank = (dist.get_world_size(), dist.get_rank()) if multi else (1, 0)
     per = -(-rows // world)
     return full[rank * per : (rank + 1) * per], rank * per
+
+
+def rank_share(ids: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """This rank's contiguous share of ``ids``, zero-padded to the same length on every rank
+    (sharded lookups need one stride everywhere); :func:`gather_shares` undoes it."""
+    per = -(-len(ids) // world_size) if len(ids) else 1
+    mine = ids[rank * per : (rank + 1) * per]
+    padded = np.zeros(per, dtype=np.int64)
+    padded[: len(mine)] = mine
+    return padded
+
+
+def gather_shares(rows: torch.Tensor, n: int) -> torch.Tensor:
+    """Concatenate every rank's ``rows`` (from :func:`rank_share` ids) and drop the padding."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        parts = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, rows)
+        rows = torch.cat(parts)
+    return rows[:n]

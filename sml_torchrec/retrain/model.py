@@ -24,7 +24,9 @@ from sml_torchrec.data.period_dataset import Interactions
 from sml_torchrec.data.sampling import sample_negatives
 from sml_torchrec.distributed.shard_ops import (
     gather_full,
+    gather_shares,
     load_full,
+    rank_share,
     row_block,
     table_tensor,
     transfer_in_place,
@@ -160,11 +162,8 @@ class RetrainModel:
     @torch.no_grad()
     def user_vectors(self, users: np.ndarray) -> torch.Tensor:
         """Served user rows for ``users`` [U] -> [U, d], identical on every rank."""
-        n = len(users)
-        per = -(-n // self.world_size) if n else 1
-        mine = users[self.rank * per : (self.rank + 1) * per]
-        padded = np.zeros(per, dtype=np.int64)
-        padded[: len(mine)] = mine
+        padded = rank_share(users, self.rank, self.world_size)
+        per = len(padded)
         lengths = torch.zeros(len(FEATURES) * per, dtype=torch.int32)
         lengths[:per] = 1
         kjt = KeyedJaggedTensor.from_lengths_sync(
@@ -172,12 +171,7 @@ class RetrainModel:
         ).to(self.device)
         if self.transfer:
             self.embedding.set_mode("frozen")
-        rows = self.embedding(kjt).to_dict()["user_id"].cpu()
-        if self.world_size > 1:
-            parts = [torch.empty_like(rows) for _ in range(self.world_size)]
-            dist.all_gather(parts, rows)
-            rows = torch.cat(parts)
-        return rows[:n]
+        return gather_shares(self.embedding(kjt).to_dict()["user_id"].cpu(), len(users))
 
     @torch.no_grad()
     def item_block(self) -> tuple[torch.Tensor, int]:

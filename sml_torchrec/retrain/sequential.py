@@ -33,7 +33,14 @@ from sml_torchrec.data.batching import rank_slice
 from sml_torchrec.data.period_dataset import Interactions, PeriodDataset
 from sml_torchrec.data.sampling import sample_negatives
 from sml_torchrec.data.sequences import last_items, period_examples
-from sml_torchrec.distributed.shard_ops import ec_table, gather_full, load_full, row_block
+from sml_torchrec.distributed.shard_ops import (
+    ec_table,
+    gather_full,
+    gather_shares,
+    load_full,
+    rank_share,
+    row_block,
+)
 from sml_torchrec.distributed.sharding import plan_sharding, shard_model
 from sml_torchrec.modules.caser import Caser, CaserConfig
 from sml_torchrec.modules.gru4rec import GRU4Rec, GRU4RecConfig
@@ -167,20 +174,11 @@ class SequentialModel:
         A collective: every rank must call it with the same users.
         """
         users = np.asarray(users, dtype=np.int64)
-        n = len(users)
-        per = -(-n // self.world_size) if n else 1
-        mine = users[self.rank * per : (self.rank + 1) * per]
-        padded = np.zeros(per, dtype=np.int64)  # same stride on every rank; extra rows dropped
-        padded[: len(mine)] = mine
+        padded = rank_share(users, self.rank, self.world_size)
         seqs = last_items(self.history, padded, self.mcfg.seq_len)
         self.dmp.eval()
         kjt = input_kjt(seqs, padded if self.inner.uses_user else None).to(self.device)
-        rows = self.inner.encode(kjt).cpu()
-        if self.world_size > 1:
-            parts = [torch.empty_like(rows) for _ in range(self.world_size)]
-            dist.all_gather(parts, rows)
-            rows = torch.cat(parts)
-        return rows[:n]
+        return gather_shares(self.inner.encode(kjt).cpu(), len(users))
 
     @torch.no_grad()
     def item_block(self) -> tuple[torch.Tensor, int]:
