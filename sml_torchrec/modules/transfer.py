@@ -13,8 +13,12 @@ does not depend on the implementation; switch at run time with ``net.config.impl
 
 * ``"reference"``: the layers written out as the paper draws them (``conv2d`` over a
   ``[N, 1, 3, d]`` image); the baseline that the others are tested against.
-* ``"fused"``: both convolutions are per-column linear maps 3 -> n1 -> n2, so the stage runs
-  as two tiny GEMMs over all N*d columns at once (channel-major layout); the FC layers run as
+* ``"fused"``: on CPU in float32 with the authors' GELU, the C++ kernels of
+  ``transfer_cpu``: the stack + conv stage runs in registers per vector of columns, the FC
+  layers are MKL GEMMs with fc1's bias and activation applied in one pass, and training uses
+  a hand-written backward. Elsewhere (other dtypes or GELU kinds, no C++ compiler) it runs the
+  same algebra as eager ops: both convolutions are per-column linear maps 3 -> n1 -> n2, i.e.
+  two tiny GEMMs over all N*d columns at once (channel-major layout); the FC layers run as
   ``addmm`` with the bias folded in. For the sigmoid GELU the constant 1.702 is folded into
   F1, b1 and the last GEMM's ``alpha`` so each activation is a single ``silu``. Rows are
   processed in cache-sized chunks (``config.chunk_rows``); under ``no_grad`` a leaner path
@@ -62,9 +66,9 @@ class TransferConfig:
     eps: float = 1e-8  # in w_dot = (w_prev * w_new) / (||w_prev|| + eps)
     # "sigmoid": x*sigmoid(1.702x) as the authors' code; "erf": exact GELU; "tanh"
     gelu: str = "sigmoid"
-    # "reference" | "fused" | "compiled" (torch.compile of the fused path). "fused" is the
-    # default: on CPU (1 thread, d=64) it trained ~1.4x faster than "compiled" and needs no
-    # compile step; "compiled" materialised ~1.25x faster (benchmarks/transfer_throughput.py).
+    # "reference" | "fused" | "compiled" (torch.compile of a pointwise formulation). "fused"
+    # is the default: on CPU (d=64) it trained ~1.5x faster than "compiled", materialised as
+    # fast and needs no compile step (benchmarks/transfer_throughput.py).
     impl: str = "fused"
     chunk_rows: int = 2048  # rows per chunk for forward and materialise (cache-sized)
 
@@ -231,6 +235,19 @@ _POINTWISE = {"sigmoid": _pointwise_sigmoid, "erf": _pointwise_erf, "tanh": _poi
 _compiled: dict[str, Callable[..., Tensor]] = {}
 
 
+def _cpu_kernel_ok(new: Tensor, c: TransferConfig) -> bool:
+    """Whether the fused path runs on the C++ kernels of ``transfer_cpu`` for these rows."""
+    from sml_torchrec.modules import transfer_cpu
+
+    return transfer_cpu.supports(new, c.gelu, c.n1, c.n2) and transfer_cpu.load() is not None
+
+
+def _cpu_chunk(prev: Tensor, new: Tensor, p: Params, eps: float, kind: str) -> Tensor:
+    from sml_torchrec.modules.transfer_cpu import TransferRowsCPU
+
+    return TransferRowsCPU.apply(prev, new, *p, eps)
+
+
 def _compiled_chunk(prev: Tensor, new: Tensor, p: Params, eps: float, kind: str) -> Tensor:
     if new.shape[0] < 2:
         # Sizes 0 and 1 are specialised by dynamo; the eager fused path computes the same.
@@ -333,7 +350,10 @@ class TransferNet(nn.Module):
             out = torch.empty_like(new, memory_format=torch.contiguous_format)
             _materialize_rows(self, prev, new, out, c.chunk_rows)
             return out
-        fn = _fused_chunk if c.impl == "fused" else _compiled_chunk
+        if c.impl == "fused":
+            fn = _cpu_chunk if _cpu_kernel_ok(new, c) else _fused_chunk
+        else:
+            fn = _compiled_chunk
         p, n, step = self.params(), new.shape[0], c.chunk_rows
         if n <= step:
             return fn(prev, new, p, c.eps, c.gelu)
@@ -356,6 +376,14 @@ def _materialize_rows(
                 j = min(i + step, n)
                 transfer_triton.transfer_rows_into(prev[i:j], new[i:j], p, c.eps, c.gelu, out[i:j])
             return
+    if c.impl == "fused" and _cpu_kernel_ok(new, c):
+        from sml_torchrec.modules import transfer_cpu
+
+        cbuf = transfer_cpu.Scratch(min(step, n), net.dim, c.n2, c.hidden, like=new)
+        for i in range(0, n, step):
+            j = min(i + step, n)
+            transfer_cpu.transfer_rows_into(prev[i:j], new[i:j], p, c.eps, out[i:j], cbuf)
+        return
     if c.impl == "fused":
         buf = _Scratch(min(step, n), net.dim, c.n1, c.n2, c.hidden, like=new)
         for i in range(0, n, step):

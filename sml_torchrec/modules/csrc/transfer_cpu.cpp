@@ -1,0 +1,266 @@
+// Fused CPU kernels for SML's transfer f_Θ (see sml_torchrec/modules/transfer_cpu.py).
+//
+// The stack + conv1 + conv2 stage is a per-column map R^3 -> R^n1 -> R^n2 with an activation
+// after each layer. Done as separate tensor ops it streams n1 + n2 full [B, d] planes through
+// memory several times; here each vector of columns goes through the whole stage in registers,
+// and the backward recomputes the stage instead of storing it.
+//
+// All activations are silu on pre-scaled inputs: the Python side folds the 1.702 of the
+// authors' GELU approximation x*sigmoid(1.702x) into the weights (silu(s*x) = s*gelu_s(x)).
+// Shapes: prev, neww, out rows [B, d]; f1 [n1, 3] (already scaled by s); f2 [n2, n1];
+// h2 [B, n2*d] with row layout k*d + m (the flatten order of fc1's input).
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cmath>
+#include <mutex>
+#include <vector>
+
+namespace {
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kW = Vec::size();
+constexpr int64_t kMaxChannels = 16;
+constexpr int64_t kRowGrain = 16;
+
+inline Vec sigmoid(const Vec& u) { return Vec(1.f) / (Vec(1.f) + u.neg().exp_u20()); }
+inline Vec silu(const Vec& u) { return u / (Vec(1.f) + u.neg().exp_u20()); }
+// d/du silu(u) = s + u s (1 - s), s = sigmoid(u)
+inline Vec silu_grad_from(const Vec& u, const Vec& s) {
+  return s * (Vec(1.f) + u * (Vec(1.f) - s));
+}
+inline Vec load(const float* p, int64_t w) { return w == kW ? Vec::loadu(p) : Vec::loadu(p, w); }
+inline void store(const Vec& v, float* p, int64_t w) {
+  if (w == kW) v.store(p); else v.store(p, w);
+}
+inline Vec fma(const Vec& a, const Vec& b, const Vec& c) { return at::vec::fmadd(a, b, c); }
+
+float reduce(const Vec& v) {
+  float lanes[kW];
+  v.store(lanes);
+  float s = 0.f;
+  for (int64_t i = 0; i < kW; ++i) s += lanes[i];
+  return s;
+}
+
+// 1 / (||p|| + eps) for one row: w_dot = prev * new * inv_norm.
+float inv_norm(const float* p, int64_t d, double eps) {
+  Vec acc(0.f);
+  int64_t m = 0;
+  for (; m + kW <= d; m += kW) { const Vec x = Vec::loadu(p + m); acc = fma(x, x, acc); }
+  float ss = reduce(acc);
+  for (; m < d; ++m) ss += p[m] * p[m];
+  return static_cast<float>(1.0 / (std::sqrt(static_cast<double>(ss)) + eps));
+}
+
+void check_rows(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 2 &&
+                  t.is_contiguous(),
+              name, " must be a contiguous 2-D float32 CPU tensor");
+}
+
+void check_filters(const at::Tensor& f1, const at::Tensor& f2) {
+  check_rows(f1, "f1");
+  check_rows(f2, "f2");
+  TORCH_CHECK(f1.size(1) == 3 && f2.size(1) == f1.size(0), "f1 must be [n1, 3], f2 [n2, n1]");
+  TORCH_CHECK(f1.size(0) <= kMaxChannels && f2.size(0) <= kMaxChannels,
+              "the fused CPU transfer supports at most ", kMaxChannels, " conv channels");
+}
+
+}  // namespace
+
+// h2 (= out, [B, n2*d]) = silu(f2 @ silu(f1 @ [prev; neww; w_dot])) column by column.
+void stage_forward(const at::Tensor& prev, const at::Tensor& neww, const at::Tensor& f1,
+                   const at::Tensor& f2, double eps, at::Tensor out) {
+  check_rows(prev, "prev");
+  check_rows(neww, "new");
+  check_filters(f1, f2);
+  const int64_t B = prev.size(0), d = prev.size(1), n1 = f1.size(0), n2 = f2.size(0);
+  TORCH_CHECK(neww.sizes() == prev.sizes(), "prev and new must have the same shape");
+  check_rows(out, "out");
+  TORCH_CHECK(out.size(0) == B && out.size(1) == n2 * d, "out must be [B, n2*d]");
+  const float* P = prev.data_ptr<float>();
+  const float* N = neww.data_ptr<float>();
+  const float* F1 = f1.data_ptr<float>();
+  const float* F2 = f2.data_ptr<float>();
+  float* O = out.data_ptr<float>();
+  at::parallel_for(0, B, kRowGrain, [&](int64_t b0, int64_t b1) {
+    Vec h1[kMaxChannels];
+    for (int64_t b = b0; b < b1; ++b) {
+      const float* p = P + b * d;
+      const float* n = N + b * d;
+      float* o = O + b * n2 * d;
+      const Vec inv(inv_norm(p, d, eps));
+      for (int64_t m = 0; m < d; m += kW) {
+        const int64_t w = std::min(kW, d - m);
+        const Vec x0 = load(p + m, w), x1 = load(n + m, w);
+        const Vec x2 = x0 * x1 * inv;
+        for (int64_t k = 0; k < n1; ++k) {
+          const float* f = F1 + 3 * k;
+          h1[k] = silu(fma(Vec(f[0]), x0, fma(Vec(f[1]), x1, Vec(f[2]) * x2)));
+        }
+        for (int64_t j = 0; j < n2; ++j) {
+          const float* f = F2 + j * n1;
+          Vec acc = Vec(f[0]) * h1[0];
+          for (int64_t k = 1; k < n1; ++k) acc = fma(Vec(f[k]), h1[k], acc);
+          store(silu(acc), o + j * d + m, w);
+        }
+      }
+    }
+  });
+}
+
+// Gradients of the stage given grad_h2 [B, n2*d]. Returns (grad_new [B, d] or undefined,
+// grad_f1 [n1, 3] or undefined, grad_f2 [n2, n1] or undefined). w_dot is a constant (as in
+// the authors' code), so grad_new flows only through the Ŵ slot of the stack.
+std::vector<at::Tensor> stage_backward(const at::Tensor& grad_h2, const at::Tensor& prev,
+                                       const at::Tensor& neww, const at::Tensor& f1,
+                                       const at::Tensor& f2, double eps, bool need_input,
+                                       bool need_params) {
+  check_rows(prev, "prev");
+  check_rows(neww, "new");
+  check_rows(grad_h2, "grad_h2");
+  check_filters(f1, f2);
+  const int64_t B = prev.size(0), d = prev.size(1), n1 = f1.size(0), n2 = f2.size(0);
+  TORCH_CHECK(grad_h2.size(0) == B && grad_h2.size(1) == n2 * d, "grad_h2 must be [B, n2*d]");
+  at::Tensor grad_new, grad_f1, grad_f2;
+  if (need_input) grad_new = at::empty_like(neww);
+  std::vector<double> p1(n1 * 3, 0.0), p2(n2 * n1, 0.0);
+  std::mutex merge;
+  const float* G = grad_h2.data_ptr<float>();
+  const float* P = prev.data_ptr<float>();
+  const float* N = neww.data_ptr<float>();
+  const float* F1 = f1.data_ptr<float>();
+  const float* F2 = f2.data_ptr<float>();
+  float* GN = need_input ? grad_new.data_ptr<float>() : nullptr;
+  at::parallel_for(0, B, kRowGrain, [&](int64_t b0, int64_t b1) {
+    Vec u1[kMaxChannels], s1[kMaxChannels], h1[kMaxChannels], g2[kMaxChannels];
+    std::vector<Vec> a1(need_params ? n1 * 3 : 0, Vec(0.f));
+    std::vector<Vec> a2(need_params ? n2 * n1 : 0, Vec(0.f));
+    for (int64_t b = b0; b < b1; ++b) {
+      const float* p = P + b * d;
+      const float* n = N + b * d;
+      const float* g = G + b * n2 * d;
+      const Vec inv(inv_norm(p, d, eps));
+      for (int64_t m = 0; m < d; m += kW) {
+        const int64_t w = std::min(kW, d - m);
+        // Lanes past d load as zeros and contribute nothing to the parameter sums.
+        const Vec x0 = load(p + m, w), x1 = load(n + m, w);
+        const Vec x2 = x0 * x1 * inv;
+        for (int64_t k = 0; k < n1; ++k) {
+          const float* f = F1 + 3 * k;
+          u1[k] = fma(Vec(f[0]), x0, fma(Vec(f[1]), x1, Vec(f[2]) * x2));
+          s1[k] = sigmoid(u1[k]);
+          h1[k] = u1[k] * s1[k];
+        }
+        for (int64_t j = 0; j < n2; ++j) {
+          const float* f = F2 + j * n1;
+          Vec u2 = Vec(f[0]) * h1[0];
+          for (int64_t k = 1; k < n1; ++k) u2 = fma(Vec(f[k]), h1[k], u2);
+          g2[j] = load(g + j * d + m, w) * silu_grad_from(u2, sigmoid(u2));
+        }
+        Vec gn(0.f);
+        for (int64_t k = 0; k < n1; ++k) {
+          Vec gh1 = Vec(F2[k]) * g2[0];
+          for (int64_t j = 1; j < n2; ++j) gh1 = fma(Vec(F2[j * n1 + k]), g2[j], gh1);
+          const Vec g1 = gh1 * silu_grad_from(u1[k], s1[k]);
+          gn = fma(Vec(F1[3 * k + 1]), g1, gn);
+          if (need_params) {
+            a1[3 * k] = fma(g1, x0, a1[3 * k]);
+            a1[3 * k + 1] = fma(g1, x1, a1[3 * k + 1]);
+            a1[3 * k + 2] = fma(g1, x2, a1[3 * k + 2]);
+            for (int64_t j = 0; j < n2; ++j) a2[j * n1 + k] = fma(g2[j], h1[k], a2[j * n1 + k]);
+          }
+        }
+        if (need_input) store(gn, GN + b * d + m, w);
+      }
+    }
+    if (need_params) {
+      std::lock_guard<std::mutex> lock(merge);
+      for (size_t i = 0; i < a1.size(); ++i) p1[i] += reduce(a1[i]);
+      for (size_t i = 0; i < a2.size(); ++i) p2[i] += reduce(a2[i]);
+    }
+  });
+  if (need_params) {
+    grad_f1 = at::empty({n1, 3}, f1.options());
+    grad_f2 = at::empty({n2, n1}, f2.options());
+    for (int64_t i = 0; i < n1 * 3; ++i) grad_f1.data_ptr<float>()[i] = static_cast<float>(p1[i]);
+    for (int64_t i = 0; i < n2 * n1; ++i) grad_f2.data_ptr<float>()[i] = static_cast<float>(p2[i]);
+  }
+  return {grad_new, grad_f1, grad_f2};
+}
+
+// u = silu(u + bias) in place (no-grad use).
+void bias_silu_(at::Tensor u, const at::Tensor& bias) {
+  check_rows(u, "u");
+  TORCH_CHECK(bias.is_contiguous() && bias.scalar_type() == at::kFloat &&
+                  bias.numel() == u.size(1), "bias must be a contiguous float32 [H]");
+  const int64_t B = u.size(0), H = u.size(1);
+  float* U = u.data_ptr<float>();
+  const float* C = bias.data_ptr<float>();
+  at::parallel_for(0, B, kRowGrain, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int64_t m = 0; m < H; m += kW) {
+        const int64_t w = std::min(kW, H - m);
+        store(silu(load(U + b * H + m, w) + load(C + m, w)), U + b * H + m, w);
+      }
+    }
+  });
+}
+
+// For the autograd forward: x = u + bias; u is overwritten with sigmoid(x) and silu(x) is
+// returned. The backward needs only these two: silu'(x) = sig + silu(x) * (1 - sig).
+at::Tensor bias_silu_keep_sigmoid(at::Tensor u, const at::Tensor& bias) {
+  check_rows(u, "u");
+  TORCH_CHECK(bias.is_contiguous() && bias.scalar_type() == at::kFloat &&
+                  bias.numel() == u.size(1), "bias must be a contiguous float32 [H]");
+  at::Tensor z = at::empty_like(u);
+  const int64_t B = u.size(0), H = u.size(1);
+  float* U = u.data_ptr<float>();
+  float* Z = z.data_ptr<float>();
+  const float* C = bias.data_ptr<float>();
+  at::parallel_for(0, B, kRowGrain, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int64_t m = 0; m < H; m += kW) {
+        const int64_t w = std::min(kW, H - m);
+        const Vec x = load(U + b * H + m, w) + load(C + m, w);
+        const Vec sig = sigmoid(x);
+        store(sig, U + b * H + m, w);
+        store(x * sig, Z + b * H + m, w);
+      }
+    }
+  });
+  return z;
+}
+
+// grad *= silu'(x), in place, from z = silu(x) and sig = sigmoid(x).
+void silu_backward_(at::Tensor grad, const at::Tensor& z, const at::Tensor& sig) {
+  check_rows(grad, "grad");
+  check_rows(z, "z");
+  check_rows(sig, "sig");
+  TORCH_CHECK(grad.sizes() == z.sizes() && grad.sizes() == sig.sizes(),
+              "grad, z and sig must have the same shape");
+  const int64_t n = z.numel();
+  float* G = grad.data_ptr<float>();
+  const float* Z = z.data_ptr<float>();
+  const float* S = sig.data_ptr<float>();
+  at::parallel_for(0, n, 16 * 1024, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i += kW) {
+      const int64_t w = std::min(kW, i1 - i);
+      const Vec s = load(S + i, w);
+      store(load(G + i, w) * fma(load(Z + i, w), Vec(1.f) - s, s), G + i, w);
+    }
+  });
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("stage_forward", &stage_forward);
+  m.def("stage_backward", &stage_backward);
+  m.def("bias_silu_", &bias_silu_);
+  m.def("bias_silu_keep_sigmoid", &bias_silu_keep_sigmoid);
+  m.def("silu_backward_", &silu_backward_);
+}

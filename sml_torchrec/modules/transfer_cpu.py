@@ -1,0 +1,185 @@
+"""CPU path of the SML transfer: fused C++ kernels for everything that is not a GEMM.
+
+The transfer's FLOPs are ~98% in its two FC GEMMs, which MKL runs near the machine's matmul
+rate. What keeps the eager ops well below that rate is the rest: the stack + conv1 + conv2
+stage touches n1 + n2 full planes of the chunk for a few FLOPs each, and every activation is
+another pass over memory. ``csrc/transfer_cpu.cpp`` does that part with ATen's vector type:
+
+* ``stage_forward``: ``[prev; new; w_dot] -> conv1 -> act -> conv2 -> act`` per vector of
+  columns, in registers, writing ``H2`` already flattened for fc1 (``[B, n2*d]``);
+* ``stage_backward``: recomputes the stage and returns the gradients of ``new``, F1 and F2;
+* ``bias_silu_`` / ``bias_silu_keep_sigmoid``: fc1's bias and activation in one pass after
+  the GEMM (the autograd variant keeps sigmoid(x), so the backward needs no ``exp``);
+* ``silu_backward_``: the activation's gradient in place.
+
+Only the authors' GELU (``x*sigmoid(1.702x)``, ``TransferConfig.gelu = "sigmoid"``) in
+float32 runs here; ``exp`` is ATen's ``exp_u20`` (relative error ~1e-6 in the activations;
+tests hold the path to the reference within 1e-4). The extension is compiled on first use
+with ``torch.utils.cpp_extension`` (about 30 s, once per machine: the build is cached under
+``TORCH_EXTENSIONS_DIR``) for this CPU's vector ISA. Where it cannot be built (no C++
+compiler) :func:`load` warns once and returns ``None``; ``TransferNet`` then runs its eager
+fused ops, which compute the same function.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+__all__ = ["SCALE", "Scratch", "TransferRowsCPU", "load", "supports", "transfer_rows_into"]
+
+SCALE = 1.702  # the authors' GELU x*sigmoid(1.702x) = silu(1.702x) / 1.702
+_SOURCE = Path(__file__).parent / "csrc" / "transfer_cpu.cpp"
+# ATen's Vectorized<float> picks its implementation from these macros, the way torch's own
+# per-ISA kernels are built.
+_ISA_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma",
+               "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
+    "AVX2": ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+}
+_state: dict[str, object] = {}
+
+
+def load() -> ModuleType | None:
+    """The compiled kernels, building them on first call; ``None`` if they cannot be built."""
+    if "ext" in _state:
+        return _state["ext"]  # type: ignore[return-value]
+    ext = None
+    isa = torch.backends.cpu.get_cpu_capability()
+    name = f"sml_transfer_cpu_{isa.lower()}"
+    try:
+        from torch.utils import cpp_extension
+
+        _ninja_on_path()
+        if not _is_built(name):
+            print(f"[sml_torchrec] building the fused CPU transfer kernel for {isa} (~30 s, "
+                  "once per machine)", file=sys.stderr, flush=True)
+        ext = cpp_extension.load(
+            name=name,
+            sources=[str(_SOURCE)],
+            extra_cflags=["-O3", "-fopenmp", *_ISA_FLAGS.get(isa, [])],
+            extra_ldflags=["-fopenmp"],
+            verbose=False,
+        )
+    except Exception as e:  # no compiler, no headers, a failed build: run the eager ops
+        warnings.warn(
+            f"the fused CPU transfer kernel could not be built ({type(e).__name__}: "
+            f"{str(e)[:300]}); TransferNet uses its eager fused ops instead",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    _state["ext"] = ext
+    return ext
+
+
+def _ninja_on_path() -> None:
+    """cpp_extension runs ``ninja`` from PATH; the pip-installed one sits beside python."""
+    here = Path(sys.executable).parent
+    if shutil.which("ninja") is None and (here / "ninja").exists():
+        os.environ["PATH"] = f"{here}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def _is_built(name: str) -> bool:
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        return (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").exists()
+    except Exception:  # a private helper: if it moves, just print the message
+        return False
+
+
+def supports(new: Tensor, kind: str, n1: int, n2: int) -> bool:
+    """Whether these rows can take the C++ path (CPU float32, the authors' GELU)."""
+    return (kind == "sigmoid" and new.device.type == "cpu" and new.dtype == torch.float32
+            and max(n1, n2) <= 16)
+
+
+Params = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+class TransferRowsCPU(torch.autograd.Function):
+    """f_Θ on one chunk of rows with a hand-written backward: ``[B, d] -> [B, d]``.
+
+    ``prev`` gets no gradient (it is W_{t-1}); gradients reach ``new`` and every parameter
+    only when autograd asks for them, so SML's step 1 (Θ detached) runs just the two
+    grad-input GEMMs. The stage is recomputed in the backward; saved per chunk are H2
+    ``[B, n2*d]`` and fc1's activation and its sigmoid ``[B, hidden]``.
+    """
+
+    @staticmethod
+    def forward(ctx, prev: Tensor, new: Tensor, f1: Tensor, f2: Tensor, w1: Tensor,
+                b1: Tensor, w2: Tensor, b2: Tensor, eps: float) -> Tensor:
+        ext = load()
+        prev, new = prev.contiguous(), new.contiguous()
+        f1s = (f1 * SCALE).contiguous()
+        f2c = f2.contiguous()
+        h2 = new.new_empty(new.shape[0], f2.shape[0] * new.shape[1])
+        ext.stage_forward(prev, new, f1s, f2c, eps, h2)
+        sig = torch.mm(h2, w1.t())
+        z = ext.bias_silu_keep_sigmoid(sig, (b1 * SCALE).contiguous())
+        out = torch.addmm(b2, z, w2.t(), alpha=1.0 / SCALE)
+        ctx.eps = eps
+        ctx.save_for_backward(prev, new, f1s, f2c, w1, w2, h2, sig, z)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        ext = load()
+        prev, new, f1s, f2, w1, w2, h2, sig, z = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        need_new, need_stage_params = need[1], need[2] or need[3]
+        grad = grad.contiguous()
+        g_w2 = grad.t().mm(z).mul_(1.0 / SCALE) if need[6] else None
+        g_b2 = grad.sum(0) if need[7] else None
+        gu = torch.mm(grad, w2).mul_(1.0 / SCALE)
+        ext.silu_backward_(gu, z, sig)  # now dL/du, u = SCALE * fc1's pre-activation
+        g_w1 = gu.t().mm(h2) if need[4] else None
+        g_b1 = gu.sum(0).mul_(SCALE) if need[5] else None
+        g_new = g_f1 = g_f2 = None
+        if need_new or need_stage_params:
+            g_h2 = torch.mm(gu, w1)
+            g_new, g_f1s, g_f2 = ext.stage_backward(
+                g_h2, prev, new, f1s, f2, ctx.eps, bool(need_new), bool(need_stage_params))
+            if need[2]:
+                g_f1 = g_f1s.mul_(SCALE)
+            if not need[3]:
+                g_f2 = None
+            if not need_new:
+                g_new = None
+        return None, g_new, g_f1, g_f2, g_w1, g_b1, g_w2, g_b2, None
+
+
+class Scratch:
+    """Reusable no-grad buffers for ``rows`` rows: H2 ``[rows, n2*d]``, z ``[rows, hidden]``."""
+
+    def __init__(self, rows: int, dim: int, n2: int, hidden: int, like: Tensor) -> None:
+        self.h2 = like.new_empty(rows * n2 * dim)
+        self.z = like.new_empty(rows * hidden)
+
+
+@torch.no_grad()
+def transfer_rows_into(prev: Tensor, new: Tensor, p: Params, eps: float, out: Tensor,
+                       buf: Scratch) -> None:
+    """``out[:] = f(prev, new)`` for one chunk, no autograd, into reused buffers."""
+    ext = load()
+    f1, f2, w1, b1, w2, b2 = p
+    b, d = new.shape
+    if b == 0:
+        return
+    h2 = buf.h2[: b * f2.shape[0] * d].view(b, -1)
+    ext.stage_forward(prev.contiguous(), new.contiguous(), (f1 * SCALE).contiguous(),
+                      f2.contiguous(), eps, h2)
+    z = buf.z[: b * w1.shape[0]].view(b, -1)
+    torch.mm(h2, w1.t(), out=z)
+    ext.bias_silu_(z, (b1 * SCALE).contiguous())
+    if out.is_contiguous():
+        torch.addmm(b2, z, w2.t(), alpha=1.0 / SCALE, out=out)
+    else:
+        out.copy_(torch.addmm(b2, z, w2.t(), alpha=1.0 / SCALE))

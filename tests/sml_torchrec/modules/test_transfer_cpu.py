@@ -1,0 +1,153 @@
+"""Tests of the fused C++ CPU path of the SML transfer against the float64 reference."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from sml_torchrec.modules import transfer_cpu
+from sml_torchrec.modules.transfer import (
+    TransferConfig,
+    TransferNet,
+    _cpu_kernel_ok,
+    _fused_chunk,
+    materialize,
+)
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("c++") is None and shutil.which("g++") is None, reason="needs a C++ compiler"
+)
+
+
+def _pair(dim: int, seed: int = 0) -> tuple[TransferNet, TransferNet]:
+    """The same parameters as a float64 reference net and a float32 fused net."""
+    torch.manual_seed(seed)
+    ref = TransferNet(dim, TransferConfig(impl="reference")).double()
+    with torch.no_grad():
+        ref.fc1.bias.normal_()
+        ref.fc2.bias.normal_()
+    fused = TransferNet(dim, TransferConfig(impl="fused", chunk_rows=16))
+    fused.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
+    return ref, fused
+
+
+def _rows(n: int, d: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, d, generator=g, dtype=torch.float64),
+            torch.randn(n, d, generator=g, dtype=torch.float64))
+
+
+def _grads(net: TransferNet, prev, new, weight, params: bool = True):
+    new = new.clone().requires_grad_(True)
+    if params:
+        net.zero_grad(set_to_none=True)
+        out = net(prev, new)
+    else:  # SML step 1: Θ constant, gradient to new only
+        consts = {k: v.detach() for k, v in net.named_parameters()}
+        out = torch.func.functional_call(net, consts, (prev, new))
+    (out * weight).sum().backward()
+    g = {"new": new.grad}
+    if params:
+        g.update({k: p.grad for k, p in net.named_parameters()})
+    return out.detach(), g
+
+
+def test_kernel_builds_and_serves_the_fused_path():
+    assert transfer_cpu.load() is not None
+    _, net = _pair(13)
+    assert _cpu_kernel_ok(torch.zeros(2, 13), net.config)
+    # Only the authors' GELU in float32 takes the C++ path; the rest stays on eager ops.
+    assert not _cpu_kernel_ok(torch.zeros(2, 13, dtype=torch.float64), net.config)
+    assert not _cpu_kernel_ok(torch.zeros(2, 13), TransferConfig(gelu="erf"))
+
+
+# Odd row counts (the 16-row chunks leave a tail), d below, between and above the 16-lane
+# vector width and not a multiple of 8.
+@pytest.mark.parametrize(("n", "d"), [(1, 5), (37, 13), (50, 37), (33, 64), (20, 70)])
+def test_values_and_gradients_match_float64_reference(n, d):
+    ref_net, net = _pair(d)
+    prev, new = _rows(n, d)
+    weight = torch.linspace(-1, 1, n * d, dtype=torch.float64).view(n, d)
+    ref, ref_g = _grads(ref_net, prev, new, weight)
+    out, g = _grads(net, prev.float(), new.float(), weight.float())
+    scale = ref.abs().max()
+    assert (out.double() - ref).abs().max() <= 1e-5 * scale
+    assert set(g) == set(ref_g)
+    for k, want in ref_g.items():
+        assert want.abs().sum() > 0, k
+        err = (g[k].double() - want).abs().max() / want.abs().max()
+        assert err <= 1e-4, (k, float(err))
+
+
+def test_step1_gradient_to_new_only():
+    ref_net, net = _pair(19)
+    prev, new = _rows(41, 19)
+    weight = torch.randn(41, 19, dtype=torch.float64)
+    _, ref_g = _grads(ref_net, prev, new, weight, params=False)
+    _, g = _grads(net, prev.float(), new.float(), weight.float(), params=False)
+    assert all(p.grad is None for p in net.parameters())
+    err = (g["new"].double() - ref_g["new"]).abs().max() / ref_g["new"].abs().max()
+    assert err <= 1e-4
+
+
+def test_no_gradient_to_prev_and_w_dot_constant():
+    _, net = _pair(13)
+    prev, new = (t.float() for t in _rows(6, 13))
+    prev.requires_grad_(True)
+    with torch.no_grad():
+        net.conv1[:, :2] = 0  # the output now depends on new only through w_dot
+    new.requires_grad_(True)
+    net(prev, new).sum().backward()
+    assert prev.grad is None
+    assert torch.count_nonzero(new.grad) == 0
+    assert net.conv1.grad[:, 2].abs().sum() > 0
+
+
+def test_materialize_matches_reference_with_tails_aliasing_and_strided_out():
+    ref_net, net = _pair(21)
+    prev, new = _rows(45, 21)
+    with torch.no_grad():
+        want = ref_net(prev, new).float()
+    prev, new = prev.float(), new.float()
+    table = prev.clone()
+    materialize(net, table, new, out=table, chunk_rows=16)  # out aliases prev
+    torch.testing.assert_close(table, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    wide = torch.full((45, 30), 7.0)
+    materialize(net, prev, new, wide[:, 4:25], chunk_rows=7)
+    torch.testing.assert_close(wide[:, 4:25], table, rtol=1e-6, atol=1e-6)
+    assert (wide[:, :4] == 7).all() and (wide[:, 25:] == 7).all()
+    # non-contiguous inputs are read correctly too
+    strided_new = torch.cat([new, new], 1)[:, :21]
+    assert not strided_new.is_contiguous()
+    out = torch.empty(45, 21)
+    materialize(net, prev, strided_new, out)
+    torch.testing.assert_close(out, table, rtol=1e-6, atol=1e-6)
+    empty = torch.empty(0, 21)
+    materialize(net, empty, empty, empty)
+
+
+def test_matches_the_eager_fused_ops():
+    # The C++ kernels and the eager fused formulation are two implementations of one chunk.
+    _, net = _pair(64)
+    prev, new = (t.float() for t in _rows(300, 64))
+    p = tuple(t.detach() for t in net.params())
+    with torch.no_grad():
+        eager = _fused_chunk(prev, new, p, net.config.eps, "sigmoid")
+        kernel = transfer_cpu.TransferRowsCPU.apply(prev, new, *p, net.config.eps)
+    torch.testing.assert_close(kernel, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_extreme_inputs_stay_finite():
+    # exp_u20 of large arguments must saturate the sigmoid, not produce NaN.
+    _, net = _pair(16)
+    prev = torch.full((4, 16), 1e4)
+    new = torch.linspace(-1e4, 1e4, 64).view(4, 16)
+    new.requires_grad_(True)
+    out = net(prev, new)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(new.grad).all()
+    with torch.no_grad():
+        ref = net.reference(prev, new)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-3 * float(ref.abs().max()))
