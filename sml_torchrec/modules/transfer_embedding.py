@@ -30,6 +30,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
@@ -156,10 +157,12 @@ class TransferEmbeddingBagCollection(nn.Module):
 
 
 def _pool(rows: torch.Tensor, inverse: torch.Tensor, jt, pooling: PoolingType) -> torch.Tensor:
-    """Pool ``rows[inverse]`` into bags given by the jagged tensor's lengths: ``[B, d]``."""
-    lengths = jt.lengths().long()
-    bag = torch.repeat_interleave(torch.arange(len(lengths), device=rows.device), lengths)
-    out = rows.new_zeros(len(lengths), rows.shape[1]).index_add(0, bag, rows[inverse])
-    if pooling == PoolingType.MEAN:
-        out = out / lengths.clamp(min=1).unsqueeze(1).to(out.dtype)
-    return out
+    """Pool ``rows[inverse]`` into bags given by the jagged tensor's lengths: ``[B, d]``.
+
+    Empty bags pool to zeros under both SUM and MEAN, as TorchRec's EmbeddingBagCollection.
+    """
+    lengths = jt.lengths()
+    if inverse.numel() == lengths.numel() and bool((lengths == 1).all()):
+        return rows.index_select(0, inverse)  # one id per bag (MF): a gather, no pooling
+    mode = "mean" if pooling == PoolingType.MEAN else "sum"
+    return F.embedding_bag(inverse, rows, jt.offsets(), mode=mode, include_last_offset=True)
