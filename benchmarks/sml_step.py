@@ -32,7 +32,8 @@ batch, so a step does (unique users + unique items incl. negatives) rows x ``flo
 ``transfer_efficiency`` = step 1's transfer FLOPs per second (summed over ranks, over the whole
 step's wall time) / the same-run ``torch.mm`` rate (summed over ranks). The mm rate is a
 ``--mm-size``^3 fp32 ``torch.mm`` timed in every rank process with the same thread count, at
-the same time on all ranks, sampled at the start of every repeat; its median is used. Threads
+the same time on all ranks, sampled between every two timed runs; each run is divided by the
+mean of its two neighbouring samples and the median of those ratios is reported. Threads
 per rank = ``--threads`` // ranks. Peak RSS is each rank's ``ru_maxrss``. Prints a human table
 and one JSON line.
 
@@ -158,14 +159,26 @@ def bench_rank(cfg: dict) -> dict:
     for fn in runs.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {k: [] for k in runs}
+    # Each timed run is paired with the mean of the mm rates sampled right before and after
+    # it (summed over ranks): on a shared machine the rate drifts between runs.
+    beside: dict[str, list[float]] = {k: [] for k in runs}
     mm: list[float] = []
-    for _ in range(cfg["repeats"]):
+
+    def sample_mm() -> float:
         if dist.is_initialized():
             dist.barrier()
         mm.append(mm_gflops(cfg["mm_size"]))
+        return _sum_over_ranks(mm[-1])
+
+    before = sample_mm()
+    for _ in range(cfg["repeats"]):
         for k, fn in runs.items():
             times[k].append(fn())
+            after = sample_mm()
+            beside[k].append((before + after) / 2)
+            before = after
     out = {k: statistics.median(v) for k, v in times.items()}
+    out["runs"] = {k: list(zip(times[k], beside[k], strict=True)) for k in runs}
     out["mm_gflops"] = _sum_over_ranks(statistics.median(mm))
     out["mm_min_max"] = [_sum_over_ranks(min(mm)), _sum_over_ranks(max(mm))]
     out["unique_rows"] = _sum_over_ranks(rows)
@@ -189,14 +202,17 @@ def summarise(r: dict, ranks: int, a, flop_per_row: int, factors: dict) -> dict:
     examples = a.steps * a.batch * ranks
     res = {f"{k}_examples_per_s": examples / r[k] for k in STEPS}
     res["materialize_rows_per_s"] = (a.users + a.items) / r["materialize"]
+    flops = {k: r["unique_rows"] * flop_per_row * factors[k] for k in ("step1", "step2")}
+    flops["materialize"] = (a.users + a.items) * flop_per_row
+
+    def efficiency(k: str) -> float:
+        return statistics.median(flops[k] / t / 1e9 / mm for t, mm in r["runs"][k])
+
     for k in ("step1", "step2"):
-        gflops = r["unique_rows"] * flop_per_row * factors[k] / r[k] / 1e9
-        res[f"{k}_transfer_gflops"] = gflops
+        res[f"{k}_transfer_gflops"] = flops[k] / r[k] / 1e9
         eff_key = "transfer_efficiency" if k == "step1" else "step2_transfer_efficiency"
-        res[eff_key] = gflops / r["mm_gflops"]
-    res["materialize_transfer_efficiency"] = (
-        res["materialize_rows_per_s"] * flop_per_row / 1e9 / r["mm_gflops"]
-    )
+        res[eff_key] = efficiency(k)
+    res["materialize_transfer_efficiency"] = efficiency("materialize")
     res["step1_vs_finetune"] = r["finetune"] / r["step1"]  # step 1's speed as a fraction
     res["mm_gflops"] = r["mm_gflops"]
     res["mm_gflops_min_max"] = r["mm_min_max"]

@@ -10,7 +10,9 @@ yardstick (reported as ``ratio_to_mm``). Two modes:
 
 FLOPs per row come from the config (2 per multiply-add of conv1, conv2, fc1, fc2; biases and
 activations not counted). Rates are medians over ``--repeats`` timed runs after one warm-up
-(the warm-up also compiles the "compiled" path; its compile time is reported separately).
+(the warm-up also compiles the "compiled" path; its compile time is reported separately);
+``ratio_to_mm`` is the median over those runs of each run's rate / the mm rate sampled right
+before and after it.
 Prints a human table and one JSON line.
 
     python benchmarks/transfer_throughput.py              # d=64, 32768 rows, 2048-row chunks
@@ -36,31 +38,45 @@ from sml_torchrec.modules.transfer import (
 PATHS = {"naive": "reference", "fused": "fused", "compiled": "compiled"}
 
 
-def mm_gflops(n: int, repeats: int) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    times = []
-    for _ in range(repeats):
+class MatmulYardstick:
+    """The same-run fp32 ``torch.mm`` of two ``n x n`` matrices, timed on demand."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.a, self.b = torch.randn(n, n), torch.randn(n, n)
+        torch.mm(self.a, self.b)
+        self.samples: list[float] = []
+
+    def gflops(self) -> float:
         t = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times) / 1e9
+        torch.mm(self.a, self.b)
+        rate = 2 * self.n**3 / (time.perf_counter() - t) / 1e9
+        self.samples.append(rate)
+        return rate
 
 
-def _time(fn, repeats: int) -> tuple[float, float]:
-    """(first call seconds, median seconds of ``repeats`` later calls)."""
+def _time(fn, repeats: int, mm: MatmulYardstick) -> tuple[float, list[float], list[float]]:
+    """(first call seconds, seconds of ``repeats`` later calls, the mm rate beside each).
+
+    Each timed call sits between two mm samples and is paired with their mean: on a shared
+    machine the rate drifts, and a ratio of neighbours is steadier than a ratio of medians.
+    """
     t = time.perf_counter()
     fn()
     first = time.perf_counter() - t
-    times = []
+    times, rates = [], []
+    before = mm.gflops()
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return first, statistics.median(times)
+        after = mm.gflops()
+        rates.append((before + after) / 2)
+        before = after
+    return first, times, rates
 
 
-def measure(net: TransferNet, args, impl: str, mode: str) -> dict:
+def measure(net: TransferNet, args, impl: str, mode: str, mm: MatmulYardstick) -> dict:
     g = torch.Generator().manual_seed(1)
     prev = torch.randn(args.rows, args.dim, generator=g)
     new = torch.randn(args.rows, args.dim, generator=g)
@@ -83,11 +99,14 @@ def measure(net: TransferNet, args, impl: str, mode: str) -> dict:
 
         flop_factor = 3
     try:
-        first, sec = _time(step, args.repeats)
+        first, times, rates = _time(step, args.repeats, mm)
     except Exception as e:  # e.g. inductor cannot compile here: report, don't crash
         return {"error": f"{type(e).__name__}: {e}"[:300]}
     flops = flop_factor * transfer_flops_per_row(args.dim, net.config) * args.rows
+    sec = statistics.median(times)
     return {"rows_per_s": args.rows / sec, "gflops": flops / sec / 1e9,
+            "ratio_to_mm": statistics.median(
+                flops / t / 1e9 / r for t, r in zip(times, rates, strict=True)),
             "seconds": sec, "first_call_seconds": first}
 
 
@@ -96,9 +115,10 @@ def run(args) -> dict:
     torch.manual_seed(0)
     cfg = TransferConfig(chunk_rows=args.chunk_rows)
     net = TransferNet(args.dim, cfg)
-    # The mm rate is sampled beside every path (the machine may be shared): its median over
-    # all samples is the yardstick, and the spread is reported.
-    mm_samples = [mm_gflops(args.mm_size, args.repeats)]
+    # The mm rate is sampled between the timed calls of every path (the machine may be shared):
+    # each call's rate is divided by its neighbours' mm rate and the median of those ratios is
+    # ``ratio_to_mm``; the median of all mm samples and their spread are reported.
+    mm = MatmulYardstick(args.mm_size)
     sections = {}
     for mode in ("materialize", "train"):
         res = {}
@@ -106,15 +126,12 @@ def run(args) -> dict:
             if name == "compiled" and args.skip_compiled:
                 res[name] = {"skipped": "--skip-compiled"}
                 continue
-            res[name] = measure(net, args, impl, mode)
-            mm_samples.append(mm_gflops(args.mm_size, args.repeats))
+            res[name] = measure(net, args, impl, mode, mm)
         sections[mode] = res
-    mm = statistics.median(mm_samples)
     for res in sections.values():
         base = res["naive"].get("gflops")
         for r in res.values():
             if "gflops" in r:
-                r["ratio_to_mm"] = r["gflops"] / mm
                 r["speedup_vs_naive"] = r["gflops"] / base if base else None
     out = {
         "bench": "transfer_throughput",
@@ -125,8 +142,8 @@ def run(args) -> dict:
         "n1": cfg.n1, "n2": cfg.n2, "hidden": cfg.hidden, "gelu": cfg.gelu,
         "flop_per_row": transfer_flops_per_row(args.dim, cfg),
         "mm_size": args.mm_size,
-        "mm_gflops": mm,
-        "mm_gflops_min_max": [min(mm_samples), max(mm_samples)],
+        "mm_gflops": statistics.median(mm.samples),
+        "mm_gflops_min_max": [min(mm.samples), max(mm.samples)],
         "repeats": args.repeats,
         "torch": torch.__version__,
     }
@@ -140,8 +157,9 @@ def table(res: dict) -> str:
     lines = [
         f"SML transfer, d={res['dim']}, rows={res['rows']}, chunk_rows={res['chunk_rows']}, "
         f"threads={res['threads']}, {res['flop_per_row']:,} FLOP/row; "
-        f"torch.mm {res['mm_size']}^3 fp32: {res['mm_gflops']:.1f} GFLOP/s (median of same-run "
-        f"samples, range {res['mm_gflops_min_max'][0]:.1f}-{res['mm_gflops_min_max'][1]:.1f})",
+        f"torch.mm {res['mm_size']}^3 fp32: {res['mm_gflops']:.1f} GFLOP/s (median of the "
+        f"samples between timed calls, range {res['mm_gflops_min_max'][0]:.1f}-"
+        f"{res['mm_gflops_min_max'][1]:.1f})",
         f"{'mode':<12}{'path':<10}{'rows/s':>12}{'GFLOP/s':>10}{'/mm':>8}{'vs naive':>10}"
         f"{'1st call s':>12}",
     ]
