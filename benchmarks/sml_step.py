@@ -219,6 +219,8 @@ def summarise(r: dict, ranks: int, a, flop_per_row: int, factors: dict) -> dict:
     res["unique_rows_per_step"] = r["unique_rows"] / (a.steps * ranks)  # per rank
     res["threads_per_rank"] = max(1, a.threads // ranks)
     res["seconds"] = {k: r[k] for k in (*STEPS, "materialize")}
+    # [seconds, mm GFLOP/s beside it] of every timed run: what the efficiencies are made of
+    res["timed_runs"] = {k: [list(x) for x in r["runs"][k]] for k in (*STEPS, "materialize")}
     res["model_build_s"] = r["build_s"]
     return res
 

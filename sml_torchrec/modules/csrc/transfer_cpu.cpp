@@ -17,7 +17,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <mutex>
 #include <vector>
 
 namespace {
@@ -129,8 +128,10 @@ std::vector<at::Tensor> stage_backward(const at::Tensor& grad_h2, const at::Tens
   TORCH_CHECK(grad_h2.size(0) == B && grad_h2.size(1) == n2 * d, "grad_h2 must be [B, n2*d]");
   at::Tensor grad_new, grad_f1, grad_f2;
   if (need_input) grad_new = at::empty_like(neww);
-  std::vector<double> p1(n1 * 3, 0.0), p2(n2 * n1, 0.0);
-  std::mutex merge;
+  // Per-thread partial sums, added up in thread order afterwards: at::parallel_for gives each
+  // thread a fixed range, so the parameter gradients are bit-reproducible for a thread count.
+  const int64_t np = n1 * 3 + n2 * n1;
+  std::vector<double> partial(need_params ? at::get_num_threads() * np : 0, 0.0);
   const float* G = grad_h2.data_ptr<float>();
   const float* P = prev.data_ptr<float>();
   const float* N = neww.data_ptr<float>();
@@ -180,16 +181,20 @@ std::vector<at::Tensor> stage_backward(const at::Tensor& grad_h2, const at::Tens
       }
     }
     if (need_params) {
-      std::lock_guard<std::mutex> lock(merge);
-      for (size_t i = 0; i < a1.size(); ++i) p1[i] += reduce(a1[i]);
-      for (size_t i = 0; i < a2.size(); ++i) p2[i] += reduce(a2[i]);
+      double* mine = partial.data() + at::get_thread_num() * np;
+      for (int64_t i = 0; i < n1 * 3; ++i) mine[i] += reduce(a1[i]);
+      for (int64_t i = 0; i < n2 * n1; ++i) mine[n1 * 3 + i] += reduce(a2[i]);
     }
   });
   if (need_params) {
+    std::vector<double> total(np, 0.0);
+    for (size_t t = 0; t < partial.size(); t += np)
+      for (int64_t i = 0; i < np; ++i) total[i] += partial[t + i];
     grad_f1 = at::empty({n1, 3}, f1.options());
     grad_f2 = at::empty({n2, n1}, f2.options());
-    for (int64_t i = 0; i < n1 * 3; ++i) grad_f1.data_ptr<float>()[i] = static_cast<float>(p1[i]);
-    for (int64_t i = 0; i < n2 * n1; ++i) grad_f2.data_ptr<float>()[i] = static_cast<float>(p2[i]);
+    for (int64_t i = 0; i < n1 * 3; ++i) grad_f1.data_ptr<float>()[i] = static_cast<float>(total[i]);
+    for (int64_t i = 0; i < n2 * n1; ++i)
+      grad_f2.data_ptr<float>()[i] = static_cast<float>(total[n1 * 3 + i]);
   }
   return {grad_new, grad_f1, grad_f2};
 }

@@ -151,3 +151,21 @@ def test_extreme_inputs_stay_finite():
     with torch.no_grad():
         ref = net.reference(prev, new)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-3 * float(ref.abs().max()))
+
+
+def test_parameter_gradients_are_bit_reproducible_across_threads():
+    # Resumed runs must match uninterrupted ones exactly: no order-dependent reductions.
+    _, net = _pair(64)
+    prev, new = (t.float() for t in _rows(700, 64))
+    threads = torch.get_num_threads()
+    grads = []
+    try:
+        torch.set_num_threads(2)
+        for _ in range(3):
+            net.zero_grad(set_to_none=True)
+            net(prev, new).square().sum().backward()
+            grads.append([p.grad.clone() for p in net.parameters()])
+    finally:
+        torch.set_num_threads(threads)
+    for other in grads[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(grads[0], other, strict=True))
