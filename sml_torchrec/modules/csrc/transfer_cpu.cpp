@@ -56,6 +56,18 @@ float inv_norm(const float* p, int64_t d, double eps) {
   return static_cast<float>(1.0 / (std::sqrt(static_cast<double>(ss)) + eps));
 }
 
+// conv1's pre-activation for filter f (3 taps) over the stacked columns x0, x1, x2.
+inline Vec conv1(const float* f, const Vec& x0, const Vec& x1, const Vec& x2) {
+  return fma(Vec(f[0]), x0, fma(Vec(f[1]), x1, Vec(f[2]) * x2));
+}
+
+// conv2's pre-activation for filter f (n1 taps) over h1[0..n1).
+inline Vec conv2(const float* f, const Vec* h1, int64_t n1) {
+  Vec acc = Vec(f[0]) * h1[0];
+  for (int64_t k = 1; k < n1; ++k) acc = fma(Vec(f[k]), h1[k], acc);
+  return acc;
+}
+
 void check_rows(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 2 &&
                   t.is_contiguous(),
@@ -98,16 +110,8 @@ void stage_forward(const at::Tensor& prev, const at::Tensor& neww, const at::Ten
         const int64_t w = std::min(kW, d - m);
         const Vec x0 = load(p + m, w), x1 = load(n + m, w);
         const Vec x2 = x0 * x1 * inv;
-        for (int64_t k = 0; k < n1; ++k) {
-          const float* f = F1 + 3 * k;
-          h1[k] = silu(fma(Vec(f[0]), x0, fma(Vec(f[1]), x1, Vec(f[2]) * x2)));
-        }
-        for (int64_t j = 0; j < n2; ++j) {
-          const float* f = F2 + j * n1;
-          Vec acc = Vec(f[0]) * h1[0];
-          for (int64_t k = 1; k < n1; ++k) acc = fma(Vec(f[k]), h1[k], acc);
-          store(silu(acc), o + j * d + m, w);
-        }
+        for (int64_t k = 0; k < n1; ++k) h1[k] = silu(conv1(F1 + 3 * k, x0, x1, x2));
+        for (int64_t j = 0; j < n2; ++j) store(silu(conv2(F2 + j * n1, h1, n1)), o + j * d + m, w);
       }
     }
   });
@@ -153,15 +157,12 @@ std::vector<at::Tensor> stage_backward(const at::Tensor& grad_h2, const at::Tens
         const Vec x0 = load(p + m, w), x1 = load(n + m, w);
         const Vec x2 = x0 * x1 * inv;
         for (int64_t k = 0; k < n1; ++k) {
-          const float* f = F1 + 3 * k;
-          u1[k] = fma(Vec(f[0]), x0, fma(Vec(f[1]), x1, Vec(f[2]) * x2));
+          u1[k] = conv1(F1 + 3 * k, x0, x1, x2);
           s1[k] = sigmoid(u1[k]);
           h1[k] = u1[k] * s1[k];
         }
         for (int64_t j = 0; j < n2; ++j) {
-          const float* f = F2 + j * n1;
-          Vec u2 = Vec(f[0]) * h1[0];
-          for (int64_t k = 1; k < n1; ++k) u2 = fma(Vec(f[k]), h1[k], u2);
+          const Vec u2 = conv2(F2 + j * n1, h1, n1);
           g2[j] = load(g + j * d + m, w) * silu_grad_from(u2, sigmoid(u2));
         }
         Vec gn(0.f);
