@@ -377,12 +377,9 @@ def _materialize_rows(
                 transfer_triton.transfer_rows_into(prev[i:j], new[i:j], p, c.eps, c.gelu, out[i:j])
             return
     if c.impl == "fused" and _cpu_kernel_ok(new, c):
-        from sml_torchrec.modules import transfer_cpu
+        from sml_torchrec.modules.transfer_cpu import materialize_rows
 
-        cbuf = transfer_cpu.Scratch(min(step, n), net.dim, c.n2, c.hidden, like=new)
-        for i in range(0, n, step):
-            j = min(i + step, n)
-            transfer_cpu.transfer_rows_into(prev[i:j], new[i:j], p, c.eps, out[i:j], cbuf)
+        materialize_rows(prev, new, p, c.eps, out, step)
         return
     if c.impl == "fused":
         buf = _Scratch(min(step, n), net.dim, c.n1, c.n2, c.hidden, like=new)

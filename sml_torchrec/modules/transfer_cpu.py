@@ -10,7 +10,8 @@ another pass over memory. ``csrc/transfer_cpu.cpp`` does that part with ATen's v
 * ``stage_backward``: recomputes the stage and returns the gradients of ``new``, F1 and F2;
 * ``bias_silu_`` / ``bias_silu_keep_sigmoid``: fc1's bias and activation in one pass after
   the GEMM (the autograd variant keeps sigmoid(x), so the backward needs no ``exp``);
-* ``silu_backward_``: the activation's gradient in place.
+* ``silu_backward_``: the activation's gradient in place;
+* ``materialize_``: the no-grad transfer of a whole table, chunks spread over the threads.
 
 Only the authors' GELU (``x*sigmoid(1.702x)``, ``TransferConfig.gelu = "sigmoid"``) in
 float32 runs here; ``exp`` is ATen's ``exp_u20`` (relative error ~1e-6 in the activations;
@@ -33,7 +34,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-__all__ = ["SCALE", "Scratch", "TransferRowsCPU", "load", "supports", "transfer_rows_into"]
+__all__ = ["SCALE", "TransferRowsCPU", "load", "materialize_rows", "supports"]
 
 SCALE = 1.702  # the authors' GELU x*sigmoid(1.702x) = silu(1.702x) / 1.702
 _SOURCE = Path(__file__).parent / "csrc" / "transfer_cpu.cpp"
@@ -156,30 +157,26 @@ class TransferRowsCPU(torch.autograd.Function):
         return None, g_new, g_f1, g_f2, g_w1, g_b1, g_w2, g_b2, None
 
 
-class Scratch:
-    """Reusable no-grad buffers for ``rows`` rows: H2 ``[rows, n2*d]``, z ``[rows, hidden]``."""
-
-    def __init__(self, rows: int, dim: int, n2: int, hidden: int, like: Tensor) -> None:
-        self.h2 = like.new_empty(rows * n2 * dim)
-        self.z = like.new_empty(rows * hidden)
-
-
 @torch.no_grad()
-def transfer_rows_into(prev: Tensor, new: Tensor, p: Params, eps: float, out: Tensor,
-                       buf: Scratch) -> None:
-    """``out[:] = f(prev, new)`` for one chunk, no autograd, into reused buffers."""
-    ext = load()
-    f1, f2, w1, b1, w2, b2 = p
-    b, d = new.shape
-    if b == 0:
+def materialize_rows(prev: Tensor, new: Tensor, p: Params, eps: float, out: Tensor,
+                     chunk_rows: int) -> None:
+    """``out[:] = f(prev, new)`` without autograd; ``out`` may alias ``prev`` or ``new``.
+
+    Chunks of ``chunk_rows`` run concurrently, one per thread, each with single-threaded
+    GEMMs; with fewer chunks than threads the chunks shrink to one per thread.
+    """
+    n = new.shape[0]
+    if n == 0:
         return
-    h2 = buf.h2[: b * f2.shape[0] * d].view(b, -1)
-    ext.stage_forward(prev.contiguous(), new.contiguous(), (f1 * SCALE).contiguous(),
-                      f2.contiguous(), eps, h2)
-    z = buf.z[: b * w1.shape[0]].view(b, -1)
-    torch.mm(h2, w1.t(), out=z)
-    ext.bias_silu_(z, (b1 * SCALE).contiguous())
-    if out.is_contiguous():
-        torch.addmm(b2, z, w2.t(), alpha=1.0 / SCALE, out=out)
-    else:
-        out.copy_(torch.addmm(b2, z, w2.t(), alpha=1.0 / SCALE))
+    f1, f2, w1, b1, w2, b2 = p
+    threads = torch.get_num_threads()
+    if n < threads * chunk_rows:
+        chunk_rows = -(-n // threads)
+    target = out if out.is_contiguous() else torch.empty_like(
+        out, memory_format=torch.contiguous_format)
+    load().materialize_(
+        prev.contiguous(), new.contiguous(), (f1 * SCALE).contiguous(), f2.contiguous(),
+        w1.contiguous(), (b1 * SCALE).contiguous(), w2.contiguous(), b2.contiguous(), eps,
+        1.0 / SCALE, target, chunk_rows)
+    if target is not out:
+        out.copy_(target)

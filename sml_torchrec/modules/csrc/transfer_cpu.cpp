@@ -263,10 +263,40 @@ void silu_backward_(at::Tensor grad, const at::Tensor& z, const at::Tensor& sig)
   });
 }
 
+// out[:] = f(prev, new) over all rows, no autograd. Chunks of `chunk` rows run concurrently,
+// one chunk per thread at a time, each with single-threaded GEMMs (nested inside the parallel
+// region): small GEMMs scale better across chunks than within one. f1 and b1 come scaled by
+// the GELU constant s, and alpha = 1/s (see the file comment).
+void materialize_(const at::Tensor& prev, const at::Tensor& neww, const at::Tensor& f1,
+                  const at::Tensor& f2, const at::Tensor& w1, const at::Tensor& b1,
+                  const at::Tensor& w2, const at::Tensor& b2, double eps, double alpha,
+                  at::Tensor out, int64_t chunk) {
+  check_rows(prev, "prev");
+  check_rows(out, "out");
+  TORCH_CHECK(chunk > 0 && out.sizes() == prev.sizes(), "out must be prev's shape");
+  const int64_t B = prev.size(0), d = prev.size(1), n2 = f2.size(0), H = w1.size(0);
+  const int64_t chunks = (B + chunk - 1) / chunk;
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    const int64_t rows = std::min(chunk, B);
+    at::Tensor h2 = at::empty({rows, n2 * d}, prev.options());
+    at::Tensor z = at::empty({rows, H}, prev.options());
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t r0 = c * chunk, r = std::min(chunk, B - r0);
+      at::Tensor h = h2.narrow(0, 0, r), zc = z.narrow(0, 0, r);
+      stage_forward(prev.narrow(0, r0, r), neww.narrow(0, r0, r), f1, f2, eps, h);
+      at::mm_out(zc, h, w1.t());
+      bias_silu_(zc, b1);
+      at::Tensor o = out.narrow(0, r0, r);
+      at::addmm_out(o, b2, zc, w2.t(), 1.0, alpha);
+    }
+  });
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("stage_forward", &stage_forward);
   m.def("stage_backward", &stage_backward);
   m.def("bias_silu_", &bias_silu_);
   m.def("bias_silu_keep_sigmoid", &bias_silu_keep_sigmoid);
   m.def("silu_backward_", &silu_backward_);
+  m.def("materialize_", &materialize_);
 }

@@ -169,3 +169,20 @@ def test_parameter_gradients_are_bit_reproducible_across_threads():
         torch.set_num_threads(threads)
     for other in grads[1:]:
         assert all(torch.equal(a, b) for a, b in zip(grads[0], other, strict=True))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(("n", "chunk"), [(5, 16), (100, 16), (100, 1000)])
+def test_materialize_spreads_chunks_over_threads(threads, n, chunk):
+    ref_net, net = _pair(24)
+    prev, new = _rows(n, 24)
+    with torch.no_grad():
+        want = ref_net(prev, new).float()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        out = new.float()  # in place over new
+        materialize(net, prev.float(), out, out, chunk_rows=chunk)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
