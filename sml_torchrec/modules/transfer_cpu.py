@@ -123,7 +123,7 @@ class TransferRowsCPU(torch.autograd.Function):
         f2c = f2.contiguous()
         h2 = new.new_empty(new.shape[0], f2.shape[0] * new.shape[1])
         ext.stage_forward(prev, new, f1s, f2c, eps, h2)
-        sig = torch.mm(h2, w1.t())
+        sig = torch.mm(h2, w1.t())  # fc1 without its bias; the kernel turns it into sigmoid(u)
         z = ext.bias_silu_keep_sigmoid(sig, (b1 * SCALE).contiguous())
         out = torch.addmm(b2, z, w2.t(), alpha=1.0 / SCALE)
         ctx.eps = eps
