@@ -30,7 +30,7 @@ from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
 from sml_torchrec.data.batching import rank_slice
-from sml_torchrec.data.period_dataset import Interactions, PeriodDataset
+from sml_torchrec.data.period_dataset import Interactions
 from sml_torchrec.data.sampling import sample_negatives
 from sml_torchrec.data.sequences import last_items, period_examples
 from sml_torchrec.distributed.shard_ops import (
@@ -52,8 +52,9 @@ from sml_torchrec.modules.sequence import (
     input_kjt,
     output_kjt,
 )
-from sml_torchrec.retrain.config import PeriodRoles, RetrainConfig
+from sml_torchrec.retrain.config import RetrainConfig
 from sml_torchrec.retrain.model import world
+from sml_torchrec.retrain.strategy import Strategy
 
 INIT_STD = 0.05  # N(0, INIT_STD²) rows for every table, drawn from the run's seed
 
@@ -198,24 +199,16 @@ class SequentialModel:
         return full
 
 
-class SequentialStrategy:
+class SequentialStrategy(Strategy):
     """Fine-tunes a sequential model on each period; see the module docstring.
 
-    The same interface as ``strategies.Strategy`` (which registers these classes, so they do
-    not subclass it: that would make the two modules import each other).
+    Checkpoints go through the base class's hooks: tables, dense weights and the fused
+    optimizer state through DCP, the dense Adam state from rank 0. The served history is
+    recomputed from the dataset by the next ``train_period``, so it is not saved.
     """
 
-    name = ""
     kind = ""
-    transfer = False
     model_config: type = GRU4RecConfig
-
-    def __init__(self, ds: PeriodDataset, roles: PeriodRoles, cfg: RetrainConfig) -> None:
-        self.ds, self.roles, self.cfg = ds, roles, cfg
-        self.model: SequentialModel | None = None
-
-    def _seed(self, t: int, k: int) -> int:
-        return self.cfg.seed * 1_000_003 + t * 1009 + k
 
     def start(self, initial: dict[str, torch.Tensor]) -> None:
         del initial  # not used: see the module docstring
@@ -235,27 +228,6 @@ class SequentialStrategy:
             self.model.train_epoch(self.ds[t], history, self.ds.meta.items_upto[t],
                                    self._seed(t, e))
         self.model.set_history(Interactions.concat([history, self.ds[t]]))
-
-    # -- checkpoints: tables, dense weights and the fused optimizer state through DCP; the
-    # dense Adam state (replicated) from rank 0. The served history is recomputed from the
-    # dataset by the next train_period, so it is not saved.
-    def checkpoint_state(self) -> dict:
-        return {
-            "model": self.model.dmp.state_dict(),
-            "sparse_optim": self.model.dmp.fused_optimizer.state_dict(),
-        }
-
-    def load_checkpoint_state(self, state: dict) -> None:
-        if state:
-            self.model.dmp.load_state_dict(state["model"])
-            self.model.dmp.fused_optimizer.load_state_dict(state["sparse_optim"])
-
-    def extra_state(self) -> dict:
-        return {"dense_optim": self.model.dense_opt.state_dict()}
-
-    def load_extra_state(self, extra: dict) -> None:
-        if "dense_optim" in extra:
-            self.model.dense_opt.load_state_dict(extra["dense_optim"])
 
 
 class GRU4RecStrategy(SequentialStrategy):

@@ -1,10 +1,4 @@
-"""Retraining strategies behind one interface, driven by one period loop (``loop.py``).
-
-A strategy is started from the shared initial model, then ``train_period(t)`` is called for
-t = init, ..., P-2 in order; afterwards ``model`` serves period t+1 and is tested on D_{t+1}
-when t+1 is an online period. During the online phase a strategy may use D_0..D_t only;
-during the offline phase SML also uses D_{t+1} (meta-learning toward the next period).
-"""
+"""The retraining strategies (see ``strategy.Strategy`` for the interface) and their registry."""
 
 from __future__ import annotations
 
@@ -13,65 +7,11 @@ import logging
 import numpy as np
 import torch
 
-from sml_torchrec.data.period_dataset import Interactions, PeriodDataset
-from sml_torchrec.retrain.config import PeriodRoles, RetrainConfig
-from sml_torchrec.retrain.model import RetrainModel
+from sml_torchrec.data.period_dataset import Interactions
 from sml_torchrec.retrain.sequential import CaserStrategy, GRU4RecStrategy
+from sml_torchrec.retrain.strategy import Strategy
 
 log = logging.getLogger(__name__)
-
-
-class Strategy:
-    name = ""
-    transfer = False
-
-    def __init__(self, ds: PeriodDataset, roles: PeriodRoles, cfg: RetrainConfig) -> None:
-        self.ds, self.roles, self.cfg = ds, roles, cfg
-        self.model: RetrainModel | None = None
-
-    def _new_model(self) -> RetrainModel:
-        torch.manual_seed(self.cfg.seed)
-        return RetrainModel(self.ds.num_users, self.ds.num_items, self.cfg, self.transfer)
-
-    def start(self, initial: dict[str, torch.Tensor]) -> None:
-        self.model = self._new_model()
-        self.model.load_tables(initial)
-
-    def train_period(self, t: int) -> None:
-        raise NotImplementedError
-
-    # -- checkpoints: model/optimizer tensors go through DCP, the rest is pickled by rank 0 ----
-    def checkpoint_state(self) -> dict:
-        """Sharded tensors for DCP: tables, Θ, and the fused (per-shard) optimizer state."""
-        if self.model is None:
-            return {}
-        return {
-            "model": self.model.dmp.state_dict(),
-            "sparse_optim": self.model.dmp.fused_optimizer.state_dict(),
-        }
-
-    def load_checkpoint_state(self, state: dict) -> None:
-        if state:
-            self.model.dmp.load_state_dict(state["model"])
-            self.model.dmp.fused_optimizer.load_state_dict(state["sparse_optim"])
-
-    def extra_state(self) -> dict:
-        """Picklable state (rank 0's). Θ's Adam state is replicated, so one copy suffices."""
-        if self.model is None or self.model.dense_opt is None:
-            return {}
-        return {"dense_optim": self.model.dense_opt.state_dict()}
-
-    def load_extra_state(self, extra: dict) -> None:
-        if "dense_optim" in extra:
-            self.model.dense_opt.load_state_dict(extra["dense_optim"])
-
-    def _seed(self, t: int, k: int) -> int:
-        return self.cfg.seed * 1_000_003 + t * 1009 + k
-
-    def _fit_tables(self, data: Interactions, t: int, epochs: int, salt: int = 0) -> None:
-        items = self.ds.meta.items_upto[t]
-        for e in range(epochs):
-            self.model.train_epoch(data, items, self._seed(t, 100 * salt + e), "tables")
 
 
 class FineTune(Strategy):
