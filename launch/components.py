@@ -13,11 +13,26 @@ rank starts. Extra arguments after ``--`` go to the program unchanged (``-- --di
 """
 
 import shlex
-from typing import Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import torchx
 import torchx.specs as specs
 from torchx.components.dist import ddp
+
+
+def _ddp_app(
+    args: List[str], parse: Callable[[List[str]], object], module: str, name: str,
+    nnodes: int, nproc_per_node: int, max_restarts: int, **resources: object,
+) -> specs.AppDef:
+    """``dist.ddp`` running ``python -m module *args``, validated before any rank starts."""
+    if nnodes < 1 or nproc_per_node < 1 or max_restarts < 0:
+        raise ValueError("nnodes and nproc_per_node must be >= 1, max_restarts >= 0")
+    try:
+        parse(args)  # fail now, not on every rank
+    except SystemExit as e:
+        raise ValueError(f"invalid {name.replace('_', '-')} arguments: {shlex.join(args)}") from e
+    app = ddp(*args, m=module, name=name, j=f"{nnodes}x{nproc_per_node}", **resources)
+    return _with_restarts(app, max_restarts)
 
 
 def _with_restarts(app: specs.AppDef, max_restarts: int) -> specs.AppDef:
@@ -74,17 +89,10 @@ def sml_retrain(
     if data:
         args += ["--data", data]
     args += list(script_args)
-    if nnodes < 1 or nproc_per_node < 1 or max_restarts < 0:
-        raise ValueError("nnodes and nproc_per_node must be >= 1, max_restarts >= 0")
-    try:
-        parse_config(args)  # fail now, not on every rank
-    except SystemExit as e:
-        raise ValueError(f"invalid sml-retrain arguments: {shlex.join(args)}") from e
-    app = ddp(
-        *args, m="sml_torchrec", name="sml_retrain", image=image, h=h, cpu=cpu, gpu=gpu,
-        memMB=memMB, j=f"{nnodes}x{nproc_per_node}", env=env, rdzv_port=rdzv_port,
+    return _ddp_app(
+        args, parse_config, "sml_torchrec", "sml_retrain", nnodes, nproc_per_node, max_restarts,
+        image=image, h=h, cpu=cpu, gpu=gpu, memMB=memMB, env=env, rdzv_port=rdzv_port,
     )
-    return _with_restarts(app, max_restarts)
 
 
 def catn_train(
@@ -129,12 +137,7 @@ def catn_train(
     if data:
         args += ["--data", data]
     args += list(script_args)
-    try:
-        parse_args(args)
-    except SystemExit as e:
-        raise ValueError(f"invalid catn-train arguments: {shlex.join(args)}") from e
-    app = ddp(
-        *args, m="catn.train", name="catn_train", image=image, h=h, cpu=cpu, gpu=gpu,
-        memMB=memMB, j=f"{nnodes}x{nproc_per_node}", env=env, rdzv_port=rdzv_port,
+    return _ddp_app(
+        args, parse_args, "catn.train", "catn_train", nnodes, nproc_per_node, max_restarts,
+        image=image, h=h, cpu=cpu, gpu=gpu, memMB=memMB, env=env, rdzv_port=rdzv_port,
     )
-    return _with_restarts(app, max_restarts)
