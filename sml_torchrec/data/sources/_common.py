@@ -119,12 +119,16 @@ def to_int64(arr: pa.Array, path: str | Path, what: str, where: Callable[[int], 
     if arr.null_count:
         raise DataError(path, f"{what}: {where(first_null(arr))}: missing value")
     t = arr.type
-    if pa.types.is_integer(t):
+
+    def cast(values: pa.Array) -> pa.Array:
         try:
-            return arr.cast(pa.int64())
-        except pa.ArrowInvalid:  # uint64 beyond int64
-            k = _first_bad_int(arr.to_pylist())
+            return values.cast(pa.int64())
+        except pa.ArrowInvalid:  # e.g. uint64 or 1e20 beyond int64
+            k = _first_bad_int(values.to_pylist())
             raise DataError(path, f"{what}: {where(k)}: {arr[k].as_py()} overflows int64") from None
+
+    if pa.types.is_integer(t):
+        return cast(arr)
     if pa.types.is_floating(t):
         # A whole-valued float column (e.g. written by pandas after a NaN) loses nothing; a
         # fraction means the column is not unix seconds at all, so it is refused, not rounded.
@@ -132,13 +136,7 @@ def to_int64(arr: pa.Array, path: str | Path, what: str, where: Callable[[int], 
         if pc.any(bad).as_py():
             k = pc.index(bad, True).as_py()
             raise DataError(path, f"{what}: {where(k)}: {arr[k].as_py()!r} is not an integer")
-        try:
-            return arr.cast(pa.int64())
-        except pa.ArrowInvalid:
-            k = _first_bad_int(arr.to_pylist())
-            raise DataError(
-                path, f"{what}: {where(k)}: {arr[k].as_py()!r} overflows int64"
-            ) from None
+        return cast(arr)
     if _is_text(t):
         text = pc.utf8_trim_whitespace(arr)
         # pyarrow's cast alone would also take "0x10"; only plain decimal integers are seconds.
@@ -146,11 +144,7 @@ def to_int64(arr: pa.Array, path: str | Path, what: str, where: Callable[[int], 
         if not pc.all(is_int).as_py():
             k = pc.index(is_int, False).as_py()
             raise DataError(path, f"{what}: {where(k)}: {arr[k].as_py()!r} is not an integer")
-        try:
-            return text.cast(pa.int64())
-        except pa.ArrowInvalid:
-            k = _first_bad_int(text.to_pylist())
-            raise DataError(path, f"{what}: {where(k)}: {arr[k].as_py()} overflows int64") from None
+        return cast(text)
     if pa.types.is_timestamp(t):
         per_second = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[t.unit]
         ticks = arr.cast(pa.int64())
