@@ -8,8 +8,8 @@ another pass over memory. ``csrc/transfer_cpu.cpp`` does that part with ATen's v
 * ``stage_forward``: ``[prev; new; w_dot] -> conv1 -> act -> conv2 -> act`` per vector of
   columns, in registers, writing ``H2`` already flattened for fc1 (``[B, n2*d]``);
 * ``stage_backward``: recomputes the stage and returns the gradients of ``new``, F1 and F2;
-* ``bias_silu_`` / ``bias_silu_keep_sigmoid``: fc1's bias and activation in one pass after
-  the GEMM (the autograd variant keeps sigmoid(x), so the backward needs no ``exp``);
+* ``bias_silu_keep_sigmoid``: fc1's bias and activation in one pass after the GEMM, keeping
+  sigmoid(x) so the backward needs no ``exp`` (``materialize_`` runs it in place);
 * ``silu_backward_``: the activation's gradient in place;
 * ``materialize_``: the no-grad transfer of a whole table, chunks spread over the threads.
 

@@ -200,8 +200,10 @@ std::vector<at::Tensor> stage_backward(const at::Tensor& grad_h2, const at::Tens
   return {grad_new, grad_f1, grad_f2};
 }
 
-// u = silu(u + bias) in place (no-grad use).
-void bias_silu_(at::Tensor u, const at::Tensor& bias) {
+namespace {
+// x = u + bias on every row. With Z null: u <- silu(x) (no-grad use). Otherwise u <- sigmoid(x)
+// and Z <- silu(x): the backward needs only these two, silu'(x) = sig + silu(x) * (1 - sig).
+void bias_silu_rows(const at::Tensor& u, const at::Tensor& bias, float* Z) {
   check_rows(u, "u");
   TORCH_CHECK(bias.is_contiguous() && bias.scalar_type() == at::kFloat &&
                   bias.numel() == u.size(1), "bias must be a contiguous float32 [H]");
@@ -209,37 +211,24 @@ void bias_silu_(at::Tensor u, const at::Tensor& bias) {
   float* U = u.data_ptr<float>();
   const float* C = bias.data_ptr<float>();
   at::parallel_for(0, B, kRowGrain, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
+    for (int64_t i = b0 * H; i < b1 * H; i += H) {
       for (int64_t m = 0; m < H; m += kW) {
         const int64_t w = std::min(kW, H - m);
-        store(silu(load(U + b * H + m, w) + load(C + m, w)), U + b * H + m, w);
+        const Vec x = load(U + i + m, w) + load(C + m, w);
+        const Vec sig = sigmoid(x);
+        store(Z ? sig : x * sig, U + i + m, w);
+        if (Z) store(x * sig, Z + i + m, w);
       }
     }
   });
 }
+}  // namespace
 
-// For the autograd forward: x = u + bias; u is overwritten with sigmoid(x) and silu(x) is
-// returned. The backward needs only these two: silu'(x) = sig + silu(x) * (1 - sig).
+// For the autograd forward: returns silu(u + bias) and leaves sigmoid(u + bias) in u.
 at::Tensor bias_silu_keep_sigmoid(at::Tensor u, const at::Tensor& bias) {
   check_rows(u, "u");
-  TORCH_CHECK(bias.is_contiguous() && bias.scalar_type() == at::kFloat &&
-                  bias.numel() == u.size(1), "bias must be a contiguous float32 [H]");
   at::Tensor z = at::empty_like(u);
-  const int64_t B = u.size(0), H = u.size(1);
-  float* U = u.data_ptr<float>();
-  float* Z = z.data_ptr<float>();
-  const float* C = bias.data_ptr<float>();
-  at::parallel_for(0, B, kRowGrain, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      for (int64_t m = 0; m < H; m += kW) {
-        const int64_t w = std::min(kW, H - m);
-        const Vec x = load(U + b * H + m, w) + load(C + m, w);
-        const Vec sig = sigmoid(x);
-        store(sig, U + b * H + m, w);
-        store(x * sig, Z + b * H + m, w);
-      }
-    }
-  });
+  bias_silu_rows(u, bias, z.data_ptr<float>());
   return z;
 }
 
@@ -285,7 +274,7 @@ void materialize_(const at::Tensor& prev, const at::Tensor& neww, const at::Tens
       at::Tensor h = h2.narrow(0, 0, r), zc = z.narrow(0, 0, r);
       stage_forward(prev.narrow(0, r0, r), neww.narrow(0, r0, r), f1, f2, eps, h);
       at::mm_out(zc, h, w1.t());
-      bias_silu_(zc, b1);
+      bias_silu_rows(zc, b1, nullptr);
       at::Tensor o = out.narrow(0, r0, r);
       at::addmm_out(o, b2, zc, w2.t(), 1.0, alpha);
     }
@@ -295,7 +284,6 @@ void materialize_(const at::Tensor& prev, const at::Tensor& neww, const at::Tens
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("stage_forward", &stage_forward);
   m.def("stage_backward", &stage_backward);
-  m.def("bias_silu_", &bias_silu_);
   m.def("bias_silu_keep_sigmoid", &bias_silu_keep_sigmoid);
   m.def("silu_backward_", &silu_backward_);
   m.def("materialize_", &materialize_);
