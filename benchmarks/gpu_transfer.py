@@ -130,6 +130,7 @@ def run(args) -> dict:
     base = res["naive"]["gflops"]
     for r in res.values():
         r["speedup_vs_naive"] = r["gflops"] / base
+    res["train"] = train_rates(net, prev, new, args, mm)
     return {
         "bench": "gpu_transfer",
         "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu (script check only)",
@@ -138,6 +139,33 @@ def run(args) -> dict:
         "flop_per_row": transfer_flops_per_row(args.dim, cfg), "repeats": args.repeats,
         "mm_size": args.mm_size, "mm_gflops": mm, **res,
     }
+
+
+def train_rates(net: TransferNet, prev, new, args, mm: dict[str, float]) -> dict:
+    """Forward + backward (gradients of Ŵ and of Θ) on one batch of ``chunk_rows`` rows.
+
+    Counted as 3x the forward FLOPs (the backward is two GEMMs per forward GEMM).
+    """
+    rows = min(args.chunk_rows, args.rows)
+    p, n = prev[:rows], new[:rows].clone().requires_grad_(True)
+    flops = 3 * transfer_flops_per_row(args.dim, net.config) * rows
+    out = {}
+    for impl in ("reference", "fused"):
+        net.config.impl = impl
+        for name, tf32 in (("fp32", False), ("tf32", True)):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+
+            def step() -> None:
+                net.zero_grad(set_to_none=True)
+                n.grad = None
+                net(p, n).sum().backward()
+
+            sec = _cuda_time(step, args.repeats)
+            out[f"{impl}_{name}"] = {"rows_per_s": rows / sec, "gflops": flops / sec / 1e9,
+                                     "ratio_to_mm": flops / sec / 1e9 / mm[name]}
+    torch.backends.cuda.matmul.allow_tf32 = False
+    net.config.impl = "fused"
+    return out
 
 
 def table(res: dict) -> str:
@@ -155,6 +183,10 @@ def table(res: dict) -> str:
                 f"{name:<20}{r['rows_per_s']:>14,.0f}{r['gflops']:>10.1f}{r['ratio_to_mm']:>8.2f}"
                 f"{r['compared_with_mm']:>6}{r['speedup_vs_naive']:>9.2f}x{r['max_rel_err']:>13.1e}"
             )
+    lines.append(f"training (forward + backward, {res['chunk_rows']} rows a step):")
+    for name, r in res["train"].items():
+        lines.append(f"  {name:<18}{r['rows_per_s']:>14,.0f}{r['gflops']:>10.1f}"
+                     f"{r['ratio_to_mm']:>8.2f}")
     return "\n".join(lines)
 
 

@@ -56,6 +56,10 @@ def test_gpu_transfer_smoke(tmp_path):
         assert _positive(res[name]["rows_per_s"]) and _positive(res[name]["ratio_to_mm"])
     assert res["fused_triton_fp32"]["max_rel_err"] < 1e-4
     assert res["fused_triton_bf16"]["max_rel_err"] < 3e-2
+    r = res["train"]["fused_fp32"]
+    assert math.isclose(r["gflops"], r["rows_per_s"] * 3 * res["flop_per_row"] / 1e9, rel_tol=1e-9)
+    for name in ("reference_fp32", "fused_fp32", "fused_tf32"):
+        assert _positive(res["train"][name]["rows_per_s"])
 
 
 def test_gpu_transfer_logic_on_cpu():
@@ -65,3 +69,5 @@ def test_gpu_transfer_logic_on_cpu():
     assert res["naive"]["speedup_vs_naive"] == 1.0
     assert res["fused_torch"]["max_rel_err"] < 1e-5
     assert res["fused_triton_bf16"]["max_rel_err"] < 3e-2
+    r = res["train"]["fused_fp32"]
+    assert math.isclose(r["gflops"], r["rows_per_s"] * 3 * res["flop_per_row"] / 1e9, rel_tol=1e-9)

@@ -326,35 +326,40 @@ class TransferNet(nn.Module):
                 f"and {tuple(new.shape)}"
             )
 
-    def reference(self, prev: Tensor, new: Tensor) -> Tensor:
+    def reference(self, prev: Tensor, new: Tensor, params: Params | None = None) -> Tensor:
         """The paper's layers written straightforwardly (the baseline implementation)."""
         c, n = self.config, new.shape[0]
+        f1, f2, w1, b1, w2, b2 = self.params() if params is None else params
         prev = prev.detach()
         h0 = torch.stack((prev, new, _w_dot(prev, new, c.eps)), 1).unsqueeze(1)  # [N,1,3,d]
-        h1 = gelu(F.conv2d(h0, self.conv1.view(c.n1, 1, 3, 1)), c.gelu)  # [N, n1, 1, d]
-        h2 = gelu(F.conv2d(h1, self.conv2.view(c.n2, c.n1, 1, 1)), c.gelu)  # [N, n2, 1, d]
-        z = gelu(self.fc1(h2.reshape(n, c.n2 * self.dim)), c.gelu)
-        return self.fc2(z)
+        h1 = gelu(F.conv2d(h0, f1.view(c.n1, 1, 3, 1)), c.gelu)  # [N, n1, 1, d]
+        h2 = gelu(F.conv2d(h1, f2.view(c.n2, c.n1, 1, 1)), c.gelu)  # [N, n2, 1, d]
+        z = gelu(F.linear(h2.reshape(n, c.n2 * self.dim), w1, b1), c.gelu)
+        return F.linear(z, w2, b2)
 
-    def forward(self, prev: Tensor, new: Tensor) -> Tensor:
+    def forward(self, prev: Tensor, new: Tensor, params: Params | None = None) -> Tensor:
+        """``params`` replaces (F1, F2, W_f, b1, W_o, b2), e.g. with detached copies so that Θ
+        is a constant (SML step 1).
+        """
         self._check(prev, new)
         c = self.config
         _validate(c)
         prev = prev.detach()
+        p = self.params() if params is None else params
         if c.impl == "reference":
-            return self.reference(prev, new)
+            return self.reference(prev, new, p)
         needs_grad = torch.is_grad_enabled() and (
-            new.requires_grad or any(t.requires_grad for t in self.params())
+            new.requires_grad or any(t.requires_grad for t in p)
         )
         if c.impl == "fused" and not needs_grad:
             out = torch.empty_like(new, memory_format=torch.contiguous_format)
-            _materialize_rows(self, prev, new, out, c.chunk_rows)
+            _materialize_rows(self, prev, new, out, c.chunk_rows, p)
             return out
         if c.impl == "fused":
             fn = _cpu_chunk if _cpu_kernel_ok(new, c) else _fused_chunk
         else:
             fn = _compiled_chunk
-        p, n, step = self.params(), new.shape[0], c.chunk_rows
+        n, step = new.shape[0], c.chunk_rows
         if n <= step:
             return fn(prev, new, p, c.eps, c.gelu)
         chunks = [
@@ -364,10 +369,10 @@ class TransferNet(nn.Module):
 
 
 def _materialize_rows(
-    net: TransferNet, prev: Tensor, new: Tensor, out: Tensor, step: int
+    net: TransferNet, prev: Tensor, new: Tensor, out: Tensor, step: int, params: Params
 ) -> None:
     c, n = net.config, new.shape[0]
-    p = tuple(t.detach() for t in net.params())
+    p = tuple(t.detach() for t in params)
     if c.impl == "fused" and new.is_cuda:
         from sml_torchrec.modules import transfer_triton
 
@@ -412,4 +417,4 @@ def materialize(
     step = chunk_rows if chunk_rows is not None else net.config.chunk_rows
     if step < 1:
         raise ValueError(f"chunk_rows must be positive, got {step}")
-    _materialize_rows(net, prev, new, out, step)
+    _materialize_rows(net, prev, new, out, step, net.params())

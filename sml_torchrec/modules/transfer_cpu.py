@@ -139,8 +139,8 @@ class TransferRowsCPU(torch.autograd.Function):
         grad = grad.contiguous()
         g_w2 = grad.t().mm(z).mul_(1.0 / SCALE) if need[6] else None
         g_b2 = grad.sum(0) if need[7] else None
-        gu = torch.mm(grad, w2).mul_(1.0 / SCALE)
-        ext.silu_backward_(gu, z, sig)  # now dL/du, u = SCALE * fc1's pre-activation
+        gu = torch.mm(grad, w2)
+        ext.silu_backward_(gu, z, sig, 1.0 / SCALE)  # now dL/du, u = SCALE * fc1's pre-act.
         g_w1 = gu.t().mm(h2) if need[4] else None
         g_b1 = gu.sum(0).mul_(SCALE) if need[5] else None
         g_new = g_f1 = g_f2 = None

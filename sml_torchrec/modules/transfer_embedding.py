@@ -142,9 +142,9 @@ class TransferEmbeddingBagCollection(nn.Module):
                 rows = net(rows_prev, rows_new)
             else:
                 # Θ is a constant here: no gradient work for it, and DDP sees no Θ gradients.
-                params = {k: v.detach() for k, v in net.named_parameters()}
+                consts = tuple(t.detach() for t in net.params())
                 with torch.no_grad() if self.mode == "frozen" else nullcontext():
-                    rows = torch.func.functional_call(net, params, (rows_prev, rows_new))
+                    rows = net(rows_prev, rows_new, consts)
             reg.append(rows_new.pow(2).sum())
             for f in t.feature_names:
                 outputs.append(_pool(rows, inverse[f][0], per_feature[f], t.pooling))

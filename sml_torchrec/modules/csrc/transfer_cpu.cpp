@@ -232,8 +232,8 @@ at::Tensor bias_silu_keep_sigmoid(at::Tensor u, const at::Tensor& bias) {
   return z;
 }
 
-// grad *= silu'(x), in place, from z = silu(x) and sig = sigmoid(x).
-void silu_backward_(at::Tensor grad, const at::Tensor& z, const at::Tensor& sig) {
+// grad *= scale * silu'(x), in place, from z = silu(x) and sig = sigmoid(x).
+void silu_backward_(at::Tensor grad, const at::Tensor& z, const at::Tensor& sig, double scale) {
   check_rows(grad, "grad");
   check_rows(z, "z");
   check_rows(sig, "sig");
@@ -243,11 +243,12 @@ void silu_backward_(at::Tensor grad, const at::Tensor& z, const at::Tensor& sig)
   float* G = grad.data_ptr<float>();
   const float* Z = z.data_ptr<float>();
   const float* S = sig.data_ptr<float>();
+  const Vec c(static_cast<float>(scale));
   at::parallel_for(0, n, 16 * 1024, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; i += kW) {
       const int64_t w = std::min(kW, i1 - i);
       const Vec s = load(S + i, w);
-      store(load(G + i, w) * fma(load(Z + i, w), Vec(1.f) - s, s), G + i, w);
+      store(c * load(G + i, w) * fma(load(Z + i, w), Vec(1.f) - s, s), G + i, w);
     }
   });
 }

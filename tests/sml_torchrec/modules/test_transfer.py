@@ -46,7 +46,8 @@ def _values_and_grads(net, prev, new, impl):
     net.zero_grad(set_to_none=True)
     new = new.clone().requires_grad_(True)
     out = net(prev, new)
-    weight = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+    weight = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device)
+    weight = weight.view_as(out)
     (out * weight).sum().backward()
     grads = {"new": new.grad}
     grads.update({k: p.grad for k, p in net.named_parameters()})
@@ -191,16 +192,33 @@ def test_no_grad_forward_matches_autograd_forward():
     torch.testing.assert_close(lean, with_grad, rtol=1e-6, atol=1e-6)
 
 
-def test_functional_call_with_detached_parameters():
+@pytest.mark.parametrize("impl", ["reference", "fused", "compiled"])
+def test_constant_parameters_send_gradient_to_new_only(impl):
     # How the transfer-wrapped embedding runs step 1: Θ constant, gradient to new only.
-    net = _net()
+    net = _net(impl=impl)
     prev, new = _rows(9, 13)
+    want = net.reference(prev, new).detach()
     new.requires_grad_(True)
-    params = {k: v.detach() for k, v in net.named_parameters()}
-    out = torch.func.functional_call(net, params, (prev, new))
+    consts = tuple(t.detach() for t in net.params())
+    out = net(prev, new, consts)
     out.sum().backward()
     assert new.grad is not None and all(p.grad is None for p in net.parameters())
-    torch.testing.assert_close(out, net.reference(prev, new))
+    torch.testing.assert_close(out, want)
+    # the same through functional_call, which swaps the module's parameters instead
+    new.grad = None
+    named = {k: v.detach() for k, v in net.named_parameters()}
+    torch.func.functional_call(net, named, (prev, new)).sum().backward()
+    assert new.grad is not None and all(p.grad is None for p in net.parameters())
+
+
+def test_given_parameters_are_the_ones_used():
+    net, other = _net(seed=0), _net(seed=5)
+    prev, new = _rows(7, 13)
+    for impl in ("reference", "fused"):
+        net.config.impl = other.config.impl = impl
+        torch.testing.assert_close(net(prev, new, other.params()), other(prev, new))
+        with torch.no_grad():
+            torch.testing.assert_close(net(prev, new, other.params()), other(prev, new))
 
 
 @pytest.mark.parametrize("impl", ["reference", "fused"])
@@ -224,11 +242,12 @@ def test_materialize_uses_chunks_and_handles_strided_out():
     net = _net(dtype=torch.float32, chunk_rows=1000)
     prev, new = _rows(11, 13, torch.float32)
     seen = []
-    handle = net.fc2.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    reference = net.reference
+    net.reference = lambda p, n, *a: seen.append(len(n)) or reference(p, n, *a)
     net.config.impl = "reference"
     out = torch.empty(11, 13)
     materialize(net, prev, new, out, chunk_rows=4)
-    handle.remove()
+    del net.reference
     assert seen == [4, 4, 3]
     net.config.impl = "fused"
     wide = torch.full((11, 20), 7.0)
@@ -307,3 +326,18 @@ def test_cuda_fused_materialize_matches_reference():
     out = prev.clone()
     materialize(net, out, new, out, chunk_rows=1999)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+@needs_triton
+@pytest.mark.parametrize("kind", ["sigmoid", "erf"])
+def test_cuda_fused_training_matches_float64_reference(kind):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    net = _net(dim=37, dtype=torch.float64, gelu=kind)
+    prev, new = _rows(3001, 37)
+    ref_out, ref_grads = _values_and_grads(net, prev, new, "reference")
+    net = net.float().cuda()
+    out, grads = _values_and_grads(net, prev.float().cuda(), new.float().cuda(), "fused")
+    assert (out.double().cpu() - ref_out).abs().max() <= 1e-5 * ref_out.abs().max()
+    for k, g in ref_grads.items():
+        err = (grads[k].double().cpu() - g).abs().max() / g.abs().max()
+        assert err <= 1e-4, (k, err.item())
