@@ -25,6 +25,7 @@ using Vec = at::vec::Vectorized<float>;
 constexpr int64_t kW = Vec::size();
 constexpr int64_t kMaxChannels = 16;
 constexpr int64_t kRowGrain = 16;
+constexpr int64_t kN1 = 10, kN2 = 5;  // TransferConfig's defaults (the paper's)
 
 inline Vec sigmoid(const Vec& u) { return Vec(1.f) / (Vec(1.f) + u.neg().exp_u20()); }
 inline Vec silu(const Vec& u) { return u / (Vec(1.f) + u.neg().exp_u20()); }
@@ -84,6 +85,30 @@ void check_filters(const at::Tensor& f1, const at::Tensor& f2) {
 
 }  // namespace
 
+// The stage over rows [b0, b1). N1, N2 > 0 fix the channel counts at compile time (the default
+// config): the loops over channels unroll and the per-channel vectors stay in registers;
+// 0 reads them from n1_, n2_.
+template <int64_t N1, int64_t N2>
+void stage_forward_rows(const float* P, const float* N, const float* F1, const float* F2,
+                        float* O, int64_t b0, int64_t b1, int64_t d, int64_t n1_, int64_t n2_,
+                        double eps) {
+  const int64_t n1 = N1 ? N1 : n1_, n2 = N2 ? N2 : n2_;
+  Vec h1[N1 ? N1 : kMaxChannels];
+  for (int64_t b = b0; b < b1; ++b) {
+    const float* p = P + b * d;
+    const float* n = N + b * d;
+    float* o = O + b * n2 * d;
+    const Vec inv(inv_norm(p, d, eps));
+    for (int64_t m = 0; m < d; m += kW) {
+      const int64_t w = std::min(kW, d - m);
+      const Vec x0 = load(p + m, w), x1 = load(n + m, w);
+      const Vec x2 = x0 * x1 * inv;
+      for (int64_t k = 0; k < n1; ++k) h1[k] = silu(conv1(F1 + 3 * k, x0, x1, x2));
+      for (int64_t j = 0; j < n2; ++j) store(silu(conv2(F2 + j * n1, h1, n1)), o + j * d + m, w);
+    }
+  }
+}
+
 // h2 (= out, [B, n2*d]) = silu(f2 @ silu(f1 @ [prev; neww; w_dot])) column by column.
 void stage_forward(const at::Tensor& prev, const at::Tensor& neww, const at::Tensor& f1,
                    const at::Tensor& f2, double eps, at::Tensor out) {
@@ -100,21 +125,65 @@ void stage_forward(const at::Tensor& prev, const at::Tensor& neww, const at::Ten
   const float* F2 = f2.data_ptr<float>();
   float* O = out.data_ptr<float>();
   at::parallel_for(0, B, kRowGrain, [&](int64_t b0, int64_t b1) {
-    Vec h1[kMaxChannels];
-    for (int64_t b = b0; b < b1; ++b) {
-      const float* p = P + b * d;
-      const float* n = N + b * d;
-      float* o = O + b * n2 * d;
-      const Vec inv(inv_norm(p, d, eps));
-      for (int64_t m = 0; m < d; m += kW) {
-        const int64_t w = std::min(kW, d - m);
-        const Vec x0 = load(p + m, w), x1 = load(n + m, w);
-        const Vec x2 = x0 * x1 * inv;
-        for (int64_t k = 0; k < n1; ++k) h1[k] = silu(conv1(F1 + 3 * k, x0, x1, x2));
-        for (int64_t j = 0; j < n2; ++j) store(silu(conv2(F2 + j * n1, h1, n1)), o + j * d + m, w);
-      }
+    if (n1 == kN1 && n2 == kN2) {
+      stage_forward_rows<kN1, kN2>(P, N, F1, F2, O, b0, b1, d, n1, n2, eps);
+    } else {
+      stage_forward_rows<0, 0>(P, N, F1, F2, O, b0, b1, d, n1, n2, eps);
     }
   });
+}
+
+// The stage's backward over rows [b0, b1); N1, N2 as in stage_forward_rows. With need_params,
+// adds this range's parameter-gradient sums to mine[0 .. n1*3 + n2*n1).
+template <int64_t N1, int64_t N2>
+void stage_backward_rows(const float* G, const float* P, const float* N, const float* F1,
+                         const float* F2, float* GN, int64_t b0, int64_t b1, int64_t d,
+                         int64_t n1_, int64_t n2_, double eps, bool need_input, bool need_params,
+                         double* mine) {
+  const int64_t n1 = N1 ? N1 : n1_, n2 = N2 ? N2 : n2_;
+  constexpr int64_t C = N1 ? std::max(N1, N2) : kMaxChannels;
+  Vec u1[C], s1[C], h1[C], g2[C];
+  std::vector<Vec> a1(need_params ? n1 * 3 : 0, Vec(0.f));
+  std::vector<Vec> a2(need_params ? n2 * n1 : 0, Vec(0.f));
+  for (int64_t b = b0; b < b1; ++b) {
+    const float* p = P + b * d;
+    const float* n = N + b * d;
+    const float* g = G + b * n2 * d;
+    const Vec inv(inv_norm(p, d, eps));
+    for (int64_t m = 0; m < d; m += kW) {
+      const int64_t w = std::min(kW, d - m);
+      // Lanes past d load as zeros and contribute nothing to the parameter sums.
+      const Vec x0 = load(p + m, w), x1 = load(n + m, w);
+      const Vec x2 = x0 * x1 * inv;
+      for (int64_t k = 0; k < n1; ++k) {
+        u1[k] = conv1(F1 + 3 * k, x0, x1, x2);
+        s1[k] = sigmoid(u1[k]);
+        h1[k] = u1[k] * s1[k];
+      }
+      for (int64_t j = 0; j < n2; ++j) {
+        const Vec u2 = conv2(F2 + j * n1, h1, n1);
+        g2[j] = load(g + j * d + m, w) * silu_grad_from(u2, sigmoid(u2));
+      }
+      Vec gn(0.f);
+      for (int64_t k = 0; k < n1; ++k) {
+        Vec gh1 = Vec(F2[k]) * g2[0];
+        for (int64_t j = 1; j < n2; ++j) gh1 = fma(Vec(F2[j * n1 + k]), g2[j], gh1);
+        const Vec g1 = gh1 * silu_grad_from(u1[k], s1[k]);
+        gn = fma(Vec(F1[3 * k + 1]), g1, gn);
+        if (need_params) {
+          a1[3 * k] = fma(g1, x0, a1[3 * k]);
+          a1[3 * k + 1] = fma(g1, x1, a1[3 * k + 1]);
+          a1[3 * k + 2] = fma(g1, x2, a1[3 * k + 2]);
+          for (int64_t j = 0; j < n2; ++j) a2[j * n1 + k] = fma(g2[j], h1[k], a2[j * n1 + k]);
+        }
+      }
+      if (need_input) store(gn, GN + b * d + m, w);
+    }
+  }
+  if (need_params) {
+    for (int64_t i = 0; i < n1 * 3; ++i) mine[i] += reduce(a1[i]);
+    for (int64_t i = 0; i < n2 * n1; ++i) mine[n1 * 3 + i] += reduce(a2[i]);
+  }
 }
 
 // Gradients of the stage given grad_h2 [B, n2*d]. Returns (grad_new [B, d] or undefined,
@@ -143,48 +212,13 @@ std::vector<at::Tensor> stage_backward(const at::Tensor& grad_h2, const at::Tens
   const float* F2 = f2.data_ptr<float>();
   float* GN = need_input ? grad_new.data_ptr<float>() : nullptr;
   at::parallel_for(0, B, kRowGrain, [&](int64_t b0, int64_t b1) {
-    Vec u1[kMaxChannels], s1[kMaxChannels], h1[kMaxChannels], g2[kMaxChannels];
-    std::vector<Vec> a1(need_params ? n1 * 3 : 0, Vec(0.f));
-    std::vector<Vec> a2(need_params ? n2 * n1 : 0, Vec(0.f));
-    for (int64_t b = b0; b < b1; ++b) {
-      const float* p = P + b * d;
-      const float* n = N + b * d;
-      const float* g = G + b * n2 * d;
-      const Vec inv(inv_norm(p, d, eps));
-      for (int64_t m = 0; m < d; m += kW) {
-        const int64_t w = std::min(kW, d - m);
-        // Lanes past d load as zeros and contribute nothing to the parameter sums.
-        const Vec x0 = load(p + m, w), x1 = load(n + m, w);
-        const Vec x2 = x0 * x1 * inv;
-        for (int64_t k = 0; k < n1; ++k) {
-          u1[k] = conv1(F1 + 3 * k, x0, x1, x2);
-          s1[k] = sigmoid(u1[k]);
-          h1[k] = u1[k] * s1[k];
-        }
-        for (int64_t j = 0; j < n2; ++j) {
-          const Vec u2 = conv2(F2 + j * n1, h1, n1);
-          g2[j] = load(g + j * d + m, w) * silu_grad_from(u2, sigmoid(u2));
-        }
-        Vec gn(0.f);
-        for (int64_t k = 0; k < n1; ++k) {
-          Vec gh1 = Vec(F2[k]) * g2[0];
-          for (int64_t j = 1; j < n2; ++j) gh1 = fma(Vec(F2[j * n1 + k]), g2[j], gh1);
-          const Vec g1 = gh1 * silu_grad_from(u1[k], s1[k]);
-          gn = fma(Vec(F1[3 * k + 1]), g1, gn);
-          if (need_params) {
-            a1[3 * k] = fma(g1, x0, a1[3 * k]);
-            a1[3 * k + 1] = fma(g1, x1, a1[3 * k + 1]);
-            a1[3 * k + 2] = fma(g1, x2, a1[3 * k + 2]);
-            for (int64_t j = 0; j < n2; ++j) a2[j * n1 + k] = fma(g2[j], h1[k], a2[j * n1 + k]);
-          }
-        }
-        if (need_input) store(gn, GN + b * d + m, w);
-      }
-    }
-    if (need_params) {
-      double* mine = partial.data() + at::get_thread_num() * np;
-      for (int64_t i = 0; i < n1 * 3; ++i) mine[i] += reduce(a1[i]);
-      for (int64_t i = 0; i < n2 * n1; ++i) mine[n1 * 3 + i] += reduce(a2[i]);
+    double* mine = need_params ? partial.data() + at::get_thread_num() * np : nullptr;
+    if (n1 == kN1 && n2 == kN2) {
+      stage_backward_rows<kN1, kN2>(G, P, N, F1, F2, GN, b0, b1, d, n1, n2, eps, need_input,
+                                    need_params, mine);
+    } else {
+      stage_backward_rows<0, 0>(G, P, N, F1, F2, GN, b0, b1, d, n1, n2, eps, need_input,
+                                need_params, mine);
     }
   });
   if (need_params) {

@@ -21,14 +21,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _pair(dim: int, seed: int = 0) -> tuple[TransferNet, TransferNet]:
+def _pair(dim: int, seed: int = 0, **channels: int) -> tuple[TransferNet, TransferNet]:
     """The same parameters as a float64 reference net and a float32 fused net."""
     torch.manual_seed(seed)
-    ref = TransferNet(dim, TransferConfig(impl="reference")).double()
+    ref = TransferNet(dim, TransferConfig(impl="reference", **channels)).double()
     with torch.no_grad():
         ref.fc1.bias.normal_()
         ref.fc2.bias.normal_()
-    fused = TransferNet(dim, TransferConfig(impl="fused", chunk_rows=16))
+    fused = TransferNet(dim, TransferConfig(impl="fused", chunk_rows=16, **channels))
     fused.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
     return ref, fused
 
@@ -52,6 +52,22 @@ def _grads(net: TransferNet, prev, new, weight, params: bool = True):
     if params:
         g.update({k: p.grad for k, p in net.named_parameters()})
     return out.detach(), g
+
+
+# The default 10 -> 5 channels run a specialised copy of the stage kernels; these run the
+# generic one (up to 16 channels).
+@pytest.mark.parametrize(("n1", "n2"), [(4, 3), (5, 10), (16, 16)])
+def test_other_channel_counts_match_float64_reference(n1, n2):
+    ref_net, net = _pair(19, n1=n1, n2=n2)
+    prev, new = _rows(41, 19)
+    weight = torch.linspace(-1, 1, 41 * 19, dtype=torch.float64).view(41, 19)
+    for params in (True, False):
+        ref, ref_g = _grads(ref_net, prev, new, weight, params)
+        out, g = _grads(net, prev.float(), new.float(), weight.float(), params)
+        assert (out.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
+        for k, want in ref_g.items():
+            err = (g[k].double() - want).abs().max() / want.abs().max()
+            assert err <= 1e-4, (k, err.item())
 
 
 def test_kernel_builds_and_serves_the_fused_path():
