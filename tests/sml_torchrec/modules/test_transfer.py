@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -335,9 +336,11 @@ def test_cuda_fused_training_matches_float64_reference(kind):
     net = _net(dim=37, dtype=torch.float64, gelu=kind)
     prev, new = _rows(3001, 37)
     ref_out, ref_grads = _values_and_grads(net, prev, new, "reference")
-    net = net.float().cuda()
-    out, grads = _values_and_grads(net, prev.float().cuda(), new.float().cuda(), "fused")
+    gpu = copy.deepcopy(net).float().cuda()  # .cuda() would convert ref_grads in place too
+    out, grads = _values_and_grads(gpu, prev.float().cuda(), new.float().cuda(), "fused")
     assert (out.double().cpu() - ref_out).abs().max() <= 1e-5 * ref_out.abs().max()
+    # fc2's gradients sum 3001 rows of weights that nearly cancel: in float32 the CPU lands at
+    # 2e-4 of the largest entry here too. A wrong kernel is off by O(1).
     for k, g in ref_grads.items():
         err = (grads[k].double().cpu() - g).abs().max() / g.abs().max()
-        assert err <= 1e-4, (k, err.item())
+        assert err <= 1e-3, (k, err.item())
