@@ -21,7 +21,8 @@ Which parameters learn is set by :attr:`mode`:
 
 W_{t-1} is always looked up under ``torch.no_grad()``: with TorchRec's fused kernels a table
 with no optimizer attached is still updated by FBGEMM's default fused SGD if any gradient
-reaches it, and ``requires_grad_(False)`` does not prevent that.
+reaches it, and ``requires_grad_(False)`` does not prevent that. When ``prev`` and ``new`` are
+sharded with one plan, the deduplicated ids are distributed to the shards once for both.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class TransferEmbeddingBagCollection(nn.Module):
         self._features = [f for t in tables for f in t.feature_names]
         self._reg: torch.Tensor | None = None
         self.stride_fn = stride_fn
+        self._shared_dist: tuple[tuple[int, int], bool] | None = None
 
     def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
         """Same as ``EmbeddingBagCollection.embedding_bag_configs`` (models read dims here)."""
@@ -125,12 +127,52 @@ class TransferEmbeddingBagCollection(nn.Module):
         )
         return lookup, inverse
 
+    def _shares_input_dist(self) -> bool:
+        """Whether ``prev`` and ``new`` are sharded modules with one and the same plan."""
+        # Sharding replaces both submodules, so the answer is kept per pair of modules.
+        key = (id(self.prev), id(self.new))
+        if self._shared_dist is None or self._shared_dist[0] != key:
+            plans = [getattr(m, "module_sharding_plan", None) for m in (self.prev, self.new)]
+            shared = (
+                plans[0] is not None
+                and plans[0] == plans[1]
+                and all(hasattr(m, "compute_and_output_dist") for m in (self.prev, self.new))
+            )
+            self._shared_dist = (key, shared)
+        return self._shared_dist[1]
+
+    def _lookup(
+        self, lookup: KeyedJaggedTensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Pooled rows of W_{t-1} and Ŵ_t, per feature, for the deduplicated KJT.
+
+        When both are sharded with one plan (``sml_torchrec.distributed.sharding`` copies Ŵ_t's
+        plan onto W_{t-1}), the ids are distributed to the shards once and both modules look
+        them up from that input, through the ``input_dist`` / ``compute_and_output_dist``
+        split TorchRec's train pipelines use: one round of input all-to-alls a step, not two.
+        """
+        grad = torch.no_grad() if self.mode != "tables" else nullcontext()
+        if not self._shares_input_dist():
+            with torch.no_grad():
+                prev = self.prev(lookup).to_dict()
+            with grad:
+                new = self.new(lookup).to_dict()
+            return prev, new
+        ctx = self.new.create_context()
+        dist_input = self.new.input_dist(ctx, lookup).wait().wait()
+        with torch.no_grad():
+            prev_out = self.prev.compute_and_output_dist(ctx, dist_input)
+        with grad:
+            new_out = self.new.compute_and_output_dist(ctx, dist_input)
+        with torch.no_grad():
+            prev = prev_out.wait().to_dict()
+        with grad:
+            new = new_out.wait().to_dict()
+        return prev, new
+
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         lookup, inverse = self._dedup(features)
-        with torch.no_grad():
-            prev = self.prev(lookup).to_dict()
-        with torch.no_grad() if self.mode != "tables" else nullcontext():
-            new = self.new(lookup).to_dict()
+        prev, new = self._lookup(lookup)
         per_feature = features.to_dict()
         outputs, reg = [], []
         for t in self.tables:

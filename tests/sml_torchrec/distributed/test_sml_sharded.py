@@ -54,6 +54,8 @@ def _steps(sharding):
     t0, th0 = _snapshot(model)
     model.train_epoch(_data(1), NI, seed=1, step="tables")
     t1, th1 = _snapshot(model)
+    report["shared_input_dist"] = model.embedding._shares_input_dist()
+    report["lookup_err"] = _lookup_error(model, t1)
     model.train_epoch(_data(2), NI, seed=2, step="transfer")
     t2, th2 = _snapshot(model)
     # alternate a few more times, as Algorithm 1 does
@@ -82,11 +84,30 @@ def _steps(sharding):
     return report
 
 
+def _lookup_error(model, full):
+    """Max |sharded lookup - f(W_{t-1}, Ŵ_t) of the full tables| over this rank's batch (after
+    step 1, so that the two tables differ: swapping them would show)."""
+    emb = model.embedding
+    emb.set_mode("frozen")
+    kjt = next(iter(_batches(model))).features
+    got = emb(kjt).to_dict()
+    err = 0.0
+    for f, t in (("user_id", "user"), ("item_id", "item"), ("neg_item_id", "item")):
+        ids = kjt[f].values()
+        with torch.no_grad():
+            want = emb.transfers[t](full[f"prev.{t}"][ids], full[f"new.{t}"][ids])
+        err = max(err, float((got[f] - want).abs().max()))
+    return err
+
+
 @pytest.mark.parametrize("sharding", ["table_wise", "row_wise", "column_wise"])
 def test_sml_steps_on_two_ranks(sharding):
     reports = run_local(_steps, 2, (sharding,), timeout_s=240)
     for r in reports:
         assert r["colocated"]
+        # W_{t-1} and Ŵ_t share one input distribution, and the rows come out right.
+        assert r["shared_input_dist"]
+        assert r["lookup_err"] < 1e-5
         # Step 1 changes Ŵ_t only: W_{t-1} and Θ exactly unchanged.
         assert r["step1"]["prev.user"] == 0 and r["step1"]["prev.item"] == 0
         assert r["step1"]["new.user"] > 0 and r["step1"]["new.item"] > 0
