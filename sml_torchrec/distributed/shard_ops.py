@@ -29,18 +29,13 @@ class LocalShard:
         return self.col == 0
 
 
-def table_tensor(state: dict, module_path: str, table: str) -> torch.Tensor | ShardedTensor:
-    key = f"{module_path}.embedding_bags.{table}.weight" if module_path else (
-        f"embedding_bags.{table}.weight"
-    )
-    if key not in state:
-        raise KeyError(f"no table {key!r} in state dict (has {sorted(state)[:8]}...)")
-    return state[key]
-
-
-def ec_table(state: dict, module_path: str, table: str) -> torch.Tensor | ShardedTensor:
-    """The (sharded) weight of ``table`` in the EmbeddingCollection at ``module_path``."""
-    key = f"{module_path}.embeddings.{table}.weight"
+def table_tensor(
+    state: dict, module_path: str, table: str, collection: str = "embedding_bags"
+) -> torch.Tensor | ShardedTensor:
+    """The (sharded) weight of ``table`` in the embedding collection at ``module_path``:
+    ``collection`` is ``"embedding_bags"`` for an EBC, ``"embeddings"`` for an EC."""
+    key = f"{collection}.{table}.weight"
+    key = f"{module_path}.{key}" if module_path else key
     if key not in state:
         raise KeyError(f"no table {key!r} in state dict (has {sorted(state)[:8]}...)")
     return state[key]

@@ -34,12 +34,12 @@ from sml_torchrec.data.period_dataset import Interactions
 from sml_torchrec.data.sampling import sample_negatives
 from sml_torchrec.data.sequences import last_items, period_examples
 from sml_torchrec.distributed.shard_ops import (
-    ec_table,
     gather_full,
     gather_shares,
     load_full,
     rank_share,
     row_block,
+    table_tensor,
 )
 from sml_torchrec.distributed.sharding import plan_sharding, shard_model
 from sml_torchrec.modules.caser import Caser, CaserConfig
@@ -109,10 +109,10 @@ class SequentialModel:
     def tables(self) -> dict[str, object]:
         """Name -> (sharded) weight of every table, read from the DMP state dict."""
         state = self.dmp.state_dict()
-        out = {ITEM_IN_TABLE: ec_table(state, "input_emb", ITEM_IN_TABLE),
-               ITEM_OUT_TABLE: ec_table(state, "output_emb", ITEM_OUT_TABLE)}
+        out = {ITEM_IN_TABLE: table_tensor(state, "input_emb", ITEM_IN_TABLE, "embeddings"),
+               ITEM_OUT_TABLE: table_tensor(state, "output_emb", ITEM_OUT_TABLE, "embeddings")}
         if self.inner.uses_user:
-            out[USER_TABLE] = ec_table(state, "input_emb", USER_TABLE)
+            out[USER_TABLE] = table_tensor(state, "input_emb", USER_TABLE, "embeddings")
         return out
 
     def _init_tables(self) -> None:
