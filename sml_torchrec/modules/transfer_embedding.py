@@ -78,7 +78,6 @@ class TransferEmbeddingBagCollection(nn.Module):
         self._features = [f for t in tables for f in t.feature_names]
         self._reg: torch.Tensor | None = None
         self.stride_fn = stride_fn
-        self._shared_dist: tuple[tuple[int, int], bool] | None = None
 
     def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
         """Same as ``EmbeddingBagCollection.embedding_bag_configs`` (models read dims here)."""
@@ -129,17 +128,12 @@ class TransferEmbeddingBagCollection(nn.Module):
 
     def _shares_input_dist(self) -> bool:
         """Whether ``prev`` and ``new`` are sharded modules with one and the same plan."""
-        # Sharding replaces both submodules, so the answer is kept per pair of modules.
-        key = (id(self.prev), id(self.new))
-        if self._shared_dist is None or self._shared_dist[0] != key:
-            plans = [getattr(m, "module_sharding_plan", None) for m in (self.prev, self.new)]
-            shared = (
-                plans[0] is not None
-                and plans[0] == plans[1]
-                and all(hasattr(m, "compute_and_output_dist") for m in (self.prev, self.new))
-            )
-            self._shared_dist = (key, shared)
-        return self._shared_dist[1]
+        plans = [getattr(m, "module_sharding_plan", None) for m in (self.prev, self.new)]
+        return (
+            plans[0] is not None
+            and plans[0] == plans[1]
+            and all(hasattr(m, "compute_and_output_dist") for m in (self.prev, self.new))
+        )
 
     def _lookup(
         self, lookup: KeyedJaggedTensor
