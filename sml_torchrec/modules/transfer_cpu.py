@@ -7,6 +7,8 @@ another pass over memory. ``csrc/transfer_cpu.cpp`` does that part with ATen's v
 
 * ``stage_forward``: ``[prev; new; w_dot] -> conv1 -> act -> conv2 -> act`` per vector of
   columns, in registers, writing ``H2`` already flattened for fc1 (``[B, n2*d]``);
+  optionally with ``∂H2/∂new`` in forward mode (``stage_grad_new`` then gives ``new``'s
+  gradient from it: SML's step 1, where only ``new`` learns);
 * ``stage_backward``: recomputes the stage and returns the gradients of ``new``, F1 and F2;
 * ``bias_silu_keep_sigmoid``: fc1's bias and activation in one pass after the GEMM, keeping
   sigmoid(x) so the backward needs no ``exp`` (``materialize_`` runs it in place);
@@ -14,12 +16,13 @@ another pass over memory. ``csrc/transfer_cpu.cpp`` does that part with ATen's v
 * ``materialize_``: the no-grad transfer of a whole table, chunks spread over the threads.
 
 Only the authors' GELU (``x*sigmoid(1.702x)``, ``TransferConfig.gelu = "sigmoid"``) in
-float32 runs here; ``exp`` is ATen's ``exp_u20`` (relative error ~1e-6 in the activations;
-tests hold the path to the reference within 1e-4). The extension is compiled on first use
-with ``torch.utils.cpp_extension`` (about 30 s, once per machine: the build is cached under
-``TORCH_EXTENSIONS_DIR``) for this CPU's vector ISA. Where it cannot be built (no C++
-compiler) :func:`load` warns once and returns ``None``; ``TransferNet`` then runs its eager
-fused ops, which compute the same function.
+float32 runs here. On AVX-512 ``exp`` is the kernels' own (13 instructions with ``scalef``,
+relative error ~2e-7 in the activations), elsewhere ATen's ``exp_u20`` (~4e-7); tests hold the
+activations to float64 within 1e-6 and the whole path to the reference within 1e-4. The
+extension is compiled on first use with ``torch.utils.cpp_extension`` (about 30 s, once per
+machine: the build is cached under ``TORCH_EXTENSIONS_DIR``) for this CPU's vector ISA. Where
+it cannot be built (no C++ compiler) :func:`load` warns once and returns ``None``;
+``TransferNet`` then runs its eager fused ops, which compute the same function.
 """
 
 from __future__ import annotations
@@ -110,8 +113,10 @@ class TransferRowsCPU(torch.autograd.Function):
 
     ``prev`` gets no gradient (it is W_{t-1}); gradients reach ``new`` and every parameter
     only when autograd asks for them, so SML's step 1 (Θ detached) runs just the two
-    grad-input GEMMs. The stage is recomputed in the backward; saved per chunk are H2
-    ``[B, n2*d]`` and fc1's activation and its sigmoid ``[B, hidden]``.
+    grad-input GEMMs. Saved per chunk are H2 ``[B, n2*d]`` and fc1's activation and its
+    sigmoid ``[B, hidden]``. When the stage's parameters need no gradient but ``new`` does
+    (step 1), the forward also saves ∂H2/∂new ``[B, n2*d]`` and the backward is one
+    multiply-add per H2 entry; otherwise the backward recomputes the stage.
     """
 
     @staticmethod
@@ -122,18 +127,23 @@ class TransferRowsCPU(torch.autograd.Function):
         f1s = (f1 * SCALE).contiguous()
         f2c = f2.contiguous()
         h2 = new.new_empty(new.shape[0], f2.shape[0] * new.shape[1])
-        ext.stage_forward(prev, new, f1s, f2c, eps, h2)
+        need = ctx.needs_input_grad
+        # SML step 1: only `new` needs a gradient from the stage, so the forward also takes
+        # ∂h2/∂new (forward mode, 5 numbers a column) and the backward skips the recompute.
+        jvp = torch.empty_like(h2) if need[1] and not (need[2] or need[3]) else None
+        ext.stage_forward(prev, new, f1s, f2c, eps, h2, jvp)
         sig = torch.mm(h2, w1.t())  # fc1 without its bias; the kernel turns it into sigmoid(u)
         z = ext.bias_silu_keep_sigmoid(sig, (b1 * SCALE).contiguous())
         out = torch.addmm(b2, z, w2.t(), alpha=1.0 / SCALE)
         ctx.eps = eps
-        ctx.save_for_backward(prev, new, f1s, f2c, w1, w2, h2, sig, z)
+        ctx.save_for_backward(prev, new, f1s, f2c, w1, w2, h2, sig, z,
+                              *((jvp,) if jvp is not None else ()))
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         ext = load()
-        prev, new, f1s, f2, w1, w2, h2, sig, z = ctx.saved_tensors
+        prev, new, f1s, f2, w1, w2, h2, sig, z, *jvp = ctx.saved_tensors
         need = ctx.needs_input_grad
         need_new, need_stage_params = need[1], need[2] or need[3]
         grad = grad.contiguous()
@@ -144,7 +154,9 @@ class TransferRowsCPU(torch.autograd.Function):
         g_w1 = gu.t().mm(h2) if need[4] else None
         g_b1 = gu.sum(0).mul_(SCALE) if need[5] else None
         g_new = g_f1 = g_f2 = None
-        if need_new or need_stage_params:
+        if jvp:  # only `new` needs the stage's gradient (see forward)
+            g_new = ext.stage_grad_new(torch.mm(gu, w1), jvp[0], new.shape[1])
+        elif need_new or need_stage_params:
             g_h2 = torch.mm(gu, w1)
             g_new, g_f1s, g_f2 = ext.stage_backward(
                 g_h2, prev, new, f1s, f2, ctx.eps, bool(need_new), bool(need_stage_params))
