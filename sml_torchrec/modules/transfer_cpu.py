@@ -10,9 +10,9 @@ another pass over memory. ``csrc/transfer_cpu.cpp`` does that part with ATen's v
   optionally with ``∂H2/∂new`` in forward mode (``stage_grad_new`` then gives ``new``'s
   gradient from it: SML's step 1, where only ``new`` learns);
 * ``stage_backward``: recomputes the stage and returns the gradients of ``new``, F1 and F2;
-* ``bias_silu_keep_sigmoid``: fc1's bias and activation in one pass after the GEMM, keeping
-  sigmoid(x) so the backward needs no ``exp`` (``materialize_`` runs it in place);
-* ``silu_backward_``: the activation's gradient in place;
+* ``bias_silu_keep_grad``: fc1's bias and activation in one pass after the GEMM, keeping the
+  activation's derivative so its backward is one multiply (``materialize_`` runs the
+  activation in place);
 * ``materialize_``: the no-grad transfer of a whole table, chunks spread over the threads.
 
 Only the authors' GELU (``x*sigmoid(1.702x)``, ``TransferConfig.gelu = "sigmoid"``) in
@@ -113,10 +113,11 @@ class TransferRowsCPU(torch.autograd.Function):
 
     ``prev`` gets no gradient (it is W_{t-1}); gradients reach ``new`` and every parameter
     only when autograd asks for them, so SML's step 1 (Θ detached) runs just the two
-    grad-input GEMMs. Saved per chunk are H2 ``[B, n2*d]`` and fc1's activation and its
-    sigmoid ``[B, hidden]``. When the stage's parameters need no gradient but ``new`` does
-    (step 1), the forward also saves ∂H2/∂new ``[B, n2*d]`` and the backward is one
-    multiply-add per H2 entry; otherwise the backward recomputes the stage.
+    grad-input GEMMs. Saved per chunk are H2 ``[B, n2*d]``, the derivative of fc1's activation
+    ``[B, hidden]`` and, only when fc2's weight needs a gradient, the activation itself. When
+    the stage's parameters need no gradient but ``new`` does (step 1), the forward also saves
+    ∂H2/∂new ``[B, n2*d]`` and the backward is one multiply-add per H2 entry; otherwise the
+    backward recomputes the stage.
     """
 
     @staticmethod
@@ -132,25 +133,26 @@ class TransferRowsCPU(torch.autograd.Function):
         # ∂h2/∂new (forward mode, 5 numbers a column) and the backward skips the recompute.
         jvp = torch.empty_like(h2) if need[1] and not (need[2] or need[3]) else None
         ext.stage_forward(prev, new, f1s, f2c, eps, h2, jvp)
-        sig = torch.mm(h2, w1.t())  # fc1 without its bias; the kernel turns it into sigmoid(u)
-        z = ext.bias_silu_keep_sigmoid(sig, (b1 * SCALE).contiguous())
+        # fc1 without its bias; the kernel adds it, returns the activation z and leaves in
+        # `dact` d(z / SCALE)/du for u = SCALE * fc1's pre-activation (fc2 takes z / SCALE).
+        dact = torch.mm(h2, w1.t())
+        z = ext.bias_silu_keep_grad(dact, (b1 * SCALE).contiguous(), 1.0 / SCALE)
         out = torch.addmm(b2, z, w2.t(), alpha=1.0 / SCALE)
         ctx.eps = eps
-        ctx.save_for_backward(prev, new, f1s, f2c, w1, w2, h2, sig, z,
+        ctx.save_for_backward(prev, new, f1s, f2c, w1, w2, h2, dact, z if need[6] else None,
                               *((jvp,) if jvp is not None else ()))
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         ext = load()
-        prev, new, f1s, f2, w1, w2, h2, sig, z, *jvp = ctx.saved_tensors
+        prev, new, f1s, f2, w1, w2, h2, dact, z, *jvp = ctx.saved_tensors
         need = ctx.needs_input_grad
         need_new, need_stage_params = need[1], need[2] or need[3]
         grad = grad.contiguous()
         g_w2 = grad.t().mm(z).mul_(1.0 / SCALE) if need[6] else None
         g_b2 = grad.sum(0) if need[7] else None
-        gu = torch.mm(grad, w2)
-        ext.silu_backward_(gu, z, sig, 1.0 / SCALE)  # now dL/du, u = SCALE * fc1's pre-act.
+        gu = torch.mm(grad, w2).mul_(dact)  # dL/du, u = SCALE * fc1's pre-activation
         g_w1 = gu.t().mm(h2) if need[4] else None
         g_b1 = gu.sum(0).mul_(SCALE) if need[5] else None
         g_new = g_f1 = g_f2 = None

@@ -312,56 +312,41 @@ std::vector<at::Tensor> stage_backward(const at::Tensor& grad_h2, const at::Tens
 }
 
 namespace {
-// x = u + bias on every row. With Z null: u <- silu(x) (no-grad use). Otherwise u <- sigmoid(x)
-// and Z <- silu(x): the backward needs only these two, silu'(x) = sig + silu(x) * (1 - sig).
-void bias_silu_rows(const at::Tensor& u, const at::Tensor& bias, float* Z) {
+// x = u + bias on every row. With Z null: u <- silu(x) (no-grad use). Otherwise Z <- silu(x)
+// and u <- scale * silu'(x), silu'(x) = sig + silu(x) * (1 - sig): all the backward needs of
+// this layer is one multiply by u.
+void bias_silu_rows(const at::Tensor& u, const at::Tensor& bias, float* Z, float scale) {
   check_rows(u, "u");
   TORCH_CHECK(bias.is_contiguous() && bias.scalar_type() == at::kFloat &&
                   bias.numel() == u.size(1), "bias must be a contiguous float32 [H]");
   const int64_t B = u.size(0), H = u.size(1);
   float* U = u.data_ptr<float>();
   const float* C = bias.data_ptr<float>();
+  const Vec c(scale);
   at::parallel_for(0, B, kRowGrain, [&](int64_t b0, int64_t b1) {
     for (int64_t i = b0 * H; i < b1 * H; i += H) {
       for (int64_t m = 0; m < H; m += kW) {
         const int64_t w = std::min(kW, H - m);
         const Vec x = load(U + i + m, w) + load(C + m, w);
-        const Vec sig = sigmoid(x);
-        store(Z ? sig : x * sig, U + i + m, w);
-        if (Z) store(x * sig, Z + i + m, w);
+        const Vec sig = sigmoid(x), z = x * sig;
+        if (Z) {
+          store(c * fma(z, Vec(1.f) - sig, sig), U + i + m, w);
+          store(z, Z + i + m, w);
+        } else {
+          store(z, U + i + m, w);
+        }
       }
     }
   });
 }
 }  // namespace
 
-// For the autograd forward: returns silu(u + bias) and leaves sigmoid(u + bias) in u.
-at::Tensor bias_silu_keep_sigmoid(at::Tensor u, const at::Tensor& bias) {
+// For the autograd forward: returns silu(u + bias) and leaves scale * silu'(u + bias) in u.
+at::Tensor bias_silu_keep_grad(at::Tensor u, const at::Tensor& bias, double scale) {
   check_rows(u, "u");
   at::Tensor z = at::empty_like(u);
-  bias_silu_rows(u, bias, z.data_ptr<float>());
+  bias_silu_rows(u, bias, z.data_ptr<float>(), static_cast<float>(scale));
   return z;
-}
-
-// grad *= scale * silu'(x), in place, from z = silu(x) and sig = sigmoid(x).
-void silu_backward_(at::Tensor grad, const at::Tensor& z, const at::Tensor& sig, double scale) {
-  check_rows(grad, "grad");
-  check_rows(z, "z");
-  check_rows(sig, "sig");
-  TORCH_CHECK(grad.sizes() == z.sizes() && grad.sizes() == sig.sizes(),
-              "grad, z and sig must have the same shape");
-  const int64_t n = z.numel();
-  float* G = grad.data_ptr<float>();
-  const float* Z = z.data_ptr<float>();
-  const float* S = sig.data_ptr<float>();
-  const Vec c(static_cast<float>(scale));
-  at::parallel_for(0, n, 16 * 1024, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; i += kW) {
-      const int64_t w = std::min(kW, i1 - i);
-      const Vec s = load(S + i, w);
-      store(c * load(G + i, w) * fma(load(Z + i, w), Vec(1.f) - s, s), G + i, w);
-    }
-  });
 }
 
 // out[:] = f(prev, new) over all rows, no autograd. Chunks of `chunk` rows run concurrently,
@@ -386,7 +371,7 @@ void materialize_(const at::Tensor& prev, const at::Tensor& neww, const at::Tens
       at::Tensor h = h2.narrow(0, 0, r), zc = z.narrow(0, 0, r);
       stage_forward(prev.narrow(0, r0, r), neww.narrow(0, r0, r), f1, f2, eps, h, c10::nullopt);
       at::mm_out(zc, h, w1.t());
-      bias_silu_rows(zc, b1, nullptr);
+      bias_silu_rows(zc, b1, nullptr, 1.f);
       at::Tensor o = out.narrow(0, r0, r);
       at::addmm_out(o, b2, zc, w2.t(), 1.0, alpha);
     }
@@ -397,7 +382,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("stage_forward", &stage_forward);
   m.def("stage_grad_new", &stage_grad_new);
   m.def("stage_backward", &stage_backward);
-  m.def("bias_silu_keep_sigmoid", &bias_silu_keep_sigmoid);
-  m.def("silu_backward_", &silu_backward_);
+  m.def("bias_silu_keep_grad", &bias_silu_keep_grad);
   m.def("materialize_", &materialize_);
 }
