@@ -158,16 +158,11 @@ class TransferRowsCPU(torch.autograd.Function):
         g_new = g_f1 = g_f2 = None
         if jvp:  # only `new` needs the stage's gradient (see forward)
             g_new = ext.stage_grad_new(torch.mm(gu, w1), jvp[0], new.shape[1])
-        elif need_new or need_stage_params:
-            g_h2 = torch.mm(gu, w1)
+        elif need_stage_params:
             g_new, g_f1s, g_f2 = ext.stage_backward(
-                g_h2, prev, new, f1s, f2, ctx.eps, bool(need_new), bool(need_stage_params))
-            if need[2]:
-                g_f1 = g_f1s.mul_(SCALE)
-            if not need[3]:
-                g_f2 = None
-            if not need_new:
-                g_new = None
+                torch.mm(gu, w1), prev, new, f1s, f2, ctx.eps, bool(need_new))
+            g_f1 = g_f1s.mul_(SCALE) if need[2] else None
+            g_f2 = g_f2 if need[3] else None
         return None, g_new, g_f1, g_f2, g_w1, g_b1, g_w2, g_b2, None
 
 

@@ -2,8 +2,9 @@
 //
 // The stack + conv1 + conv2 stage is a per-column map R^3 -> R^n1 -> R^n2 with an activation
 // after each layer. Done as separate tensor ops it streams n1 + n2 full [B, d] planes through
-// memory several times; here each vector of columns goes through the whole stage in registers,
-// and the backward recomputes the stage instead of storing it.
+// memory several times; here each vector of columns goes through the whole stage in registers.
+// The backward either recomputes the stage (when its parameters need gradients) or, when only
+// `new` does (SML step 1), uses the derivative the forward took in forward mode.
 //
 // All activations are silu on pre-scaled inputs: the Python side folds the 1.702 of the
 // authors' GELU approximation x*sigmoid(1.702x) into the weights (silu(s*x) = s*gelu_s(x)).
@@ -210,18 +211,18 @@ at::Tensor stage_grad_new(const at::Tensor& grad_h2, const at::Tensor& jvp, int6
   return grad_new;
 }
 
-// The stage's backward over rows [b0, b1); N1, N2 as in stage_forward_rows. With need_params,
-// adds this range's parameter-gradient sums to mine[0 .. n1*3 + n2*n1).
+// The stage's backward over rows [b0, b1); N1, N2 as in stage_forward_rows. Adds this range's
+// parameter-gradient sums to mine[0 .. n1*3 + n2*n1) and, with GN non-null, writes new's
+// gradient.
 template <int64_t N1, int64_t N2>
 void stage_backward_rows(const float* G, const float* P, const float* N, const float* F1,
                          const float* F2, float* GN, int64_t b0, int64_t b1, int64_t d,
-                         int64_t n1_, int64_t n2_, double eps, bool need_input, bool need_params,
-                         double* mine) {
+                         int64_t n1_, int64_t n2_, double eps, double* mine) {
   const int64_t n1 = N1 ? N1 : n1_, n2 = N2 ? N2 : n2_;
   constexpr int64_t C = N1 ? std::max(N1, N2) : kMaxChannels;
   Vec u1[C], s1[C], h1[C], g2[C];
-  std::vector<Vec> a1(need_params ? n1 * 3 : 0, Vec(0.f));
-  std::vector<Vec> a2(need_params ? n2 * n1 : 0, Vec(0.f));
+  std::vector<Vec> a1(n1 * 3, Vec(0.f));
+  std::vector<Vec> a2(n2 * n1, Vec(0.f));
   for (int64_t b = b0; b < b1; ++b) {
     const float* p = P + b * d;
     const float* n = N + b * d;
@@ -247,41 +248,37 @@ void stage_backward_rows(const float* G, const float* P, const float* N, const f
         for (int64_t j = 1; j < n2; ++j) gh1 = fma(Vec(F2[j * n1 + k]), g2[j], gh1);
         const Vec g1 = gh1 * silu_grad_from(u1[k], s1[k]);
         gn = fma(Vec(F1[3 * k + 1]), g1, gn);
-        if (need_params) {
-          a1[3 * k] = fma(g1, x0, a1[3 * k]);
-          a1[3 * k + 1] = fma(g1, x1, a1[3 * k + 1]);
-          a1[3 * k + 2] = fma(g1, x2, a1[3 * k + 2]);
-          for (int64_t j = 0; j < n2; ++j) a2[j * n1 + k] = fma(g2[j], h1[k], a2[j * n1 + k]);
-        }
+        a1[3 * k] = fma(g1, x0, a1[3 * k]);
+        a1[3 * k + 1] = fma(g1, x1, a1[3 * k + 1]);
+        a1[3 * k + 2] = fma(g1, x2, a1[3 * k + 2]);
+        for (int64_t j = 0; j < n2; ++j) a2[j * n1 + k] = fma(g2[j], h1[k], a2[j * n1 + k]);
       }
-      if (need_input) store(gn, GN + b * d + m, w);
+      if (GN) store(gn, GN + b * d + m, w);
     }
   }
-  if (need_params) {
-    for (int64_t i = 0; i < n1 * 3; ++i) mine[i] += reduce(a1[i]);
-    for (int64_t i = 0; i < n2 * n1; ++i) mine[n1 * 3 + i] += reduce(a2[i]);
-  }
+  for (int64_t i = 0; i < n1 * 3; ++i) mine[i] += reduce(a1[i]);
+  for (int64_t i = 0; i < n2 * n1; ++i) mine[n1 * 3 + i] += reduce(a2[i]);
 }
 
-// Gradients of the stage given grad_h2 [B, n2*d]. Returns (grad_new [B, d] or undefined,
-// grad_f1 [n1, 3] or undefined, grad_f2 [n2, n1] or undefined). w_dot is a constant (as in
-// the authors' code), so grad_new flows only through the Ŵ slot of the stack.
+// Gradients of the stage given grad_h2 [B, n2*d]: (grad_new [B, d], or undefined without
+// need_input; grad_f1 [n1, 3]; grad_f2 [n2, n1]). w_dot is a constant (as in the authors'
+// code), so grad_new flows only through the Ŵ slot of the stack. When only grad_new is
+// needed, stage_forward's jvp and stage_grad_new do it without the recompute.
 std::vector<at::Tensor> stage_backward(const at::Tensor& grad_h2, const at::Tensor& prev,
                                        const at::Tensor& neww, const at::Tensor& f1,
-                                       const at::Tensor& f2, double eps, bool need_input,
-                                       bool need_params) {
+                                       const at::Tensor& f2, double eps, bool need_input) {
   check_rows(prev, "prev");
   check_rows(neww, "new");
   check_rows(grad_h2, "grad_h2");
   check_filters(f1, f2);
   const int64_t B = prev.size(0), d = prev.size(1), n1 = f1.size(0), n2 = f2.size(0);
   TORCH_CHECK(grad_h2.size(0) == B && grad_h2.size(1) == n2 * d, "grad_h2 must be [B, n2*d]");
-  at::Tensor grad_new, grad_f1, grad_f2;
+  at::Tensor grad_new;
   if (need_input) grad_new = at::empty_like(neww);
   // Per-thread partial sums, added up in thread order afterwards: at::parallel_for gives each
   // thread a fixed range, so the parameter gradients are bit-reproducible for a thread count.
   const int64_t np = n1 * 3 + n2 * n1;
-  std::vector<double> partial(need_params ? at::get_num_threads() * np : 0, 0.0);
+  std::vector<double> partial(at::get_num_threads() * np, 0.0);
   const float* G = grad_h2.data_ptr<float>();
   const float* P = prev.data_ptr<float>();
   const float* N = neww.data_ptr<float>();
@@ -289,25 +286,21 @@ std::vector<at::Tensor> stage_backward(const at::Tensor& grad_h2, const at::Tens
   const float* F2 = f2.data_ptr<float>();
   float* GN = need_input ? grad_new.data_ptr<float>() : nullptr;
   at::parallel_for(0, B, kRowGrain, [&](int64_t b0, int64_t b1) {
-    double* mine = need_params ? partial.data() + at::get_thread_num() * np : nullptr;
+    double* mine = partial.data() + at::get_thread_num() * np;
     if (n1 == kN1 && n2 == kN2) {
-      stage_backward_rows<kN1, kN2>(G, P, N, F1, F2, GN, b0, b1, d, n1, n2, eps, need_input,
-                                    need_params, mine);
+      stage_backward_rows<kN1, kN2>(G, P, N, F1, F2, GN, b0, b1, d, n1, n2, eps, mine);
     } else {
-      stage_backward_rows<0, 0>(G, P, N, F1, F2, GN, b0, b1, d, n1, n2, eps, need_input,
-                                need_params, mine);
+      stage_backward_rows<0, 0>(G, P, N, F1, F2, GN, b0, b1, d, n1, n2, eps, mine);
     }
   });
-  if (need_params) {
-    std::vector<double> total(np, 0.0);
-    for (size_t t = 0; t < partial.size(); t += np)
-      for (int64_t i = 0; i < np; ++i) total[i] += partial[t + i];
-    grad_f1 = at::empty({n1, 3}, f1.options());
-    grad_f2 = at::empty({n2, n1}, f2.options());
-    for (int64_t i = 0; i < n1 * 3; ++i) grad_f1.data_ptr<float>()[i] = static_cast<float>(total[i]);
-    for (int64_t i = 0; i < n2 * n1; ++i)
-      grad_f2.data_ptr<float>()[i] = static_cast<float>(total[n1 * 3 + i]);
-  }
+  std::vector<double> total(np, 0.0);
+  for (size_t t = 0; t < partial.size(); t += np)
+    for (int64_t i = 0; i < np; ++i) total[i] += partial[t + i];
+  at::Tensor grad_f1 = at::empty({n1, 3}, f1.options());
+  at::Tensor grad_f2 = at::empty({n2, n1}, f2.options());
+  for (int64_t i = 0; i < n1 * 3; ++i) grad_f1.data_ptr<float>()[i] = static_cast<float>(total[i]);
+  for (int64_t i = 0; i < n2 * n1; ++i)
+    grad_f2.data_ptr<float>()[i] = static_cast<float>(total[n1 * 3 + i]);
   return {grad_new, grad_f1, grad_f2};
 }
 
