@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 from sml_torchrec.modules.transfer import TransferConfig, TransferNet
 
@@ -95,10 +95,9 @@ class TransferEmbeddingBagCollection(nn.Module):
         return self._reg
 
     def _dedup(
-        self, features: KeyedJaggedTensor
+        self, per_feature: dict[str, JaggedTensor]
     ) -> tuple[KeyedJaggedTensor, dict[str, tuple[torch.Tensor, int]]]:
         """KJT of each table's unique ids, and per feature its inverse index into them."""
-        per_feature = features.to_dict()
         uniq: dict[str, torch.Tensor] = {}
         inverse: dict[str, tuple[torch.Tensor, int]] = {}
         for t in self.tables:
@@ -165,9 +164,9 @@ class TransferEmbeddingBagCollection(nn.Module):
         return prev, new
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        lookup, inverse = self._dedup(features)
-        prev, new = self._lookup(lookup)
         per_feature = features.to_dict()
+        lookup, inverse = self._dedup(per_feature)
+        prev, new = self._lookup(lookup)
         outputs, reg = [], []
         for t in self.tables:
             first = t.feature_names[0]

@@ -136,7 +136,7 @@ def _frozen_table_with_gradient_changes():
     model = RetrainModel(NU, NI, _cfg("row_wise"), transfer=True)
     before, _ = _snapshot(model)
     emb = model.embedding
-    lookup, _ = emb._dedup(next(iter(_batches(model))).features)
+    lookup, _ = emb._dedup(next(iter(_batches(model))).features.to_dict())
     emb.prev(lookup).values().sum().backward()  # no optimizer was ever attached to prev
     after, _ = _snapshot(model)
     return float((after["prev.item"] - before["prev.item"]).abs().max())
