@@ -1,17 +1,20 @@
 """An EmbeddingBagCollection whose rows are SML transfers of two tables.
 
 ``TransferEmbeddingBagCollection`` holds, for every table, the previous period's table
-W_{t-1} (``prev``, frozen) and this period's table Ŵ_t (``new``, trained), both plain
-``EmbeddingBagCollection``s with identical configs, plus one :class:`TransferNet` per table.
-Looking up a KeyedJaggedTensor returns, per feature, the pooled rows of
-``W_t = f_Θ(W_{t-1}, Ŵ_t)``: KJT in, KeyedTensor out, exactly like an EBC, so it can replace an
-EBC inside any TorchRec model, and ``DistributedModelParallel`` shards ``prev`` and ``new``
-like any other EBC.
+W_{t-1} (``prev``, frozen) and this period's table Ŵ_t (``new``, trained), plus one
+:class:`TransferNet` per table. Looking up a KeyedJaggedTensor returns, per feature, the pooled
+rows of ``W_t = f_Θ(W_{t-1}, Ŵ_t)``: KJT in, KeyedTensor out, exactly like an EBC, so it can
+replace an EBC inside any TorchRec model.
 
 The transfer is applied once per *unique* id of a table in the batch, before pooling (it is a
-row-wise function, so pooling first would be wrong for bags of several ids). To do that the
-module looks up a deduplicated KJT: for each table, its first feature carries the unique ids
-one per bag and its other features carry empty bags.
+row-wise function, so pooling first would be wrong for bags of several ids). So ``prev`` and
+``new`` are unpooled ``EmbeddingCollection``s over the same tables, each table with one
+feature of its own name, and the module looks up a KJT of every table's unique ids. Sharded,
+that makes a lookup move only the rows asked for: a row-wise sharded EC returns rows with one
+all-to-all, where a pooled EBC reduce-scatters a [ranks x stride, features x d] block, mostly
+zeros for one-id bags (``benchmarks/sml_step.py`` measures what that is worth on 2 ranks).
+TorchRec's ECs need one embedding dim for all their tables, so
+the tables of one collection share theirs.
 
 Which parameters learn is set by :attr:`mode`:
 
@@ -27,14 +30,20 @@ sharded with one plan, the deduplicated ids are distributed to the shards once f
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_configs import (
+    BaseEmbeddingConfig,
+    EmbeddingBagConfig,
+    EmbeddingConfig,
+    PoolingType,
+)
+from torchrec.modules.embedding_modules import EmbeddingCollection
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 from sml_torchrec.modules.transfer import TransferConfig, TransferNet
@@ -68,14 +77,23 @@ class TransferEmbeddingBagCollection(nn.Module):
         for t in tables:
             if t.pooling not in (PoolingType.SUM, PoolingType.MEAN):
                 raise ValueError(f"table {t.name!r}: pooling {t.pooling} is not supported")
+            if t.embedding_dim != tables[0].embedding_dim:
+                raise ValueError(
+                    f"table {t.name!r} has embedding_dim {t.embedding_dim} but table "
+                    f"{tables[0].name!r} has {tables[0].embedding_dim}: the tables of one "
+                    "TransferEmbeddingBagCollection share one dim (put tables of other dims "
+                    "in a second one)"
+                )
         self.tables = tables
-        self.prev = EmbeddingBagCollection(tables=tables, device=device)
-        self.new = EmbeddingBagCollection(tables=tables, device=device)
+        lookup_tables = [_lookup_config(t) for t in tables]
+        self.prev = EmbeddingCollection(tables=lookup_tables, device=device)
+        self.new = EmbeddingCollection(tables=lookup_tables, device=device)
         self.transfers = nn.ModuleDict(
             {t.name: TransferNet(t.embedding_dim, transfer) for t in tables}
         )
         self.mode = "tables"
         self._features = [f for t in tables for f in t.feature_names]
+        self._lookup_keys = [t.name for t in tables]
         self._reg: torch.Tensor | None = None
         self.stride_fn = stride_fn
 
@@ -96,32 +114,29 @@ class TransferEmbeddingBagCollection(nn.Module):
 
     def _dedup(
         self, per_feature: dict[str, JaggedTensor]
-    ) -> tuple[KeyedJaggedTensor, dict[str, tuple[torch.Tensor, int]]]:
+    ) -> tuple[KeyedJaggedTensor, dict[str, torch.Tensor]]:
         """KJT of each table's unique ids, and per feature its inverse index into them."""
         uniq: dict[str, torch.Tensor] = {}
-        inverse: dict[str, tuple[torch.Tensor, int]] = {}
+        inverse: dict[str, torch.Tensor] = {}
         for t in self.tables:
             vals = [per_feature[f].values() for f in t.feature_names]
             u, inv = torch.unique(torch.cat(vals), return_inverse=True)
             uniq[t.name] = u
             start = 0
             for f, v in zip(t.feature_names, vals):
-                inverse[f] = (inv[start : start + len(v)], len(u))
+                inverse[f] = inv[start : start + len(v)]
                 start += len(v)
         stride = max([len(u) for u in uniq.values()] + [1])
         if self.stride_fn is not None:
             stride = self.stride_fn(stride)
-        values, lengths = [], []
+        lengths = []
         for t in self.tables:
-            u = uniq[t.name]
-            for k in range(len(t.feature_names)):
-                n = len(u) if k == 0 else 0
-                values.append(u[:n])
-                ln = torch.zeros(stride, dtype=torch.int32, device=u.device)
-                ln[:n] = 1
-                lengths.append(ln)
+            ln = torch.zeros(stride, dtype=torch.int32, device=uniq[t.name].device)
+            ln[: len(uniq[t.name])] = 1
+            lengths.append(ln)
         lookup = KeyedJaggedTensor.from_lengths_sync(
-            keys=self._features, values=torch.cat(values), lengths=torch.cat(lengths)
+            keys=self._lookup_keys, values=torch.cat(list(uniq.values())),
+            lengths=torch.cat(lengths),
         )
         return lookup, inverse
 
@@ -137,7 +152,7 @@ class TransferEmbeddingBagCollection(nn.Module):
     def _lookup(
         self, lookup: KeyedJaggedTensor
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Pooled rows of W_{t-1} and Ŵ_t, per feature, for the deduplicated KJT.
+        """Rows of W_{t-1} and Ŵ_t, per table ``[unique ids, d]``, for the deduplicated KJT.
 
         When both are sharded with one plan (``sml_torchrec.distributed.sharding`` copies Ŵ_t's
         plan onto W_{t-1}), the ids are distributed to the shards once and both modules look
@@ -147,10 +162,10 @@ class TransferEmbeddingBagCollection(nn.Module):
         grad = torch.no_grad() if self.mode != "tables" else nullcontext()
         if not self._shares_input_dist():
             with torch.no_grad():
-                prev = self.prev(lookup).to_dict()
+                prev = self.prev(lookup)
             with grad:
-                new = self.new(lookup).to_dict()
-            return prev, new
+                new = self.new(lookup)
+            return _rows(prev), _rows(new)
         ctx = self.new.create_context()
         dist_input = self.new.input_dist(ctx, lookup).wait().wait()
         with torch.no_grad():
@@ -158,10 +173,10 @@ class TransferEmbeddingBagCollection(nn.Module):
         with grad:
             new_out = self.new.compute_and_output_dist(ctx, dist_input)
         with torch.no_grad():
-            prev = prev_out.wait().to_dict()
+            prev = prev_out.wait()
         with grad:
-            new = new_out.wait().to_dict()
-        return prev, new
+            new = new_out.wait()
+        return _rows(prev), _rows(new)
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         per_feature = features.to_dict()
@@ -169,9 +184,7 @@ class TransferEmbeddingBagCollection(nn.Module):
         prev, new = self._lookup(lookup)
         outputs, reg = [], []
         for t in self.tables:
-            first = t.feature_names[0]
-            n = inverse[first][1]
-            rows_prev, rows_new = prev[first][:n], new[first][:n]
+            rows_prev, rows_new = prev[t.name], new[t.name]
             net = self.transfers[t.name]
             if self.mode == "transfer":
                 rows = net(rows_prev, rows_new)
@@ -182,13 +195,24 @@ class TransferEmbeddingBagCollection(nn.Module):
                     rows = net(rows_prev, rows_new, consts)
             reg.append(rows_new.pow(2).sum())
             for f in t.feature_names:
-                outputs.append(_pool(rows, inverse[f][0], per_feature[f], t.pooling))
+                outputs.append(_pool(rows, inverse[f], per_feature[f], t.pooling))
         self._reg = torch.stack(reg).sum()
         return KeyedTensor(
             keys=self._features,
             length_per_key=[o.shape[1] for o in outputs],
             values=torch.cat(outputs, dim=1),
         )
+
+
+def _lookup_config(t: EmbeddingBagConfig) -> EmbeddingConfig:
+    """The table as looked up inside: unpooled, one feature named after the table."""
+    base = {f.name: getattr(t, f.name) for f in dataclasses.fields(BaseEmbeddingConfig)
+            if f.init}
+    return EmbeddingConfig(**{**base, "feature_names": [t.name]})
+
+
+def _rows(out: dict[str, JaggedTensor]) -> dict[str, torch.Tensor]:
+    return {k: jt.values() for k, jt in out.items()}
 
 
 def _pool(rows: torch.Tensor, inverse: torch.Tensor, jt, pooling: PoolingType) -> torch.Tensor:

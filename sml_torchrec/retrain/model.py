@@ -75,11 +75,13 @@ class RetrainModel:
             emb.transfers.to(self.device)
             trainable = emb.new
             self.paths = {"prev": "embedding.prev", "new": "embedding.new"}
+            self.collection = "embeddings"
             colocate = {"embedding.prev": "embedding.new"}
         else:
             emb = EmbeddingBagCollection(tables=tables, device=meta)
             trainable = emb
             self.paths = {"new": "embedding"}
+            self.collection = "embedding_bags"
             colocate = {}
         self.module = MatrixFactorization(emb)
         apply_optimizer_in_backward(RowWiseAdagrad, trainable.parameters(), {"lr": cfg.table_lr})
@@ -99,7 +101,7 @@ class RetrainModel:
         return self.dmp.state_dict()
 
     def table(self, which: str, name: str):
-        return table_tensor(self._state(), self.paths[which], name)
+        return table_tensor(self._state(), self.paths[which], name, self.collection)
 
     def load_tables(self, full: dict[str, torch.Tensor]) -> None:
         """Set W (plain) or both W_{t-1} and Ŵ_t (transfer) to the given full tables."""

@@ -15,7 +15,7 @@ def _tables(pooling=PoolingType.SUM):
     return [
         EmbeddingBagConfig(name="a", embedding_dim=6, num_embeddings=10, feature_names=["f1"],
                            pooling=pooling),
-        EmbeddingBagConfig(name="b", embedding_dim=5, num_embeddings=7,
+        EmbeddingBagConfig(name="b", embedding_dim=6, num_embeddings=7,
                            feature_names=["f2", "f3"], pooling=pooling),
     ]
 
@@ -35,11 +35,11 @@ def test_matches_rowwise_transfer_then_pooling(pooling):
     emb = TransferEmbeddingBagCollection(_tables(pooling), SMALL)
     out = emb(_kjt())
     assert out.keys() == ["f1", "f2", "f3"]
-    assert out.values().shape == (3, 6 + 5 + 5)
+    assert out.values().shape == (3, 6 + 6 + 6)
     w = {}
     for t in ("a", "b"):
-        prev = emb.prev.embedding_bags[t].weight
-        new = emb.new.embedding_bags[t].weight
+        prev = emb.prev.embeddings[t].weight
+        new = emb.new.embeddings[t].weight
         w[t] = emb.transfers[t](prev, new).detach()
     d = _kjt().to_dict()
     for f, t in (("f1", "a"), ("f2", "b"), ("f3", "b")):
@@ -52,6 +52,13 @@ def test_matches_rowwise_transfer_then_pooling(pooling):
                 v = v / len(bag)
             expect.append(v)
         torch.testing.assert_close(out[f], torch.stack(expect), rtol=1e-5, atol=1e-6)
+
+
+def test_tables_of_other_dims_are_refused_by_name():
+    tables = _tables()
+    tables[1].embedding_dim = 5
+    with pytest.raises(ValueError, match="table 'b' has embedding_dim 5 but table 'a' has 6"):
+        TransferEmbeddingBagCollection(tables, SMALL)
 
 
 def _grads(emb):
@@ -139,7 +146,7 @@ def test_replaces_ebc_inside_dlrm():
     opt = torch.optim.Adam([p for n, p in model.named_parameters() if ".prev." not in n],
                            lr=0.01)
     emb.set_mode("tables")
-    prev_before = emb.prev.embedding_bags["t0"].weight.detach().clone()
+    prev_before = emb.prev.embeddings["t0"].weight.detach().clone()
     losses = []
     for _ in range(60):
         logits = model(dense, kjt).squeeze(-1)
@@ -150,4 +157,4 @@ def test_replaces_ebc_inside_dlrm():
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0]
     # W_{t-1} is frozen even though the optimizer was given everything but it by name.
-    assert torch.equal(prev_before, emb.prev.embedding_bags["t0"].weight)
+    assert torch.equal(prev_before, emb.prev.embeddings["t0"].weight)
