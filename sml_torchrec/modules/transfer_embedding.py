@@ -31,7 +31,6 @@ sharded with one plan, the deduplicated ids are distributed to the shards once f
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
@@ -58,9 +57,6 @@ class TransferEmbeddingBagCollection(nn.Module):
         tables: table configs (SUM or MEAN pooling); ``prev`` and ``new`` both use them.
         transfer: config of the per-table transfer nets.
         device: where to create the tables (use ``torch.device("meta")`` before sharding).
-        stride_fn: maps the local lookup stride to the one to use. Sharded EBCs need the same
-            stride on every rank, so the distributed layer sets this to a max over ranks;
-            unsharded use needs nothing.
 
     Shapes: ``forward(features)`` with a KJT of stride B returns a KeyedTensor whose values are
     ``[B, sum of feature dims]``, keys = the tables' features in table order.
@@ -71,7 +67,6 @@ class TransferEmbeddingBagCollection(nn.Module):
         tables: list[EmbeddingBagConfig],
         transfer: TransferConfig | None = None,
         device: torch.device | None = None,
-        stride_fn: Callable[[int], int] | None = None,
     ) -> None:
         super().__init__()
         for t in tables:
@@ -95,7 +90,6 @@ class TransferEmbeddingBagCollection(nn.Module):
         self._features = [f for t in tables for f in t.feature_names]
         self._lookup_keys = [t.name for t in tables]
         self._reg: torch.Tensor | None = None
-        self.stride_fn = stride_fn
 
     def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
         """Same as ``EmbeddingBagCollection.embedding_bag_configs`` (models read dims here)."""
@@ -127,8 +121,6 @@ class TransferEmbeddingBagCollection(nn.Module):
                 inverse[f] = inv[start : start + len(v)]
                 start += len(v)
         stride = max([len(u) for u in uniq.values()] + [1])
-        if self.stride_fn is not None:
-            stride = self.stride_fn(stride)
         lengths = []
         for t in self.tables:
             ln = torch.zeros(stride, dtype=torch.int32, device=uniq[t.name].device)

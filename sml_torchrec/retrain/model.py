@@ -46,12 +46,6 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def _max_over_ranks(x: int) -> int:
-    t = torch.tensor([x])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
-
-
 class RetrainModel:
     """MF over sharded tables; ``transfer=True`` makes it SML's f_Θ(W_{t-1}, Ŵ_t) model."""
 
@@ -68,10 +62,7 @@ class RetrainModel:
         if transfer:
             tcfg = TransferConfig(n1=cfg.transfer_n1, n2=cfg.transfer_n2,
                                   hidden=cfg.transfer_hidden)
-            emb = TransferEmbeddingBagCollection(
-                tables, tcfg, device=meta,
-                stride_fn=_max_over_ranks if self.world_size > 1 else None,
-            )
+            emb = TransferEmbeddingBagCollection(tables, tcfg, device=meta)
             emb.transfers.to(self.device)
             trainable = emb.new
             self.paths = {"prev": "embedding.prev", "new": "embedding.new"}
