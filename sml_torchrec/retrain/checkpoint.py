@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 import zlib
@@ -176,8 +177,29 @@ def save(
     return final
 
 
+def load_state(d: str | Path, state: dict[str, Any]) -> None:
+    """Collective: fill ``state`` in place from checkpoint ``d``.
+
+    A checkpoint that lacks one of ``state``'s tensors (written by another model, or by an
+    older layout of this one) raises ``ValueError`` naming the checkpoint and the key, before
+    anything in ``state`` is overwritten.
+    """
+    d = Path(d)
+    try:
+        dcp.load(state, storage_reader=dcp.FileSystemReader(str(d)))
+    except (RuntimeError, CheckpointException) as e:  # DCP's "Missing key" is raised in planning
+        missing = re.findall(r"Missing key in checkpoint state_dict: ([^{}\n]+)\.$", str(e), re.M)
+        if not missing:
+            raise
+        raise ValueError(
+            f"checkpoint {d} does not hold this model's tensor {missing[0]!r}: it was written by "
+            "a different model or an older layout; resume from another checkpoint directory "
+            "or start afresh"
+        ) from e
+
+
 def load(d: str | Path, state: dict[str, Any]) -> dict[str, Any]:
     """Collective: fill ``state`` in place from ``d``; returns rank 0's ``extra`` on every rank."""
     d = Path(d)
-    dcp.load(state, storage_reader=dcp.FileSystemReader(str(d)))
+    load_state(d, state)
     return torch.load(d / "extra.pt", weights_only=False)

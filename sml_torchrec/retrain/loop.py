@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed.checkpoint as dcp
 
 from sml_torchrec.data.period_dataset import PeriodDataset
 from sml_torchrec.metrics import KS
@@ -163,7 +162,7 @@ def run(cfg: RetrainConfig, ds: PeriodDataset, dataset_name: str) -> dict:
             first_t = progress.position[1] + 1
             state = strategy.checkpoint_state()
             if state:
-                dcp.load(state, storage_reader=dcp.FileSystemReader(str(resume_from)))
+                checkpoint.load_state(resume_from, state)
                 strategy.load_checkpoint_state(state)
             strategy.load_extra_state(extra["strategy"])
         else:

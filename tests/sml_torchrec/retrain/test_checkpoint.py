@@ -25,6 +25,14 @@ def test_save_load_keep_last_k(tmp_path):
     assert not list(tmp_path.glob(".tmp-*"))
 
 
+def test_checkpoint_of_another_layout_is_refused_by_name(tmp_path):
+    checkpoint.save(tmp_path, 0, _state(1.0), {})
+    target = {"w": torch.zeros(4, 3), "nested": {"renamed": torch.zeros(5)}}
+    with pytest.raises(ValueError, match=r"ckpt-000000 does not hold .*'nested\.renamed'"):
+        checkpoint.load(checkpoint.latest_valid(tmp_path), target)
+    assert torch.equal(target["w"], torch.zeros(4, 3))  # nothing half-loaded
+
+
 def test_truncated_newest_falls_back_and_says_so(tmp_path, capsys):
     for step in range(2):
         checkpoint.save(tmp_path, step, _state(step), {"step": step})
