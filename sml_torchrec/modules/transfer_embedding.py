@@ -13,8 +13,8 @@ feature of its own name, and the module looks up a KJT of every table's unique i
 that makes a lookup move only the rows asked for: a row-wise sharded EC returns rows with one
 all-to-all, where a pooled EBC reduce-scatters a [ranks x stride, features x d] block, mostly
 zeros for one-id bags (``benchmarks/sml_step.py`` measures what that is worth on 2 ranks).
-TorchRec's ECs need one embedding dim for all their tables, so
-the tables of one collection share theirs.
+TorchRec's ECs need one embedding dim for all their tables, so the tables of one collection
+share theirs.
 
 Which parameters learn is set by :attr:`mode`:
 
@@ -120,6 +120,7 @@ class TransferEmbeddingBagCollection(nn.Module):
             for f, v in zip(t.feature_names, vals):
                 inverse[f] = inv[start : start + len(v)]
                 start += len(v)
+        # This rank's own stride: the EC's input distribution exchanges strides between ranks.
         stride = max([len(u) for u in uniq.values()] + [1])
         lengths = []
         for t in self.tables:
