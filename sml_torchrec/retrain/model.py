@@ -1,9 +1,10 @@
 """A sharded MF model, plain or transfer-wrapped, with its optimisers and train/eval steps.
 
 This is where the module (``sml_torchrec.modules``) meets its sharding
-(``sml_torchrec.distributed``): the tables live in DMP-sharded EBCs with FBGEMM's fused
-optimizer applied in backward; the transfer nets Θ are dense, DDP-replicated, and stepped by a
-separate Adam. Works on one process without any process group too.
+(``sml_torchrec.distributed``): the tables live in DMP-sharded collections (an EBC for plain
+MF, two ECs inside the transfer-wrapped one) with FBGEMM's fused optimizer applied in
+backward; the transfer nets Θ are dense, DDP-replicated, and stepped by a separate Adam.
+Works on one process without any process group too.
 """
 
 from __future__ import annotations
