@@ -37,6 +37,16 @@ mean of its two neighbouring samples and the median of those ratios is reported.
 per rank = ``--threads`` // ranks. Peak RSS is each rank's ``ru_maxrss``. Prints a human table
 and one JSON line.
 
+What limits step 1 is measured beside it. ``transfer_alone`` times step 1's transfer work by
+itself: per step and table, the forward on that table's mean unique rows with Θ constant and the
+backward to those rows, on fixed random rows, nothing else (``transfer_alone_efficiency``).
+Two what-ifs follow, repeat by repeat: ``step1_efficiency_bound`` is the ``transfer_efficiency``
+of a step that cost a plain MF fine-tune step on the same batches plus the transfer as fast as
+it ran alone; ``step1_efficiency_ceiling`` the same with the transfer at exactly the mm rate.
+The fine-tune step is TorchRec's sharded lookup, fused optimizer and collectives, which step 1
+also does (twice over: W_{t-1} and Ŵ_t), so where the ceiling is below a target no transfer
+kernel reaches it on that machine and rank layout.
+
     python benchmarks/sml_step.py            # 20k users, 10k items, d=64, batch 1024/rank,
                                              # 8 steps x 7 repeats, 1 and 2 ranks (~1 min)
     python benchmarks/sml_step.py --smoke    # tiny sizes, seconds
@@ -113,17 +123,44 @@ def _sum_over_ranks(x: float) -> float:
     return float(t)
 
 
-def unique_rows(data: Interactions, num_items: int, batch: int, rank: int, world: int) -> int:
-    """Rows the transfer runs on, over this rank's batches of ``train_epoch(data, .., SEED)``."""
+def unique_rows(
+    data: Interactions, num_items: int, batch: int, rank: int, world: int
+) -> dict[str, int]:
+    """Rows the transfer runs on per table, over this rank's batches of ``train_epoch``."""
     neg = sample_negatives(data.user_id, data.item_id, num_items, SEED)
-    total = 0
+    total = {USER_TABLE: 0, ITEM_TABLE: 0}
     for b in iterate_batches(data.user_id, data.item_id, neg, batch, seed=SEED, rank=rank,
                              world_size=world):
         f = b.features.to_dict()
-        total += len(torch.unique(f["user_id"].values()))
-        total += len(torch.unique(torch.cat([f["item_id"].values(),
-                                             f["neg_item_id"].values()])))
+        total[USER_TABLE] += len(torch.unique(f["user_id"].values()))
+        total[ITEM_TABLE] += len(torch.unique(torch.cat([f["item_id"].values(),
+                                                         f["neg_item_id"].values()])))
     return total
+
+
+def transfer_alone(model: RetrainModel, rows: dict[str, int], steps: int, dim: int):
+    """Step 1's transfer work without the rest of the step: ``steps`` times, per table, the
+    forward on that table's mean unique rows per step with Θ constant, and the backward to
+    Ŵ_t's rows, on fixed random rows (no lookup, no loss, no optimizer, no communication).
+    """
+    nets = model.embedding.transfers
+    g = torch.Generator().manual_seed(2)
+    inputs = {name: (0.1 * torch.randn(round(n / steps), dim, generator=g),
+                     0.1 * torch.randn(round(n / steps), dim, generator=g))
+              for name, n in rows.items()}
+
+    def run() -> None:
+        for _ in range(steps):
+            outs = []
+            for name, (prev, new) in inputs.items():
+                net = nets[name]
+                outs.append(net(prev, new.requires_grad_(),
+                                tuple(p.detach() for p in net.params())))
+            torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+            for _, new in inputs.values():
+                new.grad = None
+
+    return run, sum(round(n / steps) for n in rows.values()) * steps
 
 
 def bench_rank(cfg: dict) -> dict:
@@ -144,7 +181,9 @@ def bench_rank(cfg: dict) -> dict:
     build_s = time.perf_counter() - t0
     sml.load_tables(full)
     mf.load_tables(full)
-    rows = unique_rows(data, items, cfg["batch"], rank, world)
+    per_table = unique_rows(data, items, cfg["batch"], rank, world)
+    rows = sum(per_table.values())
+    alone, alone_rows = transfer_alone(sml, per_table, steps, dim)
 
     def materialize() -> float:
         sml.load_tables(full)  # untimed: every repeat transfers the same tables
@@ -155,6 +194,7 @@ def bench_rank(cfg: dict) -> dict:
         "step2": lambda: _slowest(lambda: sml.train_epoch(data, items, SEED, "transfer")),
         "finetune": lambda: _slowest(lambda: mf.train_epoch(data, items, SEED, "tables")),
         "materialize": materialize,
+        "transfer_alone": lambda: _slowest(alone),
     }
     for fn in runs.values():  # warm-up
         fn()
@@ -182,6 +222,7 @@ def bench_rank(cfg: dict) -> dict:
     out["mm_gflops"] = _sum_over_ranks(statistics.median(mm))
     out["mm_min_max"] = [_sum_over_ranks(min(mm)), _sum_over_ranks(max(mm))]
     out["unique_rows"] = _sum_over_ranks(rows)
+    out["alone_rows"] = _sum_over_ranks(alone_rows)
     out["build_s"] = build_s
     if cfg["profile"]:  # every rank runs the epoch (it has collectives); rank 0 reports
         table = profile_step1(sml, data, items, cfg["profile_rows"])
@@ -215,14 +256,27 @@ def summarise(r: dict, ranks: int, a, flop_per_row: int, factors: dict) -> dict:
         eff_key = "transfer_efficiency" if k == "step1" else "step2_transfer_efficiency"
         res[eff_key] = efficiency(k)
     res["materialize_transfer_efficiency"] = efficiency("materialize")
+    flops["transfer_alone"] = r["alone_rows"] * flop_per_row * factors["step1"]
+    res["transfer_alone_efficiency"] = efficiency("transfer_alone")
+    # What step 1 would reach if it cost no more than its transfer (as fast as measured alone,
+    # or as fast as the mm rate) plus a plain MF fine-tune step on the same batches, repeat by
+    # repeat; the fine-tune step is TorchRec's sharded lookup, fused optimizer and collectives,
+    # which an SML step does at least once too.
+    res["step1_efficiency_bound"] = statistics.median(
+        flops["step1"] / (t * r["unique_rows"] / r["alone_rows"] + ft) / 1e9 / ((m1 + m2) / 2)
+        for (t, m1), (ft, m2) in zip(r["runs"]["transfer_alone"], r["runs"]["finetune"],
+                                     strict=True))
+    res["step1_efficiency_ceiling"] = statistics.median(
+        1 / (1 + ft * m * 1e9 / flops["step1"]) for ft, m in r["runs"]["finetune"])
     res["step1_vs_finetune"] = r["finetune"] / r["step1"]  # step 1's speed as a fraction
     res["mm_gflops"] = r["mm_gflops"]
     res["mm_gflops_min_max"] = r["mm_min_max"]
     res["unique_rows_per_step"] = r["unique_rows"] / (a.steps * ranks)  # per rank
     res["threads_per_rank"] = max(1, a.threads // ranks)
-    res["seconds"] = {k: r[k] for k in (*STEPS, "materialize")}
+    timed = (*STEPS, "materialize", "transfer_alone")
+    res["seconds"] = {k: r[k] for k in timed}
     # [seconds, mm GFLOP/s beside it] of every timed run: what the efficiencies are made of
-    res["timed_runs"] = {k: [list(x) for x in r["runs"][k]] for k in (*STEPS, "materialize")}
+    res["timed_runs"] = {k: [list(x) for x in r["runs"][k]] for k in timed}
     res["model_build_s"] = r["build_s"]
     return res
 
@@ -275,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
           f"FLOP/row fwd, x{factors['step1']:.0f} step 1, x{factors['step2']:.3f} step 2")
     print(f"{'ranks':>5}{'thr/rk':>7}{'step1 ex/s':>12}{'step2 ex/s':>12}{'finetune ex/s':>15}"
           f"{'s1/ft':>7}{'mater. rows/s':>15}{'uniq rows':>11}{'s1 GF/s':>9}{'mm GF/s':>9}"
-          f"{'s1 eff':>8}{'s2 eff':>8}{'mat eff':>8}{'RSS MB':>8}")
+          f"{'s1 eff':>8}{'s2 eff':>8}{'mat eff':>8}{'RSS MB':>8}"
+          f"{'alone eff':>10}{'s1 bound':>9}{'s1 ceil':>8}")
     for n, r in results.items():
         print(f"{n:>5}{r['threads_per_rank']:>7}{r['step1_examples_per_s']:>12,.0f}"
               f"{r['step2_examples_per_s']:>12,.0f}{r['finetune_examples_per_s']:>15,.0f}"
@@ -283,10 +338,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['unique_rows_per_step']:>11,.0f}{r['step1_transfer_gflops']:>9.1f}"
               f"{r['mm_gflops']:>9.1f}{r['transfer_efficiency']:>8.2f}"
               f"{r['step2_transfer_efficiency']:>8.2f}"
-              f"{r['materialize_transfer_efficiency']:>8.2f}{r['peak_rss_mb']:>8.0f}")
+              f"{r['materialize_transfer_efficiency']:>8.2f}{r['peak_rss_mb']:>8.0f}"
+              f"{r['transfer_alone_efficiency']:>10.2f}{r['step1_efficiency_bound']:>9.2f}"
+              f"{r['step1_efficiency_ceiling']:>8.2f}")
     print("ex/s and rows/s are totals over ranks; s1/ft = step 1 speed / fine-tune speed; "
           "uniq rows = transfer rows per step per rank; eff = transfer GFLOP/s / mm GFLOP/s "
-          "(both summed over ranks; target for s1 >= 0.5).")
+          "(both summed over ranks; target for s1 >= 0.5); alone eff = step 1's transfer work "
+          "alone (no lookup, loss, optimizer or collectives); s1 bound / s1 ceil = the s1 eff of "
+          "a step costing a fine-tune step plus that transfer as fast as alone / as the mm rate.")
     print(json.dumps({
         "benchmark": "sml_step", "smoke": a.smoke, "threads": a.threads,
         "sharding": a.sharding, "users": a.users, "items": a.items, "dim": a.dim,

@@ -15,6 +15,7 @@ KEYS = (
     "step1_examples_per_s", "step2_examples_per_s", "finetune_examples_per_s",
     "materialize_rows_per_s", "transfer_efficiency", "step2_transfer_efficiency",
     "step1_transfer_gflops", "mm_gflops", "peak_rss_mb", "unique_rows_per_step",
+    "transfer_alone_efficiency", "step1_efficiency_bound", "step1_efficiency_ceiling",
 )
 
 
@@ -49,4 +50,16 @@ def test_sml_step_benchmark_smoke():
         flops = r["step1_transfer_gflops"] * r["seconds"]["step1"]
         assert math.isclose(r["transfer_efficiency"],
                             statistics.median(flops / t / m for t, m in runs))
+        # The what-ifs: a fine-tune step plus the transfer as timed alone / at the mm rate.
+        alone, ft = r["timed_runs"]["transfer_alone"], r["timed_runs"]["finetune"]
+        assert len(alone) == len(ft) == res["repeats"]
+        alone_flops = r["transfer_alone_efficiency"] / statistics.median(
+            1 / (t * m) for t, m in alone)
+        bound = statistics.median(
+            flops / (ta * flops / alone_flops + tf) / ((ma + mf) / 2)
+            for (ta, ma), (tf, mf) in zip(alone, ft))
+        assert math.isclose(r["step1_efficiency_bound"], bound, rel_tol=1e-6)
+        ceiling = statistics.median(1 / (1 + tf * mf / flops) for tf, mf in ft)
+        assert math.isclose(r["step1_efficiency_ceiling"], ceiling, rel_tol=1e-6)
+        assert 0 < r["step1_efficiency_ceiling"] < 1
     assert "step1 ex/s" in proc.stdout  # the human table is printed too
