@@ -146,7 +146,7 @@ def transfer_alone(model: RetrainModel, rows: dict[str, int], steps: int, dim: i
     nets = model.embedding.transfers
     g = torch.Generator().manual_seed(2)
     inputs = {name: (0.1 * torch.randn(round(n / steps), dim, generator=g),
-                     0.1 * torch.randn(round(n / steps), dim, generator=g))
+                     (0.1 * torch.randn(round(n / steps), dim, generator=g)).requires_grad_())
               for name, n in rows.items()}
 
     def run() -> None:
@@ -154,13 +154,12 @@ def transfer_alone(model: RetrainModel, rows: dict[str, int], steps: int, dim: i
             outs = []
             for name, (prev, new) in inputs.items():
                 net = nets[name]
-                outs.append(net(prev, new.requires_grad_(),
-                                tuple(p.detach() for p in net.params())))
+                outs.append(net(prev, new, tuple(p.detach() for p in net.params())))
             torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
             for _, new in inputs.values():
                 new.grad = None
 
-    return run, sum(round(n / steps) for n in rows.values()) * steps
+    return run, sum(len(new) for _, new in inputs.values()) * steps
 
 
 def bench_rank(cfg: dict) -> dict:
