@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sml_torchrec.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """Raised for malformed or inconsistent input data.
 
     The message starts with the file (or dataset directory) at fault and names the line,
