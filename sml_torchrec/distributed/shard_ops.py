@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
 from sml_torchrec.modules.transfer import TransferNet, materialize
@@ -29,16 +30,21 @@ class LocalShard:
         return self.col == 0
 
 
-def table_tensor(
-    state: dict, module_path: str, table: str, collection: str = "embedding_bags"
-) -> torch.Tensor | ShardedTensor:
-    """The (sharded) weight of ``table`` in the embedding collection at ``module_path``:
-    ``collection`` is ``"embedding_bags"`` for an EBC, ``"embeddings"`` for an EC."""
-    key = f"{collection}.{table}.weight"
-    key = f"{module_path}.{key}" if module_path else key
-    if key not in state:
-        raise KeyError(f"no table {key!r} in state dict (has {sorted(state)[:8]}...)")
-    return state[key]
+def table_weights(collection: nn.Module) -> dict[str, torch.Tensor | ShardedTensor]:
+    """The weight of every table of an embedding collection, by table name.
+
+    ``collection`` is an ``EmbeddingBagCollection`` or ``EmbeddingCollection``, sharded by DMP
+    or not; sharded weights are ShardedTensors whose local shards are the kernel's weights.
+    """
+    out = {}
+    for key, value in collection.state_dict().items():
+        kind, _, rest = key.partition(".")
+        table, _, leaf = rest.partition(".")
+        if kind in ("embedding_bags", "embeddings") and leaf == "weight":
+            out[table] = value
+    if not out:
+        raise TypeError(f"{type(collection).__name__} holds no embedding tables")
+    return out
 
 
 def local_shards(t: torch.Tensor | ShardedTensor) -> list[LocalShard]:

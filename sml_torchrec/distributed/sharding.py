@@ -1,19 +1,16 @@
-"""Sharding plans for the MF and transfer-wrapped tables, and wrapping a model in DMP.
+"""Sharding plans for the library's own models, and wrapping a model in DMP.
 
 * Row-wise sharding on CPU: TorchRec's stock EBC sharder offers ROW_WISE only for CUDA/MTIA,
   although the row-wise kernels and gloo collectives work on CPU; :class:`EBCSharder` adds it.
-* Co-location: the planner may place same-shaped tables of two modules on different ranks, so
-  the plan of Ŵ_t's module is copied onto W_{t-1}'s module: both then have identical sharding
-  types and row/column ranges and the transfer needs no communication.
+* The transfer-wrapped collection has its own sharder
+  (:class:`~sml_torchrec.distributed.transfer_embedding.TransferEmbeddingBagCollectionSharder`),
+  which gives W_{t-1} and Ŵ_t of a table one placement and keeps Θ out of DDP; a model that
+  holds one is planned and wrapped like any other TorchRec model.
 * Every table the model declares must be in the plan (TorchRec has shipped planners that
   silently dropped tables), checked before the model is built.
-* Dense parameters (Θ) are wrapped in DDP with ``static_graph=False``: SML alternates which
-  parameters receive gradients, and a static graph silently stops all-reducing Θ.
 """
 
 from __future__ import annotations
-
-import copy
 
 import torch
 import torch.distributed as dist
@@ -21,15 +18,15 @@ from torch import nn
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-from torchrec.distributed.model_parallel import (
-    DefaultDataParallelWrapper,
-    DistributedModelParallel,
-)
+from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.types import ParameterConstraints
-from torchrec.distributed.types import ShardingPlan, ShardingType
+from torchrec.distributed.types import ModuleSharder, ShardingPlan, ShardingType
 from torchrec.modules.embedding_configs import BaseEmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+
+from sml_torchrec.distributed.transfer_embedding import TransferEmbeddingBagCollectionSharder
+from sml_torchrec.modules.transfer_embedding import TransferEmbeddingBagCollection
 
 SHARDING_TYPES = {
     "table_wise": ShardingType.TABLE_WISE.value,
@@ -48,17 +45,23 @@ class EBCSharder(EmbeddingBagCollectionSharder):
         return types
 
 
-def sharders() -> list:
-    """Sharders for both kinds of collection: pooled (EBC) and per-position (EC)."""
-    return [EBCSharder(), EmbeddingCollectionSharder()]
+def sharders() -> list[ModuleSharder[nn.Module]]:
+    """Sharders for every collection the library builds: pooled (EBC), per-position (EC) and
+    transfer-wrapped."""
+    return [TransferEmbeddingBagCollectionSharder(), EBCSharder(), EmbeddingCollectionSharder()]
 
 
 def embedding_tables(model: nn.Module) -> dict[str, list[BaseEmbeddingConfig]]:
-    """Table configs of every EmbeddingBagCollection / EmbeddingCollection, by module path."""
+    """Table configs of every embedding collection the planner plans, by module path."""
     out: dict[str, list[BaseEmbeddingConfig]] = {}
+    inside_transfer: list[str] = []
     for name, m in model.named_modules():
-        if isinstance(m, EmbeddingBagCollection):
+        if any(name.startswith(p + ".") for p in inside_transfer):
+            continue  # the transfer collection's own ECs are planned through it
+        if isinstance(m, (EmbeddingBagCollection, TransferEmbeddingBagCollection)):
             out[name] = m.embedding_bag_configs()
+            if isinstance(m, TransferEmbeddingBagCollection):
+                inside_transfer.append(name)
         elif isinstance(m, EmbeddingCollection):
             out[name] = m.embedding_configs()
     return out
@@ -69,16 +72,12 @@ def plan_sharding(
     sharding: str,
     world_size: int,
     device: torch.device,
-    colocate: dict[str, str] | None = None,
     process_group: dist.ProcessGroup | None = None,
 ) -> ShardingPlan:
-    """Plan every table of ``model`` (EBCs and ECs) with one sharding type and the FUSED kernel.
-
-    ``colocate`` maps a module path to the path whose plan it must copy (W_{t-1} -> Ŵ_t).
-    """
+    """Plan every table of ``model`` with one sharding type and the FUSED kernel (the library's
+    runs compare strategies on one layout; a user's own model can use any plan)."""
     if sharding not in SHARDING_TYPES:
         raise ValueError(f"sharding must be one of {sorted(SHARDING_TYPES)}, got {sharding!r}")
-    colocate = colocate or {}
     constraints = {}
     for configs in embedding_tables(model).values():
         for cfg in configs:
@@ -99,8 +98,6 @@ def plan_sharding(
         plan = planner.collective_plan(model, sharders(), process_group or dist.group.WORLD)
     else:
         plan = planner.plan(model, sharders())
-    for dst, src in colocate.items():
-        plan.plan[dst] = copy.deepcopy(plan.plan[src])
     check_plan(model, plan)
     return plan
 
@@ -120,11 +117,5 @@ def check_plan(model: nn.Module, plan: ShardingPlan) -> None:
 def shard_model(
     model: nn.Module, plan: ShardingPlan, device: torch.device
 ) -> DistributedModelParallel:
-    """Wrap ``model`` in DMP with ``plan``; dense parameters get DDP with a dynamic graph."""
-    return DistributedModelParallel(
-        module=model,
-        device=device,
-        plan=plan,
-        sharders=sharders(),
-        data_parallel_wrapper=DefaultDataParallelWrapper(static_graph=False),
-    )
+    """``DistributedModelParallel`` with ``plan`` and the library's sharders, nothing else."""
+    return DistributedModelParallel(module=model, device=device, plan=plan, sharders=sharders())

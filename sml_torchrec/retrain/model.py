@@ -1,20 +1,18 @@
 """A sharded MF model, plain or transfer-wrapped, with its optimisers and train/eval steps.
 
-This is where the module (``sml_torchrec.modules``) meets its sharding
-(``sml_torchrec.distributed``): the tables live in DMP-sharded collections (an EBC for plain
-MF, two ECs inside the transfer-wrapped one) with FBGEMM's fused optimizer applied in
-backward; the transfer nets Θ are dense, DDP-replicated, and stepped by a separate Adam.
+The model is built the way a TorchRec user builds theirs: an unsharded module on the meta
+device (``MatrixFactorization`` over an ``EmbeddingBagCollection`` or a
+``TransferEmbeddingBagCollection``), FBGEMM's fused row-wise Adagrad attached to the trained
+tables, a plan from the planner with the library's sharders, and plain DMP. The tables and Θ
+are reached only through the collections' public methods. Θ is stepped by a separate Adam.
 Works on one process without any process group too.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
@@ -29,12 +27,11 @@ from sml_torchrec.distributed.shard_ops import (
     load_full,
     rank_share,
     row_block,
-    table_tensor,
-    transfer_in_place,
+    table_weights,
 )
 from sml_torchrec.distributed.sharding import plan_sharding, shard_model
 from sml_torchrec.modules.mf import ITEM_TABLE, USER_TABLE, MatrixFactorization, log_loss, mf_tables
-from sml_torchrec.modules.transfer import TransferConfig, materialize
+from sml_torchrec.modules.transfer import TransferConfig
 from sml_torchrec.modules.transfer_embedding import TransferEmbeddingBagCollection
 from sml_torchrec.retrain.config import RetrainConfig
 
@@ -48,7 +45,11 @@ def world() -> tuple[int, int]:
 
 
 class RetrainModel:
-    """MF over sharded tables; ``transfer=True`` makes it SML's f_Θ(W_{t-1}, Ŵ_t) model."""
+    """MF over sharded tables; ``transfer=True`` makes it SML's f_Θ(W_{t-1}, Ŵ_t) model.
+
+    ``embedding`` is the sharded collection (a ``ShardedTransferEmbeddingBagCollection`` for
+    SML, TorchRec's sharded EBC otherwise); ``dmp`` and ``dense_opt`` are what checkpoints save.
+    """
 
     def __init__(
         self, num_users: int, num_items: int, cfg: RetrainConfig, transfer: bool,
@@ -64,56 +65,40 @@ class RetrainModel:
             tcfg = TransferConfig(n1=cfg.transfer_n1, n2=cfg.transfer_n2,
                                   hidden=cfg.transfer_hidden)
             emb = TransferEmbeddingBagCollection(tables, tcfg, device=meta)
-            emb.transfers.to(self.device)
-            trainable = emb.new
-            self.paths = {"prev": "embedding.prev", "new": "embedding.new"}
-            self.collection = "embeddings"
-            colocate = {"embedding.prev": "embedding.new"}
+            trained = emb.new.parameters()
         else:
             emb = EmbeddingBagCollection(tables=tables, device=meta)
-            trainable = emb
-            self.paths = {"new": "embedding"}
-            self.collection = "embedding_bags"
-            colocate = {}
+            trained = emb.parameters()
         self.module = MatrixFactorization(emb)
-        apply_optimizer_in_backward(RowWiseAdagrad, trainable.parameters(), {"lr": cfg.table_lr})
-        plan = plan_sharding(self.module, cfg.sharding, self.world_size, self.device, colocate)
+        apply_optimizer_in_backward(RowWiseAdagrad, trained, {"lr": cfg.table_lr})
+        plan = plan_sharding(self.module, cfg.sharding, self.world_size, self.device)
         self.dmp = shard_model(self.module, plan, self.device)
         self.embedding = self.dmp.module.embedding
         self.dense_opt: torch.optim.Adam | None = None
         if transfer:
-            # Θ by name: in_backward_optimizer_filter would also return frozen table slices.
-            theta = [p for n, p in self.dmp.named_parameters() if ".transfers." in n]
             self.dense_opt = torch.optim.Adam(
-                theta, lr=cfg.transfer_lr, weight_decay=2 * cfg.l2_transfer
+                self.embedding.transfer_parameters(), lr=cfg.transfer_lr,
+                weight_decay=2 * cfg.l2_transfer,
             )
 
     # -- tables -------------------------------------------------------------------------------
-    def _state(self) -> dict:
-        return self.dmp.state_dict()
-
-    def table(self, which: str, name: str):
-        return table_tensor(self._state(), self.paths[which], name, self.collection)
-
     def load_tables(self, full: dict[str, torch.Tensor]) -> None:
         """Set W (plain) or both W_{t-1} and Ŵ_t (transfer) to the given full tables."""
-        for name in TABLES:
-            for which in self.paths:
-                load_full(self.table(which, name), full[name])
+        if self.transfer:
+            self.embedding.reset_tables(full)
+            return
+        for name, weight in table_weights(self.embedding).items():
+            load_full(weight, full[name])
 
     def export_tables(self) -> dict[str, torch.Tensor]:
-        """Full tables of the model being served (for plain MF; transfer: materialise first)."""
-        return {name: gather_full(self.table("new", name)) for name in TABLES}
+        """Full tables of the model being served."""
+        if self.transfer:
+            return self.embedding.served_weights()
+        return {name: gather_full(w) for name, w in table_weights(self.embedding).items()}
 
     def materialize(self) -> None:
         """W_t = f(W_{t-1}, Ŵ_t) into the W_{t-1} tables, then Ŵ_{t+1} starts from W_t."""
-        nets = self.embedding.transfers
-        for name in TABLES:
-            transfer_in_place(nets[name], self.table("prev", name), self.table("new", name), name)
-
-    def reset_new_from_prev(self) -> None:
-        for name in TABLES:
-            load_full(self.table("new", name), gather_full(self.table("prev", name)))
+        self.embedding.materialize()
 
     # -- training -----------------------------------------------------------------------------
     def train_epoch(
@@ -131,22 +116,16 @@ class RetrainModel:
         batch = max(1, batch // self.world_size)
         if self.transfer:
             self.embedding.set_mode(step)
-        ddp = self.dmp._dmp_wrapped_module
-        sync_off = (
-            ddp.no_sync if isinstance(ddp, DistributedDataParallel) and step == "tables"
-            else nullcontext
-        )
         losses = []
         for b in iterate_batches(data.user_id, data.item_id, neg, batch, seed=seed,
                                  rank=self.rank, world_size=self.world_size):
-            with sync_off():
-                pos, negs, sq = self.dmp(b.features.to(self.device))
-                loss = log_loss(pos, negs)
-                if step == "tables":
-                    loss = loss + self.cfg.l2_tables * sq / b.size
-                else:
-                    self.dense_opt.zero_grad(set_to_none=True)
-                loss.backward()
+            pos, negs, sq = self.dmp(b.features.to(self.device))
+            loss = log_loss(pos, negs)
+            if step == "tables":
+                loss = loss + self.cfg.l2_tables * sq / b.size
+            else:
+                self.dense_opt.zero_grad(set_to_none=True)
+            loss.backward()
             if step == "transfer":
                 self.dense_opt.step()
             losses.append(loss.item())
@@ -170,13 +149,10 @@ class RetrainModel:
     @torch.no_grad()
     def item_block(self) -> tuple[torch.Tensor, int]:
         """This rank's block of served item rows (disjoint across ranks) and its first id."""
-        block, offset = row_block(self.table("new", ITEM_TABLE))
         if self.transfer:
-            prev, _ = row_block(self.table("prev", ITEM_TABLE))
-            net = self.embedding.transfers[ITEM_TABLE]
-            out = torch.empty_like(block)
-            materialize(net, prev, block, out=out)
-            block = out
+            block, offset = self.embedding.served_block(ITEM_TABLE)
+        else:
+            block, offset = row_block(table_weights(self.embedding)[ITEM_TABLE])
         return block.cpu(), offset
 
     @torch.no_grad()

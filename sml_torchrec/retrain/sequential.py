@@ -39,15 +39,13 @@ from sml_torchrec.distributed.shard_ops import (
     load_full,
     rank_share,
     row_block,
-    table_tensor,
+    table_weights,
 )
 from sml_torchrec.distributed.sharding import plan_sharding, shard_model
 from sml_torchrec.modules.caser import Caser, CaserConfig
 from sml_torchrec.modules.gru4rec import GRU4Rec, GRU4RecConfig
 from sml_torchrec.modules.sequence import (
-    ITEM_IN_TABLE,
     ITEM_OUT_TABLE,
-    USER_TABLE,
     SequentialRecommender,
     input_kjt,
     output_kjt,
@@ -99,21 +97,15 @@ class SequentialModel:
         plan = plan_sharding(module, cfg.sharding, self.world_size, self.device)
         self.dmp = shard_model(module, plan, self.device)
         self.inner = self.dmp.module
-        # Dense parameters by name: the fused tables must not be stepped by Adam too.
-        dense = [p for n, p in self.dmp.named_parameters() if ".encoder." in f".{n}"]
-        self.dense_opt = torch.optim.Adam(dense, lr=mcfg.dense_lr)
+        # The encoder only: the fused tables are stepped in backward.
+        self.dense_opt = torch.optim.Adam(self.inner.encoder.parameters(), lr=mcfg.dense_lr)
         self._init_tables()
         self.history = Interactions.concat([])
 
     # -- tables -------------------------------------------------------------------------------
     def tables(self) -> dict[str, object]:
-        """Name -> (sharded) weight of every table, read from the DMP state dict."""
-        state = self.dmp.state_dict()
-        out = {ITEM_IN_TABLE: table_tensor(state, "input_emb", ITEM_IN_TABLE, "embeddings"),
-               ITEM_OUT_TABLE: table_tensor(state, "output_emb", ITEM_OUT_TABLE, "embeddings")}
-        if self.inner.uses_user:
-            out[USER_TABLE] = table_tensor(state, "input_emb", USER_TABLE, "embeddings")
-        return out
+        """Name -> (sharded) weight of every table."""
+        return {**table_weights(self.inner.input_emb), **table_weights(self.inner.output_emb)}
 
     def _init_tables(self) -> None:
         # DMP initialises each shard on its own; a full table drawn from the seed and copied

@@ -88,9 +88,9 @@ def test_transfer_applied_once_per_unique_id(monkeypatch):
     net = emb.transfers["b"]
     orig = type(net).forward
 
-    def spy(self, prev, new):
+    def spy(self, prev, new, *params):
         seen.append(prev.shape[0])
-        return orig(self, prev, new)
+        return orig(self, prev, new, *params)
 
     monkeypatch.setattr(type(net), "forward", spy)
     emb.set_mode("transfer")
