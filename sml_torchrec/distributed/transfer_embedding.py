@@ -55,11 +55,12 @@ from torchrec.distributed.types import (
     ShardingEnv,
     ShardingType,
 )
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 from sml_torchrec.distributed.shard_ops import (
-    gather_full,
     load_full,
     row_block,
     table_weights,
@@ -306,7 +307,7 @@ class ShardedTransferEmbeddingBagCollection(
         return TransferEmbeddingBagCollection
 
     # -- the tables ---------------------------------------------------------------------------
-    def embedding_bag_configs(self) -> list:
+    def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
         return self.tables
 
     def reset_tables(self, weights: dict[str, torch.Tensor]) -> None:
@@ -347,13 +348,9 @@ class ShardedTransferEmbeddingBagCollection(
             out[t.name] = full
         return out
 
-    def served_collection(self):
+    def served_collection(self) -> EmbeddingBagCollection:
         """W_t as a plain, unsharded ``EmbeddingBagCollection`` on CPU (for serving)."""
         return embedding_bag_collection(self.tables, self.served_weights())
-
-    def previous_weights(self) -> dict[str, torch.Tensor]:
-        """W_{t-1} of every table, whole, on every rank."""
-        return {n: gather_full(w) for n, w in table_weights(self.prev).items()}
 
 
 class TransferEmbeddingBagCollectionSharder(BaseEmbeddingSharder[TransferEmbeddingBagCollection]):
