@@ -48,3 +48,12 @@ def sample_negatives(
         f"could not find unobserved items for user(s) {users_full[:5].tolist()} after "
         f"{max_rounds} rounds: they interacted with (almost) all {num_items} items"
     )
+
+
+def sample_k_negatives(
+    user: np.ndarray, item: np.ndarray, num_items: int, k: int, seed: int
+) -> np.ndarray:
+    """[n, k] negatives: k independent draws of :func:`sample_negatives` (none observed)."""
+    return np.stack(
+        [sample_negatives(user, item, num_items, seed * 31 + j) for j in range(k)], axis=1
+    )

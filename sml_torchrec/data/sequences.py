@@ -13,10 +13,18 @@ Everything is vectorised: one stable sort by (user, time), then one shifted gath
 from __future__ import annotations
 
 import numpy as np
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from sml_torchrec.data.period_dataset import Interactions
 
 PAD = -1
+# Keys of the batches built here: an example's previous items, its user, its positive item and
+# its sampled negatives (the sequential models in ``sml_torchrec.modules`` read these keys).
+SEQ = "seq"
+USER = "user_id"
+TARGET = "target"
+NEG = "neg"
 
 
 def previous_items(
@@ -79,6 +87,36 @@ def last_items(history: Interactions, users: np.ndarray, seq_len: int) -> np.nda
     return previous_items(user, item, ts, seq_len)[len(history):][back]
 
 
-def lengths(seqs: np.ndarray) -> np.ndarray:
-    """Number of real (non-PAD) items per right-aligned sequence [n]."""
-    return (seqs != PAD).sum(axis=1)
+def input_kjt(seqs: np.ndarray, users: np.ndarray | None = None) -> KeyedJaggedTensor:
+    """Right-aligned id sequences [B, L] (PAD = -1) and optional users [B] -> a KJT.
+
+    Keys: ``seq`` (the non-PAD ids of each row, in order) and, if given, ``user_id``.
+    """
+    seqs = np.asarray(seqs, dtype=np.int64)
+    real = seqs != PAD
+    values = [seqs[real]]
+    lengths = [real.sum(axis=1)]
+    keys = [SEQ]
+    if users is not None:
+        keys.append(USER)
+        values.append(np.asarray(users, dtype=np.int64))
+        lengths.append(np.ones(len(users), dtype=np.int64))
+    return KeyedJaggedTensor.from_lengths_sync(
+        keys=keys,
+        values=torch.from_numpy(np.concatenate(values)),
+        lengths=torch.from_numpy(np.concatenate(lengths).astype(np.int32)),
+    )
+
+
+def output_kjt(target: np.ndarray, neg: np.ndarray) -> KeyedJaggedTensor:
+    """Targets [B] and sampled negatives [B, n] -> a KJT with keys ``target``, ``neg``."""
+    target = np.asarray(target, dtype=np.int64)
+    neg = np.asarray(neg, dtype=np.int64).reshape(len(target), -1)
+    b, n = neg.shape
+    return KeyedJaggedTensor.from_lengths_sync(
+        keys=[TARGET, NEG],
+        values=torch.from_numpy(np.concatenate([target, neg.reshape(-1)])),
+        lengths=torch.from_numpy(
+            np.concatenate([np.ones(b), np.full(b, n)]).astype(np.int32)
+        ),
+    )

@@ -34,8 +34,9 @@ def mf_tables(num_users: int, num_items: int, dim: int) -> list[EmbeddingBagConf
 class MatrixFactorization(nn.Module):
     """``forward(features)`` -> (positive logits [B], negative logits [B], sq_norm []).
 
-    ``sq_norm`` is the sum of squared trainable rows behind this batch, for L2 regularisation:
-    the looked-up rows themselves for a plain EBC, the Ŵ_t rows for a transfer-wrapped one.
+    ``sq_norm`` is the sum of the squared looked-up rows (user, item, negative), for L2
+    regularisation. (A transfer-wrapped collection's trained rows are Ŵ_t's, not its output
+    rows: it reports their squared norm itself, ``new_table_sq_norm()``.)
     """
 
     def __init__(self, embedding: nn.Module) -> None:
@@ -47,10 +48,7 @@ class MatrixFactorization(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         e = self.embedding(features).to_dict()
         user, item, neg = e["user_id"], e["item_id"], e["neg_item_id"]
-        if hasattr(self.embedding, "new_table_sq_norm"):
-            sq = self.embedding.new_table_sq_norm()
-        else:
-            sq = user.pow(2).sum() + item.pow(2).sum() + neg.pow(2).sum()
+        sq = user.pow(2).sum() + item.pow(2).sum() + neg.pow(2).sum()
         return (user * item).sum(-1), (user * neg).sum(-1), sq
 
 

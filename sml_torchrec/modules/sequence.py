@@ -19,14 +19,12 @@ mask; every padded slot holds zeros and encoders must ignore it.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
-from sml_torchrec.data.sequences import PAD
-
+# The KJT keys these models read (``sml_torchrec.data.sequences`` builds batches with them).
 SEQ = "seq"
 USER = "user_id"
 TARGET = "target"
@@ -34,41 +32,6 @@ NEG = "neg"
 ITEM_IN_TABLE = "item_in"
 ITEM_OUT_TABLE = "item_out"
 USER_TABLE = "user"
-
-
-def input_kjt(seqs: np.ndarray, users: np.ndarray | None = None) -> KeyedJaggedTensor:
-    """Right-aligned id sequences [B, L] (PAD = -1) and optional users [B] -> a KJT.
-
-    Keys: ``seq`` (the non-PAD ids of each row, in order) and, if given, ``user_id``.
-    """
-    seqs = np.asarray(seqs, dtype=np.int64)
-    real = seqs != PAD
-    values = [seqs[real]]
-    lengths = [real.sum(axis=1)]
-    keys = [SEQ]
-    if users is not None:
-        keys.append(USER)
-        values.append(np.asarray(users, dtype=np.int64))
-        lengths.append(np.ones(len(users), dtype=np.int64))
-    return KeyedJaggedTensor.from_lengths_sync(
-        keys=keys,
-        values=torch.from_numpy(np.concatenate(values)),
-        lengths=torch.from_numpy(np.concatenate(lengths).astype(np.int32)),
-    )
-
-
-def output_kjt(target: np.ndarray, neg: np.ndarray) -> KeyedJaggedTensor:
-    """Targets [B] and sampled negatives [B, n] -> a KJT with keys ``target``, ``neg``."""
-    target = np.asarray(target, dtype=np.int64)
-    neg = np.asarray(neg, dtype=np.int64).reshape(len(target), -1)
-    b, n = neg.shape
-    return KeyedJaggedTensor.from_lengths_sync(
-        keys=[TARGET, NEG],
-        values=torch.from_numpy(np.concatenate([target, neg.reshape(-1)])),
-        lengths=torch.from_numpy(
-            np.concatenate([np.ones(b), np.full(b, n)]).astype(np.int32)
-        ),
-    )
 
 
 def right_align(jt: JaggedTensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,11 @@
-"""A sharded MF model, plain or transfer-wrapped, with its optimisers and train/eval steps.
+"""Sharded models as the retraining strategies use them, and the MF model itself.
 
-The model is built the way a TorchRec user builds theirs: an unsharded module on the meta
+:class:`ShardedModel` is what every model here shares: a module sharded by plain DMP with the
+library's sharders, and the served-model protocol evaluation reads (user vectors, this rank's
+block of item rows). :class:`RetrainModel` is MF, plain or transfer-wrapped; the sequential
+models are in ``sequential_model.py``.
+
+The MF model is built the way a TorchRec user builds theirs: an unsharded module on the meta
 device (``MatrixFactorization`` over an ``EmbeddingBagCollection`` or a
 ``TransferEmbeddingBagCollection``), FBGEMM's fused row-wise Adagrad attached to the trained
 tables, a plan from the planner with the library's sharders, and plain DMP. The tables and Θ
@@ -13,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
@@ -44,21 +50,58 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-class RetrainModel:
+class ShardedModel:
+    """A module sharded by DMP, with its dense optimizer, served to evaluation.
+
+    Subclasses build the unsharded module (tables on the meta device, fused optimizers attached)
+    and implement the served-model protocol: :meth:`user_vectors` and :meth:`item_block`.
+    ``dmp`` and ``dense_opt`` are what checkpoints save.
+    """
+
+    def __init__(
+        self, module: nn.Module, num_items: int, cfg: RetrainConfig,
+        device: torch.device | None = None,
+    ) -> None:
+        self.cfg, self.num_items = cfg, num_items
+        self.device = device or torch.device("cpu")
+        self.rank, self.world_size = world()
+        plan = plan_sharding(module, cfg.sharding, self.world_size, self.device)
+        self.dmp = shard_model(module, plan, self.device)
+        self.dense_opt: torch.optim.Optimizer | None = None
+
+    def user_vectors(self, users: np.ndarray) -> torch.Tensor:
+        """Served user vectors for ``users`` [U] -> [U, d], identical on every rank (a
+        collective: every rank calls it with the same users)."""
+        raise NotImplementedError
+
+    def item_block(self) -> tuple[torch.Tensor, int]:
+        """This rank's block of served item rows (blocks disjoint across ranks, together all
+        items) and the id of its first row."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def item_table(self) -> torch.Tensor:
+        """All served item rows ``[num_items, d]`` on every rank."""
+        block, offset = self.item_block()
+        full = torch.zeros(self.num_items, block.shape[1], dtype=block.dtype)
+        full[offset : offset + len(block)] = block
+        if self.world_size > 1:
+            dist.all_reduce(full)
+        return full
+
+
+class RetrainModel(ShardedModel):
     """MF over sharded tables; ``transfer=True`` makes it SML's f_Θ(W_{t-1}, Ŵ_t) model.
 
     ``embedding`` is the sharded collection (a ``ShardedTransferEmbeddingBagCollection`` for
-    SML, TorchRec's sharded EBC otherwise); ``dmp`` and ``dense_opt`` are what checkpoints save.
+    SML, TorchRec's sharded EBC otherwise).
     """
 
     def __init__(
         self, num_users: int, num_items: int, cfg: RetrainConfig, transfer: bool,
         device: torch.device | None = None,
     ) -> None:
-        self.cfg, self.transfer = cfg, transfer
-        self.num_users, self.num_items = num_users, num_items
-        self.device = device or torch.device("cpu")
-        self.rank, self.world_size = world()
+        self.transfer, self.num_users = transfer, num_users
         meta = torch.device("meta")
         tables = mf_tables(num_users, num_items, cfg.dim)
         if transfer:
@@ -69,12 +112,9 @@ class RetrainModel:
         else:
             emb = EmbeddingBagCollection(tables=tables, device=meta)
             trained = emb.parameters()
-        self.module = MatrixFactorization(emb)
         apply_optimizer_in_backward(RowWiseAdagrad, trained, {"lr": cfg.table_lr})
-        plan = plan_sharding(self.module, cfg.sharding, self.world_size, self.device)
-        self.dmp = shard_model(self.module, plan, self.device)
+        super().__init__(MatrixFactorization(emb), num_items, cfg, device)
         self.embedding = self.dmp.module.embedding
-        self.dense_opt: torch.optim.Adam | None = None
         if transfer:
             self.dense_opt = torch.optim.Adam(
                 self.embedding.transfer_parameters(), lr=cfg.transfer_lr,
@@ -122,6 +162,8 @@ class RetrainModel:
             pos, negs, sq = self.dmp(b.features.to(self.device))
             loss = log_loss(pos, negs)
             if step == "tables":
+                if self.transfer:  # λ1 applies to the Ŵ_t rows behind the batch
+                    sq = self.embedding.new_table_sq_norm()
                 loss = loss + self.cfg.l2_tables * sq / b.size
             else:
                 self.dense_opt.zero_grad(set_to_none=True)
@@ -154,13 +196,3 @@ class RetrainModel:
         else:
             block, offset = row_block(table_weights(self.embedding)[ITEM_TABLE])
         return block.cpu(), offset
-
-    @torch.no_grad()
-    def item_table(self) -> torch.Tensor:
-        """All served item rows on every rank."""
-        block, offset = self.item_block()
-        full = torch.zeros(self.num_items, self.cfg.dim)
-        full[offset : offset + len(block)] = block
-        if self.world_size > 1:
-            dist.all_reduce(full)
-        return full

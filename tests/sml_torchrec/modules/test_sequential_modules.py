@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from sml_torchrec.data.sequences import input_kjt, output_kjt
 from sml_torchrec.modules.caser import Caser, CaserConfig, CaserEncoder
 from sml_torchrec.modules.gru4rec import GRU4Rec, GRU4RecConfig, GRUEncoder
-from sml_torchrec.modules.sequence import SEQ, input_kjt, output_kjt, right_align
+from sml_torchrec.modules.sequence import SEQ, right_align
 
 D = 8
 

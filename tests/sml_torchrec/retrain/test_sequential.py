@@ -73,7 +73,7 @@ def _learn(kind):
     from sml_torchrec.modules.caser import CaserConfig
     from sml_torchrec.modules.gru4rec import GRU4RecConfig
     from sml_torchrec.retrain.config import RetrainConfig
-    from sml_torchrec.retrain.sequential import SequentialModel
+    from sml_torchrec.retrain.sequential_model import SequentialModel
 
     torch.manual_seed(0)
     log = _cyclic_log()

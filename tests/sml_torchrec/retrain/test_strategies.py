@@ -2,7 +2,7 @@ import numpy as np
 
 from sml_torchrec.data.period_dataset import Interactions
 from sml_torchrec.retrain.config import RetrainConfig
-from sml_torchrec.retrain.strategies import SampleBased
+from sml_torchrec.retrain.strategies.baselines import SampleBased
 
 
 def _period(start, n):

@@ -1,88 +1,52 @@
-"""The paper's sequential baselines, GRU4Rec and Caser, as retraining strategies.
-
-How they are retrained (one choice for both, stated here because the paper does not say):
-
-* **Initial model.** The shared initial MF tables are *not* used: a sequential model's item
-  rows are scored against a sequence encoder's output, not against MF user rows, so they live
-  in another space (and Caser's output rows are 2d wide). Instead, at the first retraining
-  period the model is trained from a seeded random init on D_0..D_{init-1} (the data the
-  initial MF saw) for ``init_epochs`` epochs.
-* **Each period t.** Fine-tuned on D_t's interactions for ``epochs`` epochs, warm-started from
-  the previous period (tables, dense weights and both optimizers' states carry over). Every
-  example's input is the user's previous L items over D_0..D_t up to that interaction, so a
-  sequence crosses period boundaries.
-* **Serving period t+1.** A user's vector encodes their last L items of D_0..D_t (a user with no
-  history gets the encoder's empty-sequence vector); item rows are the output item table.
+"""GRU4Rec and Caser on sharded TorchRec tables, as the retraining strategies use them.
 
 Tables live in TorchRec ``EmbeddingCollection``s sharded by the planner (``cfg.sharding``,
 row-wise by default, which works for ECs on CPU/gloo) with FBGEMM's fused row-wise Adagrad in
 backward (``table_lr``, as MF); the encoder (GRU / convolutions) is DDP-replicated by DMP and
 stepped by a dense Adam. Model settings (L, negatives, batch size, dense lr) are the module
-configs' defaults (:class:`GRU4RecConfig`, :class:`CaserConfig`).
+configs' defaults (:class:`GRU4RecConfig`, :class:`CaserConfig`). How the strategies train
+them period by period: ``strategies/sequential.py``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
 from sml_torchrec.data.batching import rank_slice
 from sml_torchrec.data.period_dataset import Interactions
-from sml_torchrec.data.sampling import sample_negatives
-from sml_torchrec.data.sequences import last_items, period_examples
+from sml_torchrec.data.sampling import sample_k_negatives
+from sml_torchrec.data.sequences import input_kjt, last_items, output_kjt, period_examples
 from sml_torchrec.distributed.shard_ops import (
-    gather_full,
     gather_shares,
     load_full,
     rank_share,
     row_block,
     table_weights,
 )
-from sml_torchrec.distributed.sharding import plan_sharding, shard_model
 from sml_torchrec.modules.caser import Caser, CaserConfig
 from sml_torchrec.modules.gru4rec import GRU4Rec, GRU4RecConfig
-from sml_torchrec.modules.sequence import (
-    ITEM_OUT_TABLE,
-    SequentialRecommender,
-    input_kjt,
-    output_kjt,
-)
+from sml_torchrec.modules.sequence import ITEM_OUT_TABLE, SequentialRecommender
 from sml_torchrec.retrain.config import RetrainConfig
-from sml_torchrec.retrain.model import world
-from sml_torchrec.retrain.strategy import Strategy
+from sml_torchrec.retrain.model import ShardedModel
 
 INIT_STD = 0.05  # N(0, INIT_STD²) rows for every table, drawn from the run's seed
 
 
-def sample_k_negatives(
-    user: np.ndarray, item: np.ndarray, num_items: int, k: int, seed: int
-) -> np.ndarray:
-    """[n, k] negatives: k independent draws of :func:`sample_negatives` (none observed)."""
-    return np.stack(
-        [sample_negatives(user, item, num_items, seed * 31 + j) for j in range(k)], axis=1
-    )
-
-
-class SequentialModel:
+class SequentialModel(ShardedModel):
     """A sharded GRU4Rec or Caser with its optimizers, training epoch and serving methods.
 
-    Serving interface (what ``evaluate`` and the loop call): :meth:`user_vectors`,
-    :meth:`item_block`, :meth:`item_table`; :meth:`set_history` says which interactions a
-    served user's sequence is read from. ``dmp`` and ``dense_opt`` are what the strategy's
-    checkpoint hooks save.
+    Serves like every :class:`ShardedModel`; :meth:`set_history` says which interactions a
+    served user's sequence is read from.
     """
 
     def __init__(
         self, kind: str, num_users: int, num_items: int, cfg: RetrainConfig,
         mcfg: GRU4RecConfig | CaserConfig, device: torch.device | None = None,
     ) -> None:
-        self.cfg, self.mcfg = cfg, mcfg
-        self.num_users, self.num_items = num_users, num_items
-        self.device = device or torch.device("cpu")
-        self.rank, self.world_size = world()
+        self.mcfg, self.num_users = mcfg, num_users
         meta = torch.device("meta")
         if kind == "gru4rec":
             module: SequentialRecommender = GRU4Rec(num_items, cfg.dim, mcfg, device=meta)
@@ -90,12 +54,10 @@ class SequentialModel:
             module = Caser(num_users, num_items, cfg.dim, mcfg, device=meta)
         else:
             raise ValueError(f"unknown sequential model {kind!r}")
-        module.encoder.to(self.device)
-        self.module = module
+        module.encoder.to(device or torch.device("cpu"))
         for ec in (module.input_emb, module.output_emb):
             apply_optimizer_in_backward(RowWiseAdagrad, ec.parameters(), {"lr": cfg.table_lr})
-        plan = plan_sharding(module, cfg.sharding, self.world_size, self.device)
-        self.dmp = shard_model(module, plan, self.device)
+        super().__init__(module, num_items, cfg, device)
         self.inner = self.dmp.module
         # The encoder only: the fused tables are stepped in backward.
         self.dense_opt = torch.optim.Adam(self.inner.encoder.parameters(), lr=mcfg.dense_lr)
@@ -114,9 +76,6 @@ class SequentialModel:
         for _, t in sorted(self.tables().items()):
             rows, cols = t.size()
             load_full(t, torch.randn(rows, cols, generator=g) * INIT_STD)
-
-    def full_tables(self) -> dict[str, torch.Tensor]:
-        return {name: gather_full(t) for name, t in self.tables().items()}
 
     # -- training -----------------------------------------------------------------------------
     def train_epoch(
@@ -178,57 +137,3 @@ class SequentialModel:
         """This rank's block of output item rows (disjoint across ranks) and its first id."""
         block, offset = row_block(self.tables()[ITEM_OUT_TABLE])
         return block.cpu(), offset
-
-    @torch.no_grad()
-    def item_table(self) -> torch.Tensor:
-        """All output item rows [num_items, d_out] on every rank."""
-        block, offset = self.item_block()
-        width = self.tables()[ITEM_OUT_TABLE].size()[1]
-        full = torch.zeros(self.num_items, width)
-        full[offset : offset + len(block)] = block
-        if self.world_size > 1:
-            dist.all_reduce(full)
-        return full
-
-
-class SequentialStrategy(Strategy):
-    """Fine-tunes a sequential model on each period; see the module docstring.
-
-    Checkpoints go through the base class's hooks: tables, dense weights and the fused
-    optimizer state through DCP, the dense Adam state from rank 0. The served history is
-    recomputed from the dataset by the next ``train_period``, so it is not saved.
-    """
-
-    kind = ""
-    model_config: type = GRU4RecConfig
-
-    def start(self, initial: dict[str, torch.Tensor]) -> None:
-        del initial  # not used: see the module docstring
-        torch.manual_seed(self.cfg.seed)
-        self.model = SequentialModel(self.kind, self.ds.num_users, self.ds.num_items, self.cfg,
-                                     self.model_config())
-
-    def train_period(self, t: int) -> None:
-        init = self.roles.init
-        if t == init:
-            data = self.ds.periods(0, init)
-            for e in range(self.cfg.init_epochs):
-                self.model.train_epoch(data, Interactions.concat([]),
-                                       self.ds.meta.items_upto[init - 1], self._seed(t, 7000 + e))
-        history = self.ds.periods(0, t)
-        for e in range(self.cfg.epochs):
-            self.model.train_epoch(self.ds[t], history, self.ds.meta.items_upto[t],
-                                   self._seed(t, e))
-        self.model.set_history(Interactions.concat([history, self.ds[t]]))
-
-
-class GRU4RecStrategy(SequentialStrategy):
-    name = "gru4rec"
-    kind = "gru4rec"
-    model_config = GRU4RecConfig
-
-
-class CaserStrategy(SequentialStrategy):
-    name = "caser"
-    kind = "caser"
-    model_config = CaserConfig
