@@ -35,7 +35,6 @@ from sml_torchrec.distributed.process_group import max_local_ranks
 from sml_torchrec.errors import (
     EXIT_CODES_HELP,
     ConfigError,
-    RunFailed,
     Terminated,
     UserError,
     debug_requested,
@@ -106,6 +105,9 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"argument --{flag}: must be >= 1, got {v}")
+        if self.window % 2 != 1:
+            raise ConfigError(f"argument --window: must be odd (the convolution keeps the "
+                              f"document's length), got {self.window}")
         if self.doc_len is not None and self.window > self.doc_len:
             raise ConfigError(f"argument --window: {self.window} words do not fit in "
                               f"--doc-len {self.doc_len}")
@@ -406,7 +408,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--word-vectors", metavar="FILE", help="word2vec/GloVe text file for the "
                    "vocabulary (default: trained from scratch)%(default).0s")
     p.add_argument("--num-filters", type=int, default=50, help="CNN filters per aspect")
-    p.add_argument("--window", type=int, default=3, help="CNN window in words")
+    p.add_argument("--window", type=int, default=3, help="CNN window in words, odd")
     p.add_argument("--aspects", type=int, default=5, help="number of aspects")
     p.add_argument("--latent-dim", type=int, default=32, help="aspect representation size")
     p.add_argument("--dropout", type=float, default=0.2, help="dropout rate, in [0, 1)")
@@ -466,7 +468,6 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 def _body(argv: list[str] | None) -> None:
     cfg = parse_args(argv)
     from sml_torchrec.distributed.process_group import (
-        RankLost,
         init_process_group,
         launched_by_torchrun,
         run_local,
@@ -492,8 +493,6 @@ def _body(argv: list[str] | None) -> None:
             results = run_local(_rank_main, cfg.nproc, (cfg,), timeout_s=cfg.timeout_s)[0]
         else:
             results = run(cfg)
-    except RankLost as e:
-        raise RunFailed(str(e)) from e
     except Terminated as e:
         raise Terminated(f"{e}; ranks stopped, no results written") from e
     finish(cfg, results, time.perf_counter() - t0)

@@ -253,7 +253,6 @@ def _body(argv: list[str] | None) -> None:
     except ConfigError as e:
         parser.error(str(e))
     from sml_torchrec.distributed.process_group import (
-        RankLost,
         launched_by_torchrun,
         max_local_ranks,
         run_local,
@@ -276,7 +275,7 @@ def _body(argv: list[str] | None) -> None:
         else:
             results = run_local(run_rank, cfg.nproc, (cfg, data_dir, name, identity),
                                 timeout_s=24 * 3600)[0]
-    except RankLost as e:
+    except RunFailed as e:  # a rank killed, a checkpoint that could not be written
         raise RunFailed(_stopped(cfg, str(e))) from e
     except Terminated as e:
         raise Terminated(_stopped(cfg, f"{e}; ranks stopped, no results written")) from e

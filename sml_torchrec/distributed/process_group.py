@@ -122,10 +122,11 @@ def _child(
         # Plain pickle copies tensors into the message; the queue's default would share their
         # memory with this process, which may have exited by the time the parent reads it.
         results.put((rank, "ok", pickle.dumps(out)))
-    except UserError as e:
-        # The user's mistake: the launcher reports it as one line, like a single process would.
-        results.put((rank, "user_error", (type(e).__name__, str(e), traceback.format_exc())))
-        raise SystemExit(EXIT_USER_ERROR) from None
+    except (UserError, RunFailed) as e:
+        # The launcher reports these as one line, like a single process would.
+        kind = "user_error" if isinstance(e, UserError) else "run_failed"
+        results.put((rank, kind, (type(e).__name__, str(e), traceback.format_exc())))
+        raise SystemExit(EXIT_USER_ERROR if kind == "user_error" else 1) from None
     except BaseException:  # noqa: BLE001 - the parent re-raises with this traceback
         results.put((rank, "error", traceback.format_exc()))
         raise SystemExit(1) from None
@@ -147,15 +148,23 @@ class RankLost(RankFailed, RunFailed):
         self.rank = rank
 
 
-class RankUserError(UserError, RankFailed):
-    """A rank raised a :class:`UserError`: its one-line message plus the rank(s) it came from."""
+class _RankReport:
+    """A one-line error raised in rank(s): its message plus the rank(s) it came from."""
 
     def __init__(self, message: str, ranks: list[int], kind: str, remote_traceback: str) -> None:
         where = f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + ", ".join(map(str, ranks))
         super().__init__(f"{message} (on {where})")
         self.ranks = ranks
-        self.kind = kind
+        self.kind = kind  # the class name of the rank's exception
         self.remote_traceback = remote_traceback
+
+
+class RankUserError(_RankReport, UserError, RankFailed):
+    """A rank raised a :class:`UserError` (exit 2)."""
+
+
+class RankRunFailed(_RankReport, RunFailed, RankFailed):
+    """A rank raised a :class:`RunFailed` (e.g. a checkpoint could not be written; exit 1)."""
 
 
 def describe_exit(exitcode: int) -> str:
@@ -184,11 +193,12 @@ def _root_cause(
     if silent:
         r = silent[0]
         return RankLost(f"rank {r} {describe_exit(deaths[r])}", rank=r)
-    users = [r for r in order if reports.get(r, ("",))[0] == "user_error"]
-    if users:
-        kind, message, tb = reports[users[0]][1]
-        same = sorted(r for r in users if reports[r][1][1] == message)
-        return RankUserError(message, same, kind, tb)
+    for status, cls in (("user_error", RankUserError), ("run_failed", RankRunFailed)):
+        found = [r for r in order if reports.get(r, ("",))[0] == status]
+        if found:
+            kind, message, tb = reports[found[0]][1]
+            same = sorted(r for r in found if reports[r][1][1] == message)
+            return cls(message, same, kind, tb)
     r = next(r for r in order if r in reports)
     return RankFailed(f"rank {r} failed:\n{reports[r][1]}")
 
@@ -224,7 +234,8 @@ def run_local(
 
     ``fn`` must be importable (module level). Returns the per-rank return values, in rank order.
     If any rank fails the others are stopped and this raises :class:`RankUserError` (a rank
-    raised a ``UserError``: its message and rank), :class:`RankLost` (a rank was killed or
+    raised a ``UserError``: its message and rank), :class:`RankRunFailed` (likewise for a
+    ``RunFailed``), :class:`RankLost` (a rank was killed or
     exited, or ``timeout_s`` passed: which rank and how) or :class:`RankFailed` (an unexpected
     error: its traceback). The ranks die with this process, even when it is SIGKILLed; when it
     is interrupted (Ctrl-C, SIGTERM raising :class:`~sml_torchrec.errors.Terminated`) they are

@@ -44,11 +44,20 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
-from sml_torchrec.errors import UserError
+from sml_torchrec.errors import RunFailed, UserError
 
 log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
+
+
+class CheckpointWriteError(RunFailed, RuntimeError):
+    """Writing a checkpoint failed (disk full, permission denied) on some rank: one line, the
+    previous checkpoints are untouched."""
+
+
+class CheckpointMismatch(UserError, ValueError):
+    """A checkpoint does not fit this model (another model or an older layout)."""
 
 
 def _rank() -> int:
@@ -172,20 +181,25 @@ def differences(saved: dict | None, now: RunIdentity, limit: int = 3) -> list[st
     """What differs between a checkpoint's recorded identity and this run's (empty: none)."""
     if saved is None:
         return ["it records no dataset fingerprint"]
-    out = []
+
+    def names(files: list[str]) -> str:
+        more = f" and {len(files) - limit} more" if len(files) > limit else ""
+        return ", ".join(files[:limit]) + more
+
     old_files, new_files = saved.get("dataset", {}), now.dataset
-    for name in sorted(set(old_files) | set(new_files)):
-        if name not in new_files:
-            out.append(f"the dataset no longer has {name}")
-        elif name not in old_files:
-            out.append(f"the dataset has a new file {name}")
-        elif old_files[name] != new_files[name]:
-            out.append(f"dataset file {name} changed")
+    out = []
+    for what, files in (
+        ("changed", [f for f in new_files if f in old_files and old_files[f] != new_files[f]]),
+        ("missing now", [f for f in old_files if f not in new_files]),
+        ("new", [f for f in new_files if f not in old_files]),
+    ):
+        if files:
+            out.append(f"dataset files {what}: {names(sorted(files))}")
     old_cfg = saved.get("config", {})
-    out += [f"{k}: {old_cfg.get(k)!r} -> {v!r}" for k, v in now.config.items()
-            if old_cfg.get(k) != v]
-    if len(out) > limit:
-        out = out[:limit] + [f"{len(out) - limit} more"]
+    changes = [f"{k}: {old_cfg.get(k)!r} -> {v!r}" for k, v in now.config.items()
+               if old_cfg.get(k) != v]
+    out += changes[:limit] + ([f"{len(changes) - limit} more settings"]
+                              if len(changes) > limit else [])
     return out
 
 
@@ -310,7 +324,7 @@ def save(
     if not _all_ok(error is None):
         if _rank() == 0:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise RuntimeError(
+        raise CheckpointWriteError(
             f"writing checkpoint {final} failed ({error or 'on another rank'}); "
             f"the previous checkpoints in {root} are untouched"
         ) from error
@@ -336,7 +350,7 @@ def load_state(d: str | Path, state: dict[str, Any]) -> None:
         missing = re.findall(r"Missing key in checkpoint state_dict: ([^{}\n]+)\.$", str(e), re.M)
         if not missing:
             raise
-        raise ValueError(
+        raise CheckpointMismatch(
             f"checkpoint {d} does not hold this model's tensor {missing[0]!r}: it was written by "
             "a different model or an older layout; resume from another checkpoint directory "
             "or start afresh"

@@ -107,3 +107,18 @@ def test_killed_rank_is_blamed_not_the_rank_that_lost_its_peer():
         run_local(_killed_rank1, 2, timeout_s=60)
     assert str(info.value) == "rank 1 was killed by signal 9 (SIGKILL)"
     assert info.value.rank == 1
+
+
+def _checkpoint_write_fails_on_rank1() -> None:
+    from sml_torchrec.retrain.checkpoint import CheckpointWriteError
+
+    if dist.get_rank() == 1:
+        raise CheckpointWriteError("writing checkpoint c/ckpt-000003 failed (disk full)")
+    dist.barrier()
+
+
+def test_a_run_failure_in_a_rank_is_one_line_not_a_traceback():
+    from sml_torchrec.errors import RunFailed
+
+    with pytest.raises(RunFailed, match=r"^writing checkpoint .* \(disk full\) \(on rank 1\)$"):
+        run_local(_checkpoint_write_fails_on_rank1, 2, timeout_s=60)
