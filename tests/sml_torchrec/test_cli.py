@@ -206,3 +206,32 @@ def test_overwrite_run_then_checkpoints_of_another_run_are_refused(tiny, tmp_pat
     rc, err = call([*args, *other, "--no-resume"], capsys)
     assert_one_line(rc, err, "--no-resume: ")
     assert tree(earlier_run) == snapshot and not (tmp_path / "other").exists()
+
+
+def test_the_synthetic_default_is_never_built_over_something_else(tmp_path, capsys):
+    out = tmp_path / "run"
+    mine = out / "data" / "synthetic"
+    mine.mkdir(parents=True)
+    (mine / "photo.jpg").write_bytes(b"\xff\xd8")
+    before = tree(out)
+    rc, err = call(["--out", str(out)], capsys)
+    assert_one_line(rc, err, "is not a synthetic dataset built by sml-retrain")
+    rc, err = call(["--out", str(out), "--overwrite"], capsys)  # not ours: never replaced
+    assert_one_line(rc, err, "is not a synthetic dataset built by sml-retrain")
+    assert tree(out) == before
+
+
+def test_a_synthetic_default_of_another_seed_needs_overwrite(tmp_path, capsys):
+    from dataclasses import asdict
+
+    from sml_torchrec.cli import _built_with, _synthetic_config
+    from sml_torchrec.retrain.config import RetrainConfig
+
+    out = tmp_path / "run"
+    seed0 = _synthetic_config(RetrainConfig(seed=0))
+    build_synthetic(out / "data" / "synthetic", seed0)
+    assert _built_with(out / "data" / "synthetic") == asdict(seed0)  # so a rerun reuses it
+    before = tree(out)
+    rc, err = call(["--out", str(out), "--seed", "1"], capsys)
+    assert_one_line(rc, err, "was built with other settings (seed 0, this run has 1)")
+    assert tree(out) == before
