@@ -37,6 +37,7 @@ from sml_torchrec.errors import (
     ConfigError,
     Terminated,
     UserError,
+    check_output_dir,
     debug_requested,
     refuse_to_replace,
     run_command,
@@ -354,8 +355,7 @@ def out_dir(cfg: TrainConfig, scenario: str) -> str:
 def check_inputs(cfg: TrainConfig) -> None:
     """What can be checked before any data is read or rank started (UserError)."""
     out = out_dir(cfg, scenario_of(cfg))
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"--out {out} is a file, not a directory")
+    check_output_dir(out)
     refuse_to_replace(os.path.join(out, "results.json"), cfg.overwrite)
     if cfg.word_vectors and not os.path.isfile(cfg.word_vectors):
         raise UserError(f"--word-vectors {cfg.word_vectors}: no such file")

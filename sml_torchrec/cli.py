@@ -30,6 +30,7 @@ from sml_torchrec.errors import (
     RunFailed,
     Terminated,
     UserError,
+    check_output_dir,
     debug_requested,
     refuse_to_replace,
     run_command,
@@ -109,9 +110,10 @@ def _synthetic_path(cfg: RetrainConfig) -> Path:
 def check_inputs(cfg: RetrainConfig) -> None:
     """Everything that can be checked before any data is built or rank started (UserError)."""
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a directory")
+    check_output_dir(out)
     refuse_to_replace(out / "results.json", cfg.overwrite)
+    if cfg.checkpoint_dir:
+        check_output_dir(cfg.checkpoint_dir, "--checkpoint-dir")
     if cfg.data:
         from sml_torchrec.data.period_dataset import PeriodDataset
 

@@ -62,6 +62,19 @@ class Terminated(BaseException):
     it; ``run_command`` reports it in one line and exits 143."""
 
 
+def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> None:
+    """Raise a :class:`UserError` unless ``path`` is, or can be made, a writable directory:
+    checked before any work, so that a long run cannot fail at its very end."""
+    p = Path(path)
+    existing = p
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {p}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {p}: {existing} is not writable")
+
+
 def refuse_to_replace(path: str | os.PathLike, overwrite: bool, other: str = "--out") -> None:
     """Raise a :class:`UserError` if ``path`` exists and ``overwrite`` was not given.
 

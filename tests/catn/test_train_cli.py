@@ -87,7 +87,7 @@ def test_bad_paths_are_named(tmp_path, capsys, nproc):
     assert_one_line(rc, err, "wv.txt: no such file")
     (tmp_path / "f").write_text("x")
     rc, err = call(["--nproc", nproc, "--out", str(tmp_path / "f")], capsys)
-    assert_one_line(rc, err, "is a file, not a directory")
+    assert_one_line(rc, err, "f is a file, not a directory")
 
 
 @pytest.fixture

@@ -113,7 +113,7 @@ def test_missing_data_dir_and_file_as_out_are_named(tiny, tmp_path, capsys):
     assert_one_line(rc, err, "nope: not a directory")
     (tmp_path / "file").write_text("x")
     rc, err = call(["--data", str(tiny), "--out", str(tmp_path / "file")], capsys)
-    assert_one_line(rc, err, "is a file, not a directory")
+    assert_one_line(rc, err, "file is a file, not a directory")
     rc, err = call(["--data", str(tiny), *FLAGS, "--out", str(tmp_path / "o"),
                     "--checkpoint-dir", str(tmp_path / "file")], capsys)
     assert_one_line(rc, err, "--checkpoint-dir")
@@ -235,3 +235,14 @@ def test_a_synthetic_default_of_another_seed_needs_overwrite(tmp_path, capsys):
     rc, err = call(["--out", str(out), "--seed", "1"], capsys)
     assert_one_line(rc, err, "was built with other settings (seed 0, this run has 1)")
     assert tree(out) == before
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_work(tiny, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    rc, err = call(["--data", str(tiny), "--out", str(tmp_path / "file" / "sub")], capsys)
+    assert_one_line(rc, err, "file is a file, not a directory")
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        rc, err = call(["--data", str(tiny), "--out", str(locked / "run")], capsys)
+        assert_one_line(rc, err, "locked is not writable")
