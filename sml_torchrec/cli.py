@@ -24,6 +24,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sml_torchrec.errors import (
     EXIT_CODES_HELP,
@@ -37,6 +38,10 @@ from sml_torchrec.errors import (
     write_json_atomic,
 )
 from sml_torchrec.retrain.config import ConfigError, PeriodRoles, RetrainConfig
+
+if TYPE_CHECKING:  # the CLI imports torch only once the arguments are known to be good
+    from sml_torchrec.data.synthetic import SyntheticConfig
+    from sml_torchrec.retrain.checkpoint import RunIdentity
 
 PROG = "sml-retrain"
 
@@ -97,7 +102,7 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _synthetic_config(cfg: RetrainConfig):
+def _synthetic_config(cfg: RetrainConfig) -> SyntheticConfig:
     from sml_torchrec.data.synthetic import SyntheticConfig
 
     return SyntheticConfig(seed=cfg.seed)
@@ -138,7 +143,7 @@ def _built_with(path: Path) -> dict | None:
     return built if isinstance(built, dict) else None
 
 
-def _check_synthetic_cache(cfg: RetrainConfig, syn) -> None:
+def _check_synthetic_cache(cfg: RetrainConfig, syn: SyntheticConfig) -> None:
     """OUT/data/synthetic is ours to build; it is never rebuilt over something else."""
     path = _synthetic_path(cfg)
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
@@ -166,7 +171,7 @@ def prepare_data(cfg: RetrainConfig) -> tuple[str, str]:
     return str(path), "synthetic"
 
 
-def prepare_checkpoints(cfg: RetrainConfig, data_dir: str):
+def prepare_checkpoints(cfg: RetrainConfig, data_dir: str) -> RunIdentity | None:
     """This run's checkpoint identity (None without --checkpoint-dir); refuses another run's."""
     if not cfg.checkpoint_dir:
         return None
@@ -178,7 +183,9 @@ def prepare_checkpoints(cfg: RetrainConfig, data_dir: str):
     return identity
 
 
-def run_rank(cfg: RetrainConfig, data_dir: str, name: str, identity=None) -> dict | None:
+def run_rank(
+    cfg: RetrainConfig, data_dir: str, name: str, identity: RunIdentity | None = None
+) -> dict | None:
     """The job of one rank (called in each process); rank 0 returns the results."""
     _quiet()
     import torch.distributed as dist
