@@ -38,8 +38,9 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# The demo command: --overwrite so that running it again replaces its own earlier result.
 run: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/sml-retrain --nproc $(NPROC) --out runs/default
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/sml-retrain --nproc $(NPROC) --out runs/default --overwrite
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch.distributed as dist
 
 from catn.data.dataset import EtaData
 from catn.modules.model import CATN, SOURCE, FlowBatch
+from sml_torchrec.errors import write_json_atomic
 
 
 def mse_mae(pred: np.ndarray, rating: np.ndarray) -> dict[str, float]:
@@ -88,10 +88,6 @@ def format_table(results: dict, metric: str, labels: dict[str, str]) -> str:
 
 
 def write_results(results: dict, out_dir: str | Path) -> Path:
-    """Write ``results.json`` atomically (temp file + rename)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(out / "results.json")
-    return out / "results.json"
+    """Write ``OUT/results.json`` atomically (temp file + rename); ``catn-train`` has checked
+    before any work that it may (see ``refuse_to_replace``)."""
+    return write_json_atomic(Path(out_dir) / "results.json", results)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import os
 import sys
@@ -30,6 +31,19 @@ from catn.data.dataset import ETAS, CrossDomainCorpus, EtaData, load_corpus, loa
 from catn.data.errors import DataError
 from catn.evaluate import evaluate_distributed, format_table, make_flow_batch, write_results
 from catn.modules.model import CATN, SOURCE, TARGET, CATNConfig
+from sml_torchrec.distributed.process_group import max_local_ranks
+from sml_torchrec.errors import (
+    EXIT_CODES_HELP,
+    ConfigError,
+    Terminated,
+    UserError,
+    check_output_dir,
+    debug_requested,
+    refuse_to_replace,
+    run_command,
+)
+
+PROG = "catn-train"
 
 
 @dataclass
@@ -62,6 +76,56 @@ class TrainConfig:
     timeout_s: float = 3600.0
     progress: bool = True
     synthetic: dict = field(default_factory=dict)  # SyntheticConfig overrides (tests, smoke)
+    overwrite: bool = False  # replace an earlier run's OUT/results.json
+
+    def __post_init__(self) -> None:
+        # Messages name the flag: catn-train shows them as usage errors.
+        if not self.etas:
+            raise ConfigError("argument --eta: empty; give shares in (0, 1], e.g. 1,0.5")
+        bad = [e for e in self.etas if not (0 < e <= 1)]
+        if bad:
+            raise ConfigError(f"argument --eta: {bad[0]:g} is outside (0, 1]")
+        if len(set(self.etas)) != len(self.etas):
+            raise ConfigError("argument --eta: a share is listed more than once")
+        if not self.seeds or any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(
+                self.seeds):
+            raise ConfigError(f"argument --seeds: want distinct integers >= 0, got "
+                              f"{list(self.seeds)}")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            what = f"unknown {unknown}" if unknown else "empty"
+            raise ConfigError(f"argument --methods: {what}; choose from "
+                              f"{','.join(sorted(METHODS))}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ConfigError("argument --methods: a method is listed more than once")
+        for name, flag in (("nproc", "nproc"), ("patience", "patience"),
+                           ("num_filters", "num-filters"), ("window", "window"),
+                           ("num_aspects", "aspects"), ("latent_dim", "latent-dim"),
+                           ("epochs", "epochs"), ("batch_size", "batch-size"),
+                           ("doc_len", "doc-len"), ("word_dim", "word-dim")):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"argument --{flag}: must be >= 1, got {v}")
+        if self.window % 2 != 1:
+            raise ConfigError(f"argument --window: must be odd (the convolution keeps the "
+                              f"document's length), got {self.window}")
+        if self.doc_len is not None and self.window > self.doc_len:
+            raise ConfigError(f"argument --window: {self.window} words do not fit in "
+                              f"--doc-len {self.doc_len}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"argument --lr: must be a positive number, got {self.lr}")
+        if not (math.isfinite(self.l2) and self.l2 >= 0):
+            raise ConfigError(f"argument --l2: must be a number >= 0, got {self.l2}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"argument --dropout: must be in [0, 1), got {self.dropout}")
+        if not (self.timeout_s > 0):
+            raise ConfigError(f"argument --timeout: must be > 0 seconds, got {self.timeout_s}")
+        if self.synthetic_seed < 0:
+            raise ConfigError(f"argument --synthetic-seed: must be >= 0, got "
+                              f"{self.synthetic_seed}")
+        for name in ("data", "out", "word_vectors"):
+            if getattr(self, name) == "":
+                raise ConfigError(f"argument --{name.replace('_', '-')}: empty path")
 
     def resolved(self) -> TrainConfig:
         """Fill the size defaults: small for the synthetic corpus, the authors' otherwise."""
@@ -266,6 +330,37 @@ def _rank_main(cfg: TrainConfig) -> dict | None:
     return run(cfg)
 
 
+def scenario_of(cfg: TrainConfig) -> str:
+    """The corpus' scenario name, from meta.json alone (DataError names a missing/bad one)."""
+    if cfg.data is None:
+        return f"synthetic(seed={cfg.synthetic.get('seed', cfg.synthetic_seed)})"
+    meta_path = os.path.join(cfg.data, "meta.json")
+    if not os.path.isfile(meta_path):
+        raise DataError(cfg.data, "not a CATN dataset directory (no meta.json); build one with "
+                                  "`catn-data build`")
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DataError(meta_path, f"unreadable: {e}") from None
+    return str(meta.get("scenario", "unknown")) if isinstance(meta, dict) else "unknown"
+
+
+def out_dir(cfg: TrainConfig, scenario: str) -> str:
+    """``--out``, or ``runs/catn-<scenario>``."""
+    return cfg.out or os.path.join("runs", "catn-" + "".join(
+        ch if ch.isalnum() or ch in "-_." else "_" for ch in scenario))
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """What can be checked before any data is read or rank started (UserError)."""
+    out = out_dir(cfg, scenario_of(cfg))
+    check_output_dir(out)
+    refuse_to_replace(os.path.join(out, "results.json"), cfg.overwrite)
+    if cfg.word_vectors and not os.path.isfile(cfg.word_vectors):
+        raise UserError(f"--word-vectors {cfg.word_vectors}: no such file")
+
+
 def finish(cfg: TrainConfig, results: dict, wall_s: float) -> None:
     cfg = cfg.resolved()
     results["wall_seconds"] = wall_s
@@ -274,9 +369,7 @@ def finish(cfg: TrainConfig, results: dict, wall_s: float) -> None:
     print(format_table(results, "mse", labels))
     print()
     print(format_table(results, "mae", labels))
-    out = cfg.out or os.path.join("runs", "catn-" + "".join(
-        ch if ch.isalnum() or ch in "-_." else "_" for ch in results["scenario"]))
-    path = write_results(results, out)
+    path = write_results(results, out_dir(cfg, results["scenario"]))
     print(f"\nwall time {wall_s:.1f}s; results written to {path}")
 
 
@@ -284,87 +377,130 @@ def _floats(s: str) -> tuple[float, ...]:
     return tuple(float(x) for x in s.split(",") if x.strip())
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    p = argparse.ArgumentParser(prog="catn-train", description=__doc__.split("\n")[0])
-    p.add_argument("--data", help="dataset directory from `catn-data build` "
-                                  "(default: the built-in synthetic corpus)")
-    p.add_argument("--synthetic-seed", type=int, default=0)
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, description=__doc__.split("\n")[0], epilog=EXIT_CODES_HELP,
+        usage="%(prog)s [--data DIR] [--out DIR] [--nproc N] [options]  (--help lists them)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # "%(default).0s" (empty) where the help itself says what the missing default means: it
+    # stops the formatter from appending "(default: None)".
+    p.add_argument("--data", metavar="DIR", help="dataset directory from `catn-data build` "
+                   "(default: the built-in synthetic corpus)%(default).0s")
+    p.add_argument("--synthetic-seed", type=int, default=0, help="seed of the synthetic corpus")
     p.add_argument("--eta", "--etas", dest="etas", default=",".join(f"{e:g}" for e in ETAS),
-                   help="comma-separated shares of overlapping users used for training")
+                   help="comma-separated shares of overlapping users used for training, "
+                        "each in (0, 1]")
     p.add_argument("--seeds", default="0", help="comma-separated training seeds (averaged)")
     p.add_argument("--methods", default="catn,global_mean,item_mean,user_mean_item_bias",
-                   help=f"comma-separated table rows; known: {','.join(sorted(METHODS))}")
-    p.add_argument("--epochs", type=int, help="max epochs (default 10 synthetic, 50 data)")
-    p.add_argument("--patience", type=int, default=4)
-    p.add_argument("--batch-size", type=int, help="global batch (default 64 synthetic, 256)")
-    p.add_argument("--lr", type=float, help="Adam lr (default 1e-3)")
-    p.add_argument("--l2", type=float, default=1e-5)
-    p.add_argument("--doc-len", type=int, help="words per document (default 80 synthetic, 500)")
-    p.add_argument("--word-dim", type=int, help="word vector size (default 32 synthetic, 300)")
-    p.add_argument("--word-vectors", help="word2vec/GloVe text file for the vocabulary")
-    p.add_argument("--num-filters", type=int, default=50)
-    p.add_argument("--window", type=int, default=3)
-    p.add_argument("--aspects", type=int, default=5)
-    p.add_argument("--latent-dim", type=int, default=32)
-    p.add_argument("--dropout", type=float, default=0.2)
+                   help=f"comma-separated table rows, from {','.join(sorted(METHODS))}")
+    p.add_argument("--epochs", type=int, help="max epochs (default 10 synthetic, 50 data)"
+                   "%(default).0s")
+    p.add_argument("--patience", type=int, default=4,
+                   help="stop after this many epochs without a better validation MSE")
+    p.add_argument("--batch-size", type=int, help="global batch, split across ranks (default "
+                   "64 synthetic, 256 data)%(default).0s")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)%(default).0s")
+    p.add_argument("--l2", type=float, default=1e-5, help="L2 penalty")
+    p.add_argument("--doc-len", type=int, help="words per document (default 80 synthetic, "
+                   "500 data)%(default).0s")
+    p.add_argument("--word-dim", type=int, help="word vector size (default 32 synthetic, 300 "
+                   "data; the size of --word-vectors when given)%(default).0s")
+    p.add_argument("--word-vectors", metavar="FILE", help="word2vec/GloVe text file for the "
+                   "vocabulary (default: trained from scratch)%(default).0s")
+    p.add_argument("--num-filters", type=int, default=50, help="CNN filters per aspect")
+    p.add_argument("--window", type=int, default=3, help="CNN window in words, odd")
+    p.add_argument("--aspects", type=int, default=5, help="number of aspects")
+    p.add_argument("--latent-dim", type=int, default=32, help="aspect representation size")
+    p.add_argument("--dropout", type=float, default=0.2, help="dropout rate, in [0, 1)")
     p.add_argument("--no-aux", action="store_true", help="ablation: no auxiliary reviews")
     p.add_argument("--no-global-correlation", action="store_true",
                    help="ablation: no global aspect correlation S")
     p.add_argument("--no-centre-aspects", action="store_true",
                    help="ablation: no running-mean centring of aspect matrices")
-    p.add_argument("--nproc", type=int, default=1, help="local data-parallel ranks")
-    p.add_argument("--out", help="output directory for results.json")
-    p.add_argument("--timeout", type=float, default=3600.0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--nproc", type=int, default=1, help="local data-parallel ranks (gloo on "
+                   "CPU); under torchrun ranks come from the environment")
+    p.add_argument("--out", metavar="DIR", help="run directory for results.json (default: "
+                   "runs/catn-<scenario>); an earlier run's is replaced only with --overwrite"
+                   "%(default).0s")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT/results.json of an earlier run")
+    p.add_argument("--timeout", type=float, default=3600.0,
+                   help="seconds before local ranks are stopped as hung")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true",
+                   help="also print the traceback of a user error (or set SML_TORCHREC_DEBUG=1)")
+    return p
+
+
+def _csv(p: argparse.ArgumentParser, flag: str, text: str, kind: type) -> tuple:
+    try:
+        return tuple(kind(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        p.error(f"argument {flag}: want comma-separated {kind.__name__}s, got {text!r}")
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """Flags to config; any bad flag or value exits 2 with the usage line (argparse)."""
+    p = _parser()
     a = p.parse_args(argv)
     try:
-        seeds = tuple(int(x) for x in a.seeds.split(",") if x.strip())
-        etas = _floats(a.etas)
-    except ValueError as e:
+        cfg = TrainConfig(
+            data=a.data, synthetic_seed=a.synthetic_seed, etas=_csv(p, "--eta", a.etas, float),
+            seeds=_csv(p, "--seeds", a.seeds, int),
+            methods=tuple(m.strip() for m in a.methods.split(",") if m.strip()),
+            epochs=a.epochs, patience=a.patience, batch_size=a.batch_size, lr=a.lr, l2=a.l2,
+            doc_len=a.doc_len, word_dim=a.word_dim, num_filters=a.num_filters,
+            window=a.window, num_aspects=a.aspects, latent_dim=a.latent_dim,
+            dropout=a.dropout, use_aux=not a.no_aux,
+            use_global_correlation=not a.no_global_correlation,
+            centre_aspects=not a.no_centre_aspects, word_vectors=a.word_vectors, out=a.out,
+            nproc=a.nproc, timeout_s=a.timeout, progress=not a.no_progress,
+            overwrite=a.overwrite)
+        cfg.resolved().__post_init__()  # the data-dependent defaults, too (window vs doc_len)
+    except ConfigError as e:
         p.error(str(e))
-    return TrainConfig(
-        data=a.data, synthetic_seed=a.synthetic_seed, etas=etas, seeds=seeds,
-        methods=tuple(m.strip() for m in a.methods.split(",") if m.strip()),
-        epochs=a.epochs, patience=a.patience, batch_size=a.batch_size, lr=a.lr, l2=a.l2,
-        doc_len=a.doc_len, word_dim=a.word_dim, num_filters=a.num_filters, window=a.window,
-        num_aspects=a.aspects, latent_dim=a.latent_dim, dropout=a.dropout,
-        use_aux=not a.no_aux, use_global_correlation=not a.no_global_correlation,
-        centre_aspects=not a.no_centre_aspects,
-        word_vectors=a.word_vectors, out=a.out, nproc=a.nproc, timeout_s=a.timeout,
-        progress=not a.no_progress)
+    if cfg.nproc > max_local_ranks():
+        p.error(f"argument --nproc: {cfg.nproc} local ranks on a machine with "
+                f"{os.cpu_count()} CPUs; at most {max_local_ranks()}")
+    return cfg
 
 
-def main(argv: list[str] | None = None) -> int:
+def _body(argv: list[str] | None) -> None:
     cfg = parse_args(argv)
     from sml_torchrec.distributed.process_group import (
-        RankFailed,
         init_process_group,
         launched_by_torchrun,
         run_local,
     )
 
     t0 = time.perf_counter()
-    try:
-        resolve(list(cfg.methods))
-        if launched_by_torchrun():
-            init_process_group()
+    if launched_by_torchrun():
+        init_process_group()
+        rank = dist.get_rank()
+        try:
+            # every rank checks (cheap: meta.json and a stat), so all stop together
+            check_inputs(cfg)
             results = run(cfg)
-            if dist.get_rank() == 0:
-                finish(cfg, results, time.perf_counter() - t0)
-            dist.destroy_process_group()
-            return 0
+        except UserError as e:
+            raise UserError(f"{e} (on rank {rank})") from e
+        if rank == 0:
+            finish(cfg, results, time.perf_counter() - t0)
+        dist.destroy_process_group()
+        return
+    check_inputs(cfg)
+    try:
         if cfg.nproc > 1:
             results = run_local(_rank_main, cfg.nproc, (cfg,), timeout_s=cfg.timeout_s)[0]
         else:
             results = run(cfg)
-    except (DataError, ValueError) as e:
-        print(f"catn-train: error: {e}", file=sys.stderr)
-        return 2
-    except RankFailed as e:
-        print(f"catn-train: a rank failed: {e}", file=sys.stderr)
-        return 1
+    except Terminated as e:
+        raise Terminated(f"{e}; ranks stopped, no results written") from e
     finish(cfg, results, time.perf_counter() - t0)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``catn-train`` command; returns its exit code (see ``--help``)."""
+    return run_command(PROG, lambda: _body(argv), debug=debug_requested(argv))
 
 
 if __name__ == "__main__":

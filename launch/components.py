@@ -10,8 +10,13 @@ Each component returns a ``torchx.specs.AppDef`` built on TorchX's ``dist.ddp`` 
 
 Parameters are validated here, when ``torchx run`` builds the app, so a typo fails before any
 rank starts. Extra arguments after ``--`` go to the program unchanged (``-- --dim 64``).
+
+``--out`` is a stable run directory: a relaunch (or torchrun's restart) resumes from its
+checkpoints; an earlier run's ``results.json`` there is replaced only with ``--overwrite True``.
 """
 
+import contextlib
+import io
 import shlex
 from typing import Callable, Dict, List, Optional
 
@@ -27,10 +32,14 @@ def _ddp_app(
     """``dist.ddp`` running ``python -m module *args``, validated before any rank starts."""
     if nnodes < 1 or nproc_per_node < 1 or max_restarts < 0:
         raise ValueError("nnodes and nproc_per_node must be >= 1, max_restarts >= 0")
+    err = io.StringIO()
     try:
-        parse(args)  # fail now, not on every rank
+        with contextlib.redirect_stderr(err):
+            parse(args)  # fail now, not on every rank
     except SystemExit as e:
-        raise ValueError(f"invalid {name.replace('_', '-')} arguments: {shlex.join(args)}") from e
+        why = (err.getvalue().strip().splitlines() or [""])[-1]
+        raise ValueError(
+            f"invalid {name.replace('_', '-')} arguments: {shlex.join(args)}: {why}") from e
     app = ddp(*args, m=module, name=name, j=f"{nnodes}x{nproc_per_node}", **resources)
     return _with_restarts(app, max_restarts)
 
@@ -52,6 +61,7 @@ def sml_retrain(
     strategies: str = "sml,fine_tune,full_retrain,sample_based",
     out: str = "runs/torchx",
     checkpoint_dir: str = "",
+    overwrite: bool = False,
     nnodes: int = 1,
     nproc_per_node: int = 2,
     max_restarts: int = 0,
@@ -71,6 +81,8 @@ def sml_retrain(
         strategies: comma list of sml, fine_tune, full_retrain, sample_based
         out: output directory (results.json)
         checkpoint_dir: per-period checkpoints (empty: OUT/checkpoints); a relaunch resumes
+        overwrite: replace OUT/results.json of an earlier run and discard checkpoints of
+            another run (another dataset or config) in checkpoint_dir
         nnodes: number of nodes
         nproc_per_node: ranks per node
         max_restarts: torchrun restarts of all workers after a failure (resume from checkpoint)
@@ -88,6 +100,8 @@ def sml_retrain(
     args = ["--strategies", strategies, "--out", out, "--checkpoint-dir", checkpoint_dir]
     if data:
         args += ["--data", data]
+    if overwrite:
+        args.append("--overwrite")
     args += list(script_args)
     return _ddp_app(
         args, parse_config, "sml_torchrec", "sml_retrain", nnodes, nproc_per_node, max_restarts,
@@ -101,6 +115,7 @@ def catn_train(
     methods: str = "catn,global_mean,item_mean,user_mean_item_bias",
     eta: str = "1,0.5,0.2,0.1,0.05",
     out: str = "runs/catn-torchx",
+    overwrite: bool = False,
     nnodes: int = 1,
     nproc_per_node: int = 2,
     max_restarts: int = 0,
@@ -120,6 +135,7 @@ def catn_train(
         methods: comma list of methods (rows of the table)
         eta: comma list of η shares of overlapping training users
         out: output directory (results.json)
+        overwrite: replace OUT/results.json of an earlier run
         nnodes: number of nodes
         nproc_per_node: ranks per node
         max_restarts: torchrun restarts of all workers after a failure
@@ -136,6 +152,8 @@ def catn_train(
     args = ["--methods", methods, "--eta", eta, "--out", out, "--no-progress"]
     if data:
         args += ["--data", data]
+    if overwrite:
+        args.append("--overwrite")
     args += list(script_args)
     return _ddp_app(
         args, parse_args, "catn.train", "catn_train", nnodes, nproc_per_node, max_restarts,

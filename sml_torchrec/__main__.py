@@ -1,3 +1,3 @@
 from sml_torchrec.cli import main
 
-main()
+raise SystemExit(main())

@@ -1,15 +1,21 @@
 """Starting ranks: under torchrun/TorchX (environment variables) or as N local processes.
 
 `run_local` is what `--nproc N` and the multi-process tests use: it picks a free port, spawns
-N processes, gives each the same environment torchrun would, and fails (killing the rest) as
-soon as one rank fails or the timeout passes, so a hung rank can never hang the caller.
+N processes, gives each the same environment torchrun would, and fails (stopping the rest) as
+soon as one rank fails or the timeout passes, so a hung rank can never hang the caller. Ranks
+die with the launcher (``PR_SET_PDEATHSIG`` on Linux), so a killed launcher leaves no rank
+running on.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pickle
+import queue
+import signal
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -20,12 +26,20 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from sml_torchrec.errors import EXIT_USER_ERROR, RunFailed, UserError
+
 
 def free_port() -> int:
     """A TCP port on localhost that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def max_local_ranks() -> int:
+    """The most ranks ``--nproc`` may start here: more only thrash the machine (each rank is
+    a full process with its own copy of the data)."""
+    return max(8, 4 * (os.cpu_count() or 1))
 
 
 def launched_by_torchrun() -> bool:
@@ -64,6 +78,22 @@ def init_process_group(backend: str | None = None, timeout_s: float = 300.0) -> 
     return torch.device("cpu")
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Make this rank die when its launcher dies, however it dies (even by SIGKILL)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl: the check below still catches most cases
+            pass
+    # The launcher may have died before prctl took effect; the rank was then re-parented.
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 def _child(
     rank: int,
     world_size: int,
@@ -73,7 +103,9 @@ def _child(
     results: Any,
     backend: str,
     threads: int | None,
+    parent_pid: int,
 ) -> None:
+    _die_with_parent(parent_pid)
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -90,6 +122,11 @@ def _child(
         # Plain pickle copies tensors into the message; the queue's default would share their
         # memory with this process, which may have exited by the time the parent reads it.
         results.put((rank, "ok", pickle.dumps(out)))
+    except (UserError, RunFailed) as e:
+        # The launcher reports these as one line, like a single process would.
+        kind = "user_error" if isinstance(e, UserError) else "run_failed"
+        results.put((rank, kind, (type(e).__name__, str(e), traceback.format_exc())))
+        raise SystemExit(EXIT_USER_ERROR if kind == "user_error" else 1) from None
     except BaseException:  # noqa: BLE001 - the parent re-raises with this traceback
         results.put((rank, "error", traceback.format_exc()))
         raise SystemExit(1) from None
@@ -99,7 +136,90 @@ def _child(
 
 
 class RankFailed(RuntimeError):
-    """A rank raised, died or timed out; the message holds its traceback or exit code."""
+    """A rank raised an unexpected error; the message holds its traceback."""
+
+
+class RankLost(RankFailed, RunFailed):
+    """A rank died without reporting an error (killed by a signal, exited) or the run timed
+    out. One line for the user (``RunFailed``), naming the rank and how it died."""
+
+    def __init__(self, message: str, rank: int | None = None) -> None:
+        super().__init__(message)
+        self.rank = rank
+
+
+class _RankReport:
+    """A one-line error raised in rank(s): its message plus the rank(s) it came from."""
+
+    def __init__(self, message: str, ranks: list[int], kind: str, remote_traceback: str) -> None:
+        where = f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + ", ".join(map(str, ranks))
+        super().__init__(f"{message} (on {where})")
+        self.ranks = ranks
+        self.kind = kind  # the class name of the rank's exception
+        self.remote_traceback = remote_traceback
+
+
+class RankUserError(_RankReport, UserError, RankFailed):
+    """A rank raised a :class:`UserError` (exit 2)."""
+
+
+class RankRunFailed(_RankReport, RunFailed, RankFailed):
+    """A rank raised a :class:`RunFailed` (e.g. a checkpoint could not be written; exit 1)."""
+
+
+def describe_exit(exitcode: int) -> str:
+    """'was killed by signal 9 (SIGKILL)' or 'died with exit code 3'."""
+    if exitcode < 0:
+        try:
+            name = f" ({signal.Signals(-exitcode).name})"
+        except ValueError:
+            name = ""
+        return f"was killed by signal {-exitcode}{name}"
+    return f"died with exit code {exitcode}"
+
+
+# How long to keep listening after the first failure: a rank's own report, and the exit of a
+# rank that died first, often arrive just after a peer's "connection reset" error.
+_FAILURE_GRACE_S = 1.5
+
+
+def _root_cause(
+    reports: dict[int, tuple[str, Any]], deaths: dict[int, int], order: list[int]
+) -> BaseException:
+    """The failure to show: a rank that died silently (a signal, ``os._exit``) caused the
+    others' errors; then a user error; then the first unexpected error. ``order`` is the order
+    in which ranks were seen failing."""
+    silent = [r for r in order if r in deaths and r not in reports]
+    if silent:
+        r = silent[0]
+        return RankLost(f"rank {r} {describe_exit(deaths[r])}", rank=r)
+    for status, cls in (("user_error", RankUserError), ("run_failed", RankRunFailed)):
+        found = [r for r in order if reports.get(r, ("",))[0] == status]
+        if found:
+            kind, message, tb = reports[found[0]][1]
+            same = sorted(r for r in found if reports[r][1][1] == message)
+            return cls(message, same, kind, tb)
+    r = next(r for r in order if r in reports)
+    return RankFailed(f"rank {r} failed:\n{reports[r][1]}")
+
+
+def _stop(procs: list, finished: bool) -> None:
+    """Reap the ranks. After a failure or an interruption SIGTERM every live rank at once,
+    after a normal end give them time to exit by themselves; SIGKILL what is left."""
+    if finished:
+        deadline = time.monotonic() + 30.0
+        for p in procs:
+            p.join(timeout=max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + 5.0
+    for p in procs:
+        p.join(timeout=max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join()
 
 
 def run_local(
@@ -113,8 +233,13 @@ def run_local(
     """Run ``fn(*args)`` on ``nproc`` fresh processes joined in one process group.
 
     ``fn`` must be importable (module level). Returns the per-rank return values, in rank order.
-    Raises :class:`RankFailed` with the failing rank's traceback if any rank fails, dies, or
-    the whole run exceeds ``timeout_s``; the other ranks are terminated.
+    If any rank fails the others are stopped and this raises :class:`RankUserError` (a rank
+    raised a ``UserError``: its message and rank), :class:`RankRunFailed` (likewise for a
+    ``RunFailed``), :class:`RankLost` (a rank was killed or
+    exited, or ``timeout_s`` passed: which rank and how) or :class:`RankFailed` (an unexpected
+    error: its traceback). The ranks die with this process, even when it is SIGKILLed; when it
+    is interrupted (Ctrl-C, SIGTERM raising :class:`~sml_torchrec.errors.Terminated`) they are
+    stopped before the exception propagates.
     """
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
@@ -127,49 +252,55 @@ def run_local(
     procs = [
         ctx.Process(
             target=_child,
-            args=(r, nproc, port, fn, args, results, backend, threads),
+            args=(r, nproc, port, fn, args, results, backend, threads, os.getpid()),
             daemon=False,
         )
         for r in range(nproc)
     ]
-    for p in procs:
-        p.start()
     outputs: dict[int, Any] = {}
+    reports: dict[int, tuple[str, Any]] = {}
+    deaths: dict[int, int] = {}
+    order: list[int] = []  # ranks in the order they were seen failing
+    failure: BaseException | None = None
+    first_failure = None
     deadline = time.monotonic() + timeout_s
-    failure: str | None = None
     try:
-        while len(outputs) < nproc and failure is None:
+        for p in procs:
+            p.start()
+        while len(outputs) < nproc:
             try:
                 rank, status, payload = results.get(timeout=0.2)
-            except Exception:  # queue.Empty
-                rank = None
-            if rank is not None:
                 if status == "ok":
                     outputs[rank] = pickle.loads(payload)
-                else:
-                    failure = f"rank {rank} failed:\n{payload}"
-                continue
+                elif rank not in reports:
+                    reports[rank] = (status, payload)
+                    if rank not in order:
+                        order.append(rank)
+            except queue.Empty:
+                pass
             for r, p in enumerate(procs):
-                if r not in outputs and p.exitcode not in (None, 0):
-                    # Give a dying rank's queued traceback a moment to arrive.
-                    time.sleep(0.5)
-                    if results.empty():
-                        failure = f"rank {r} died with exit code {p.exitcode}"
-                    break
-            if failure is None and time.monotonic() > deadline:
-                failure = f"timed out after {timeout_s:.0f}s waiting for ranks " + ", ".join(
-                    str(r) for r in range(nproc) if r not in outputs
+                if r not in outputs and r not in deaths and p.exitcode not in (None, 0):
+                    deaths[r] = p.exitcode
+                    if r not in order:
+                        order.append(r)
+            now = time.monotonic()
+            if order and first_failure is None:
+                first_failure = now
+            if first_failure is not None and (
+                now - first_failure > _FAILURE_GRACE_S or len(order) == nproc
+            ):
+                failure = _root_cause(reports, deaths, order)
+                break
+            if now > deadline:
+                failure = RankLost(
+                    f"timed out after {timeout_s:.0f}s waiting for ranks "
+                    + ", ".join(str(r) for r in range(nproc) if r not in outputs)
                 )
+                break
     finally:
-        if failure is not None:
-            for p in procs:
-                if p.is_alive():
-                    p.kill()
-        for p in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
-                p.join()
+        # Normal end: the ranks are exiting by themselves. Failure or interruption: stop them.
+        _stop([p for p in procs if p.pid is not None],
+              finished=failure is None and len(outputs) == nproc)
     if failure is not None:
-        raise RankFailed(failure)
+        raise failure
     return [outputs[r] for r in range(nproc)]

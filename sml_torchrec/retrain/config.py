@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sml_torchrec.errors import ConfigError
 
 STRATEGY_NAMES = ("sml", "fine_tune", "full_retrain", "sample_based", "gru4rec", "caser")
 DEFAULT_STRATEGIES = ("sml", "fine_tune", "full_retrain", "sample_based")
+# The keys of sml_torchrec.distributed.sharding.SHARDING_TYPES, named here so that checking
+# a flag does not import TorchRec.
+SHARDING_NAMES = ("row_wise", "table_wise", "column_wise")
+PROTOCOL_NAMES = ("full", "sampled")
+
+
+__all__ = ["ConfigError", "PeriodRoles", "RetrainConfig"]
+
+
+def _flag(name: str) -> str:
+    return "argument --" + name.replace("_", "-")
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    """A field whose ``help`` (and argparse ``choices``, ``metavar``) live next to it."""
+    kw = {"default_factory": default} if callable(default) else {"default": default}
+    return field(metadata={"help": help, **extra}, **kw)
 
 
 @dataclass
@@ -16,51 +37,105 @@ class RetrainConfig:
     initial MF; the periods up to the online phase are SML's offline meta-training periods;
     the last ``val_periods + test_periods`` are online: each model W_{s-1} is tested on D_s
     before it sees D_s. Validation periods are reported apart from the test periods.
+
+    Each field's ``metadata["help"]`` is its ``sml-retrain --help`` text.
     """
 
-    data: str | None = None  # period dataset dir; None = built-in synthetic
-    out: str = "runs/default"
-    strategies: list[str] = field(default_factory=lambda: list(DEFAULT_STRATEGIES))
-    init_periods: int = 3
-    val_periods: int = 2
-    test_periods: int = 5
-    dim: int = 32
-    # plain MF / Ŵ_t tables (FBGEMM fused row-wise Adagrad)
-    table_lr: float = 0.05
-    l2_tables: float = 1e-6  # λ1
-    batch_size: int = 1024
-    epochs: int = 3  # per period: table training of the baselines and of SML's new Ŵ_t
-    init_epochs: int = 10
-    # SML transfer Θ (dense Adam, gradients all-reduced)
-    transfer_lr: float = 1e-3
-    l2_transfer: float = 1e-4  # λ2
-    transfer_batch_size: int = 256
-    rounds: int = 3  # Algorithm 1/2 outer rounds per period
-    transfer_hidden: int = 512
-    transfer_n1: int = 10
-    transfer_n2: int = 5
-    reservoir_size: int = 10_000  # sample_based: replayed old interactions
-    sharding: str = "row_wise"
-    protocols: list[str] = field(default_factory=lambda: ["full", "sampled"])
-    num_eval_negatives: int = 999
-    seed: int = 0
-    nproc: int = 1
-    checkpoint_dir: str | None = None  # per-period checkpoints; None = none
-    resume: bool = True  # continue from the newest complete checkpoint in checkpoint_dir
-    keep_checkpoints: int = 2
+    data: str | None = _opt(None, "period dataset directory from `sml-data build` "
+                                  "(default: a built-in synthetic dataset, built once under "
+                                  "OUT/data)", metavar="DIR")
+    out: str = _opt("runs/default", "run directory: results.json (an earlier run's is replaced "
+                                    "only with --overwrite)", metavar="DIR")
+    strategies: list[str] = _opt(lambda: list(DEFAULT_STRATEGIES),
+                                 "comma-separated strategies, rows of the table",
+                                 choices=STRATEGY_NAMES)
+    init_periods: int = _opt(3, "first periods that train the shared initial MF")
+    val_periods: int = _opt(2, "online periods reported as validation (before the test ones)")
+    test_periods: int = _opt(5, "last periods, averaged in the table")
+    dim: int = _opt(32, "embedding dimension of the user and item tables")
+    table_lr: float = _opt(0.05, "learning rate of the tables (FBGEMM fused row-wise Adagrad)")
+    l2_tables: float = _opt(1e-6, "L2 penalty on looked-up table rows (lambda1)")
+    batch_size: int = _opt(1024, "interactions per step of table training, per rank")
+    epochs: int = _opt(3, "epochs per period: table training of the baselines and of SML's new "
+                          "W_hat_t")
+    init_epochs: int = _opt(10, "epochs of the initial MF (the best on period INIT_PERIODS kept)")
+    transfer_lr: float = _opt(1e-3, "Adam learning rate of SML's transfer Theta")
+    l2_transfer: float = _opt(1e-4, "L2 penalty on Theta (lambda2)")
+    transfer_batch_size: int = _opt(256, "interactions per step of transfer training, per rank")
+    rounds: int = _opt(3, "SML outer rounds per period (Algorithms 1 and 2)")
+    transfer_hidden: int = _opt(512, "hidden width of the transfer's MLP")
+    transfer_n1: int = _opt(10, "transfer's first convolution: number of filters (n1)")
+    transfer_n2: int = _opt(5, "transfer's second convolution: number of filters (n2)")
+    reservoir_size: int = _opt(10_000, "sample_based: old interactions replayed each period")
+    sharding: str = _opt("row_wise", "how the tables are sharded over ranks",
+                         choices=SHARDING_NAMES)
+    protocols: list[str] = _opt(lambda: ["full", "sampled"],
+                                "comma-separated evaluation protocols: full = rank all items, "
+                                "sampled = NUM_EVAL_NEGATIVES sampled negatives",
+                                choices=PROTOCOL_NAMES)
+    num_eval_negatives: int = _opt(999, "sampled protocol: negatives per test interaction")
+    seed: int = _opt(0, "random seed (training and the synthetic data)")
+    nproc: int = _opt(1, "local ranks to start (gloo on CPU); under torchrun ranks come "
+                         "from the environment")
+    checkpoint_dir: str | None = _opt(None, "directory of per-period checkpoints (default: "
+                                            "none); a rerun resumes from the newest complete "
+                                            "one", metavar="DIR")
+    resume: bool = _opt(True, "resume from CHECKPOINT_DIR's newest complete checkpoint of this "
+                              "same run (--no-resume: start afresh; refused if it holds "
+                              "checkpoints, unless --overwrite)")
+    keep_checkpoints: int = _opt(2, "complete checkpoints kept (older ones of this run are "
+                                    "deleted)")
+    overwrite: bool = _opt(False, "replace OUT/results.json of an earlier run, and discard "
+                                  "CHECKPOINT_DIR's checkpoints of another run (or of this one "
+                                  "with --no-resume)")
 
     def __post_init__(self) -> None:
-        unknown = [s for s in self.strategies if s not in STRATEGY_NAMES]
-        if unknown:
-            raise ValueError(f"unknown strategies {unknown}; choose from {list(STRATEGY_NAMES)}")
-        bad = [p for p in self.protocols if p not in ("full", "sampled")]
-        if bad:
-            raise ValueError(f"unknown protocols {bad}; choose from ['full', 'sampled']")
-        for name in ("init_periods", "test_periods", "dim", "batch_size", "rounds", "nproc"):
+        # Messages name the flag: the CLI shows them as usage errors.
+        for name, allowed in (("strategies", STRATEGY_NAMES), ("protocols", PROTOCOL_NAMES)):
+            values = getattr(self, name)
+            unknown = [s for s in values if s not in allowed]
+            if unknown:
+                raise ConfigError(f"{_flag(name)}: unknown {name} {unknown}; choose from "
+                                  f"{','.join(allowed)}")
+            if not values:
+                raise ConfigError(f"{_flag(name)}: empty; choose from {','.join(allowed)}")
+            dup = sorted({s for s in values if values.count(s) > 1})
+            if dup:
+                raise ConfigError(f"{_flag(name)}: lists {','.join(dup)} more than once")
+        if self.sharding not in SHARDING_NAMES:
+            raise ConfigError(f"{_flag('sharding')}: unknown sharding {self.sharding!r}; choose "
+                              f"from {','.join(SHARDING_NAMES)}")
+        for name in ("init_periods", "test_periods", "dim", "batch_size", "transfer_batch_size",
+                     "init_epochs", "rounds", "transfer_hidden", "transfer_n1", "transfer_n2",
+                     "num_eval_negatives", "nproc", "keep_checkpoints"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.val_periods < 0 or self.epochs < 0 or self.init_epochs < 1:
-            raise ValueError("val_periods and epochs must be >= 0, init_epochs >= 1")
+                raise ConfigError(f"{_flag(name)}: must be >= 1, got {getattr(self, name)}")
+        for name in ("val_periods", "epochs", "reservoir_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{_flag(name)}: must be >= 0, got {getattr(self, name)}")
+        for name in ("table_lr", "transfer_lr"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"{_flag(name)}: must be a positive number, got {v}")
+        for name in ("l2_tables", "l2_transfer"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{_flag(name)}: must be a number >= 0, got {v}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"{_flag('seed')}: must be in 0..{2**32 - 1}, got {self.seed}")
+        for name in ("out", "data", "checkpoint_dir"):
+            if getattr(self, name) == "":
+                raise ConfigError(f"{_flag(name)}: empty path")
+
+    def decisive(self) -> dict[str, Any]:
+        """The fields that decide the numbers: what a resumed checkpoint must match."""
+        return {k: v for k, v in asdict(self).items() if k not in RUN_ONLY_FIELDS}
+
+
+# Settings that only say how and where a run goes; a run may be resumed with other values.
+RUN_ONLY_FIELDS = frozenset(
+    {"nproc", "resume", "out", "checkpoint_dir", "keep_checkpoints", "overwrite"}
+)
 
 
 @dataclass
@@ -77,9 +152,10 @@ class PeriodRoles:
         online = cfg.val_periods + cfg.test_periods
         first_online = num_periods - online
         if first_online < cfg.init_periods + 1:
-            raise ValueError(
+            raise ConfigError(
                 f"{num_periods} periods cannot hold {cfg.init_periods} init + at least 1 "
-                f"offline + {cfg.val_periods} validation + {cfg.test_periods} test periods"
+                f"offline + {cfg.val_periods} validation + {cfg.test_periods} test periods "
+                "(--init-periods, --val-periods, --test-periods)"
             )
         return PeriodRoles(num_periods, cfg.init_periods, first_online,
                            first_online + cfg.val_periods)

@@ -22,7 +22,7 @@ import torch
 from sml_torchrec.data.period_dataset import PeriodDataset
 from sml_torchrec.metrics import KS
 from sml_torchrec.retrain import checkpoint
-from sml_torchrec.retrain.config import PeriodRoles, RetrainConfig
+from sml_torchrec.retrain.config import RUN_ONLY_FIELDS, PeriodRoles, RetrainConfig
 from sml_torchrec.retrain.evaluate import PeriodTest, evaluate, prepare_test
 from sml_torchrec.retrain.model import RetrainModel, world
 from sml_torchrec.retrain.strategies import STRATEGIES
@@ -81,15 +81,11 @@ def _fault_hook(step: int, ckpt_dir: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-# Settings that may differ between a run and its resumption.
-_RESUMABLE_CHANGES = {"nproc", "resume", "out", "checkpoint_dir", "keep_checkpoints"}
-
-
 def _config_changes(saved: dict, now: dict) -> list[str]:
     return [
         f"{k}: {saved.get(k)!r} -> {v!r}"
         for k, v in now.items()
-        if k not in _RESUMABLE_CHANGES and saved.get(k) != v
+        if k not in RUN_ONLY_FIELDS and saved.get(k) != v
     ]
 
 
@@ -103,7 +99,12 @@ class Progress:
         self.position: tuple[int, int] | None = None  # (strategy index, last period trained)
 
 
-def run(cfg: RetrainConfig, ds: PeriodDataset, dataset_name: str) -> dict:
+def run(
+    cfg: RetrainConfig, ds: PeriodDataset, dataset_name: str,
+    identity: checkpoint.RunIdentity | None = None,
+) -> dict:
+    """Every rank runs this; ``identity`` (from :func:`checkpoint.prepare`) marks the run's
+    checkpoints."""
     roles = PeriodRoles.from_config(ds.num_periods, cfg)
     t0 = time.monotonic()
     _print(
@@ -144,7 +145,8 @@ def run(cfg: RetrainConfig, ds: PeriodDataset, dataset_name: str) -> dict:
             "numpy_rng": np.random.get_state(),
             "config": asdict(cfg),
         }
-        checkpoint.save(cfg.checkpoint_dir, step, state, payload, keep=cfg.keep_checkpoints)
+        checkpoint.save(cfg.checkpoint_dir, step, state, payload, keep=cfg.keep_checkpoints,
+                        identity=identity)
         _fault_hook(step, cfg.checkpoint_dir)
 
     if progress.initial is None:

@@ -35,8 +35,18 @@ def test_bad_parameters_fail_before_launch():
         sml_retrain(strategies="sml,bogus")
     with pytest.raises(ValueError, match="nproc_per_node"):
         sml_retrain(nproc_per_node=0)
-    with pytest.raises(ValueError, match="invalid catn-train arguments"):
+    with pytest.raises(ValueError, match="invalid catn-train arguments.*--epochs: invalid int"):
         catn_train("--epochs", "x")
+    with pytest.raises(ValueError, match="--eta: 2 is outside"):
+        catn_train(eta="2")
+    with pytest.raises(ValueError, match="--sharding: invalid choice: 'diagonal'"):
+        sml_retrain("--sharding", "diagonal")
+
+
+def test_overwrite_is_passed_through():
+    assert "--overwrite" not in sml_retrain().roles[0].args[-1]
+    assert "--overwrite" in sml_retrain(overwrite=True).roles[0].args[-1]
+    assert "--overwrite" in catn_train(overwrite=True).roles[0].args[-1]
 
 
 def _torchx(args, env_extra=None):

@@ -58,3 +58,67 @@ def _return_tensor() -> torch.Tensor:
 def test_tensors_come_back_intact():
     out = run_local(_return_tensor, 2, timeout_s=60)
     assert [float(t.mean()) for t in out] == [0.0, 1.0]
+
+
+def _user_error_on_rank1() -> None:
+    from sml_torchrec.data.errors import DataError
+
+    if dist.get_rank() == 1:
+        raise DataError("data/x/periods/period=00003.parquet", "row 7: bad id")
+    dist.barrier()
+
+
+def test_user_error_in_a_rank_is_its_one_line_and_rank():
+    from sml_torchrec.errors import UserError
+
+    with pytest.raises(UserError) as info:
+        run_local(_user_error_on_rank1, 2, timeout_s=60)
+    msg = str(info.value)
+    assert msg == "data/x/periods/period=00003.parquet: row 7: bad id (on rank 1)"
+    assert "\n" not in msg
+    assert "DataError" in info.value.remote_traceback  # kept for --debug
+
+
+def _same_user_error_everywhere() -> None:
+    from sml_torchrec.errors import UserError
+
+    raise UserError(f"same mistake {dist.get_world_size()}")
+
+
+def test_the_same_user_error_on_every_rank_is_reported_once():
+    with pytest.raises(RankFailed, match=r"^same mistake 2 \(on ranks 0, 1\)$"):
+        run_local(_same_user_error_everywhere, 2, timeout_s=60)
+
+
+def _killed_rank1() -> None:
+    import signal
+
+    if dist.get_rank() == 1:
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+    dist.barrier()  # rank 0 fails here because rank 1 is gone ("connection reset")
+    time.sleep(60)
+
+
+def test_killed_rank_is_blamed_not_the_rank_that_lost_its_peer():
+    from sml_torchrec.distributed.process_group import RankLost
+
+    with pytest.raises(RankLost) as info:
+        run_local(_killed_rank1, 2, timeout_s=60)
+    assert str(info.value) == "rank 1 was killed by signal 9 (SIGKILL)"
+    assert info.value.rank == 1
+
+
+def _checkpoint_write_fails_on_rank1() -> None:
+    from sml_torchrec.retrain.checkpoint import CheckpointWriteError
+
+    if dist.get_rank() == 1:
+        raise CheckpointWriteError("writing checkpoint c/ckpt-000003 failed (disk full)")
+    dist.barrier()
+
+
+def test_a_run_failure_in_a_rank_is_one_line_not_a_traceback():
+    from sml_torchrec.errors import RunFailed
+
+    with pytest.raises(RunFailed, match=r"^writing checkpoint .* \(disk full\) \(on rank 1\)$"):
+        run_local(_checkpoint_write_fails_on_rank1, 2, timeout_s=60)
