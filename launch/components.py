@@ -24,6 +24,8 @@ import torchx
 import torchx.specs as specs
 from torchx.components.dist import ddp
 
+from sml_torchrec.retrain.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES
+
 
 def _ddp_app(
     args: List[str], parse: Callable[[List[str]], object], module: str, name: str,
@@ -58,7 +60,7 @@ def _with_restarts(app: specs.AppDef, max_restarts: int) -> specs.AppDef:
 def sml_retrain(
     *script_args: str,
     data: str = "",
-    strategies: str = "sml,fine_tune,full_retrain,sample_based",
+    strategies: str = ",".join(DEFAULT_STRATEGIES),
     out: str = "runs/torchx",
     checkpoint_dir: str = "",
     overwrite: bool = False,
@@ -78,7 +80,7 @@ def sml_retrain(
     Args:
         script_args: further sml-retrain flags, e.g. ``-- --dim 64 --sharding row_wise``
         data: period dataset directory from ``sml-data build`` (empty: built-in synthetic)
-        strategies: comma list of sml, fine_tune, full_retrain, sample_based
+        strategies: comma list of {strategies}
         out: output directory (results.json)
         checkpoint_dir: per-period checkpoints (empty: OUT/checkpoints); a relaunch resumes
         overwrite: replace OUT/results.json of an earlier run and discard checkpoints of
@@ -107,6 +109,10 @@ def sml_retrain(
         args, parse_config, "sml_torchrec", "sml_retrain", nnodes, nproc_per_node, max_restarts,
         image=image, h=h, cpu=cpu, gpu=gpu, memMB=memMB, env=env, rdzv_port=rdzv_port,
     )
+
+
+# The strategy names come from the registry, so the help cannot drift from what runs.
+sml_retrain.__doc__ = sml_retrain.__doc__.format(strategies=", ".join(STRATEGY_NAMES))
 
 
 def catn_train(

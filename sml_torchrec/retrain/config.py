@@ -7,9 +7,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sml_torchrec.errors import ConfigError
+from sml_torchrec.retrain.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES
 
-STRATEGY_NAMES = ("sml", "fine_tune", "full_retrain", "sample_based", "gru4rec", "caser")
-DEFAULT_STRATEGIES = ("sml", "fine_tune", "full_retrain", "sample_based")
 # The keys of sml_torchrec.distributed.sharding.SHARDING_TYPES, named here so that checking
 # a flag does not import TorchRec.
 SHARDING_NAMES = ("row_wise", "table_wise", "column_wise")

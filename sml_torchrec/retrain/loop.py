@@ -25,7 +25,7 @@ from sml_torchrec.retrain import checkpoint
 from sml_torchrec.retrain.config import RUN_ONLY_FIELDS, PeriodRoles, RetrainConfig
 from sml_torchrec.retrain.evaluate import PeriodTest, evaluate, prepare_test
 from sml_torchrec.retrain.model import RetrainModel, world
-from sml_torchrec.retrain.strategies import STRATEGIES
+from sml_torchrec.retrain.strategies import strategy_class
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def run(
         save(0)
     periods = ds.num_periods
     for i, name in enumerate(cfg.strategies):
-        strategy = STRATEGIES[name](ds, roles, cfg)
+        strategy = strategy_class(name)(ds, roles, cfg)
         strategy.start(progress.initial)
         first_t = roles.init
         if progress.position is not None and progress.position[0] > i:

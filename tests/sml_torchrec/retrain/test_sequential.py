@@ -126,12 +126,12 @@ def _tiny_dataset(path):
 def _one_period(path, kind):
     from sml_torchrec.retrain.config import PeriodRoles, RetrainConfig
     from sml_torchrec.retrain.evaluate import evaluate, prepare_test
-    from sml_torchrec.retrain.strategies import STRATEGIES
+    from sml_torchrec.retrain.strategies import strategy_class
 
     ds = PeriodDataset(path)
     cfg = RetrainConfig(dim=8, epochs=2, init_epochs=2, table_lr=0.1)
     roles = PeriodRoles(num_periods=3, init=1, first_online=2, first_test=2)
-    strategy = STRATEGIES[kind](ds, roles, cfg)
+    strategy = strategy_class(kind)(ds, roles, cfg)
     strategy.start({})
     dense = strategy.model.inner.encoder
     before = torch.cat([p.detach().flatten().clone() for p in dense.parameters()])

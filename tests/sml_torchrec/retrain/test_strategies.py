@@ -27,3 +27,25 @@ def test_reservoir_is_bounded_and_uniform_over_history():
     # old periods are not crowded out by new ones.
     first_half, second_half = counts[:1000].mean(), counts[1000:].mean()
     assert abs(first_half / 200 - 0.05) < 0.01 and abs(second_half / 200 - 0.05) < 0.01
+
+
+def test_registry_is_the_one_list_and_resolves_every_name():
+    import subprocess
+    import sys
+
+    from sml_torchrec.retrain.strategies import (
+        DEFAULT_STRATEGIES,
+        STRATEGY_NAMES,
+        strategy_class,
+    )
+    from sml_torchrec.retrain.strategies.base import Strategy
+
+    assert set(DEFAULT_STRATEGIES) <= set(STRATEGY_NAMES)
+    for name in STRATEGY_NAMES:
+        cls = strategy_class(name)
+        assert issubclass(cls, Strategy) and cls.name == name
+    # Reading the names must stay cheap: no TorchRec import just to parse flags.
+    code = ("import sys; import sml_torchrec.retrain.config; "
+            "print('torchrec' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
