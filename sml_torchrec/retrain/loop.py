@@ -10,11 +10,8 @@ Runs on every rank (same code, same order of collectives); rank 0 prints and ret
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import time
-from dataclasses import asdict
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -26,6 +23,7 @@ from sml_torchrec.retrain.config import RUN_ONLY_FIELDS, PeriodRoles, RetrainCon
 from sml_torchrec.retrain.evaluate import PeriodTest, evaluate, prepare_test
 from sml_torchrec.retrain.model import RetrainModel, world
 from sml_torchrec.retrain.strategies import strategy_class
+from sml_torchrec.retrain.strategies.base import Strategy
 
 log = logging.getLogger(__name__)
 
@@ -62,25 +60,6 @@ def _average(rows: list[dict], weight_key: str) -> dict[str, float]:
     return {k: float(np.dot(w, [r[k] for r in rows]) / w.sum()) for k in keys}
 
 
-def _fault_hook(step: int, ckpt_dir: str) -> None:
-    """Test hook: SIGKILL one rank right after checkpoint ``SML_FAULT_KILL_AFTER_STEP``.
-
-    Fires once per checkpoint directory (a marker file remembers it), so the relaunched or
-    restarted job runs through. ``SML_FAULT_RANK`` picks the rank (default 1).
-    """
-    target = os.environ.get("SML_FAULT_KILL_AFTER_STEP")
-    if target is None or int(target) != step:
-        return
-    if world()[0] != int(os.environ.get("SML_FAULT_RANK", "1")):
-        return
-    marker = Path(ckpt_dir) / ".fault-fired"
-    if marker.exists():
-        return
-    marker.write_text(str(step))
-    print(f"[fault hook] rank {world()[0]} kills itself after checkpoint {step}", flush=True)
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _config_changes(saved: dict, now: dict) -> list[str]:
     return [
         f"{k}: {saved.get(k)!r} -> {v!r}"
@@ -89,14 +68,73 @@ def _config_changes(saved: dict, now: dict) -> list[str]:
     ]
 
 
+@dataclass
 class Progress:
     """What the loop has done: rank 0's picklable part of every checkpoint."""
 
-    def __init__(self) -> None:
-        self.initial: dict[str, torch.Tensor] | None = None
-        self.per_period: dict[str, dict[str, list[dict]]] = {}
-        self.seconds: dict[str, float] = {}
-        self.position: tuple[int, int] | None = None  # (strategy index, last period trained)
+    initial: dict[str, torch.Tensor] | None = None
+    per_period: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    position: tuple[int, int] | None = None  # (strategy index, last period trained)
+
+    def finished(self, i: int) -> bool:
+        """Whether strategy ``i`` was done before the checkpoint this run resumed from."""
+        return self.position is not None and self.position[0] > i
+
+
+class LoopCheckpointer:
+    """Saves the loop's state after the initial model and after every period, and restores it.
+
+    A checkpoint is the strategy's sharded tensors (through DCP, ``checkpoint.save``) plus one
+    picklable payload: the :class:`Progress`, the strategy's extra state, the RNG states and
+    the config. Nothing is saved when the run has no checkpoint directory.
+    """
+
+    def __init__(self, cfg: RetrainConfig, identity: checkpoint.RunIdentity | None) -> None:
+        self.cfg, self.identity = cfg, identity
+        self.resume_from = None
+        if cfg.checkpoint_dir and cfg.resume:
+            self.resume_from = checkpoint.latest_valid(cfg.checkpoint_dir)
+        self.extra: dict = {}
+
+    def restore(self) -> Progress:
+        """The progress to start from (empty without a checkpoint); restores the RNG states."""
+        if self.resume_from is None:
+            return Progress()
+        self.extra = torch.load(self.resume_from / "extra.pt", weights_only=False)
+        changed = _config_changes(self.extra["config"], asdict(self.cfg))
+        if changed:
+            raise ValueError(
+                f"checkpoint {self.resume_from} was made with a different configuration "
+                f"({'; '.join(changed)}); use another --checkpoint-dir or --no-resume"
+            )
+        torch.set_rng_state(self.extra["torch_rng"])
+        np.random.set_state(self.extra["numpy_rng"])
+        progress = self.extra["progress"]
+        _print(f"resuming from {self.resume_from} (strategy {progress.position})")
+        return progress
+
+    def restore_strategy(self, strategy: Strategy) -> None:
+        """Load the interrupted strategy's state (it has just been started afresh)."""
+        state = strategy.checkpoint_state()
+        if state:
+            checkpoint.load_state(self.resume_from, state)
+            strategy.load_checkpoint_state(state)
+        strategy.load_extra_state(self.extra["strategy"])
+
+    def save(self, step: int, progress: Progress, strategy: Strategy | None = None) -> None:
+        if not self.cfg.checkpoint_dir:
+            return
+        payload = {
+            "progress": progress,
+            "strategy": strategy.extra_state() if strategy is not None else {},
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+            "config": asdict(self.cfg),
+        }
+        state = strategy.checkpoint_state() if strategy is not None else {}
+        checkpoint.save(self.cfg.checkpoint_dir, step, state, payload,
+                        keep=self.cfg.keep_checkpoints, identity=self.identity)
 
 
 def run(
@@ -117,80 +155,51 @@ def run(
         s: prepare_test(ds, s, cfg.protocols, cfg.num_eval_negatives, cfg.seed)
         for s in range(roles.first_online, ds.num_periods)
     }
-    progress, resume_from = Progress(), None
-    if cfg.checkpoint_dir and cfg.resume:
-        resume_from = checkpoint.latest_valid(cfg.checkpoint_dir)
-    extra: dict = {}
-    if resume_from is not None:
-        extra = torch.load(resume_from / "extra.pt", weights_only=False)
-        changed = _config_changes(extra["config"], asdict(cfg))
-        if changed:
-            raise ValueError(
-                f"checkpoint {resume_from} was made with a different configuration "
-                f"({'; '.join(changed)}); use another --checkpoint-dir or --no-resume"
-            )
-        progress = extra["progress"]
-        torch.set_rng_state(extra["torch_rng"])
-        np.random.set_state(extra["numpy_rng"])
-        _print(f"resuming from {resume_from} (strategy {progress.position})")
-
-    def save(step: int, strategy=None) -> None:
-        if not cfg.checkpoint_dir:
-            return
-        state = strategy.checkpoint_state() if strategy is not None else {}
-        payload = {
-            "progress": progress,
-            "strategy": strategy.extra_state() if strategy is not None else {},
-            "torch_rng": torch.get_rng_state(),
-            "numpy_rng": np.random.get_state(),
-            "config": asdict(cfg),
-        }
-        checkpoint.save(cfg.checkpoint_dir, step, state, payload, keep=cfg.keep_checkpoints,
-                        identity=identity)
-        _fault_hook(step, cfg.checkpoint_dir)
-
+    ckpt = LoopCheckpointer(cfg, identity)
+    progress = ckpt.restore()
     if progress.initial is None:
         init_test = prepare_test(ds, roles.init, ["full"], cfg.num_eval_negatives, cfg.seed)
         progress.initial = train_initial(ds, roles, cfg, init_test)
-        save(0)
+        ckpt.save(0, progress)
     periods = ds.num_periods
     for i, name in enumerate(cfg.strategies):
+        if progress.finished(i):
+            continue
         strategy = strategy_class(name)(ds, roles, cfg)
         strategy.start(progress.initial)
         first_t = roles.init
-        if progress.position is not None and progress.position[0] > i:
-            continue  # finished before the checkpoint
         if progress.position is not None and progress.position[0] == i:
+            ckpt.restore_strategy(strategy)
             first_t = progress.position[1] + 1
-            state = strategy.checkpoint_state()
-            if state:
-                checkpoint.load_state(resume_from, state)
-                strategy.load_checkpoint_state(state)
-            strategy.load_extra_state(extra["strategy"])
         else:
             progress.per_period[name] = {p: [] for p in cfg.protocols}
             progress.seconds[name] = 0.0
-        ts = time.monotonic()
         for t in range(first_t, periods - 1):
-            strategy.train_period(t)
-            s = t + 1
-            m = evaluate(strategy.model, tests[s], cfg.protocols) if s in tests else None
-            if m is not None:
-                for p in cfg.protocols:
-                    progress.per_period[name][p].append(
-                        {"period": s, "role": roles.role(s), **m[p]}
-                    )
-                _print(
-                    f"  {name:>12} period {s:>3} ({roles.role(s)}): "
-                    + "  ".join(
-                        f"{p} R@20 {m[p]['recall@20']:.4f} N@20 {m[p]['ndcg@20']:.4f}"
-                        for p in cfg.protocols
-                    )
-                )
-            progress.seconds[name] += time.monotonic() - ts
             ts = time.monotonic()
+            strategy.train_period(t)
+            if t + 1 in tests:
+                _record(progress, name, t + 1, roles.role(t + 1),
+                        evaluate(strategy.model, tests[t + 1], cfg.protocols))
+            progress.seconds[name] += time.monotonic() - ts
             progress.position = (i, t)
-            save(1 + i * periods + t, strategy)
+            ckpt.save(1 + i * periods + t, progress, strategy)
+    _print(f"done in {time.monotonic() - t0:.0f}s")
+    return {"dataset": dataset_name, "config": asdict(cfg),
+            "protocols": summarise(progress, cfg)}
+
+
+def _record(progress: Progress, name: str, s: int, role: str, m: dict) -> None:
+    """Keep one tested period's metrics and print them."""
+    for p, row in m.items():
+        progress.per_period[name][p].append({"period": s, "role": role, **row})
+    _print(f"  {name:>12} period {s:>3} ({role}): " + "  ".join(
+        f"{p} R@20 {row['recall@20']:.4f} N@20 {row['ndcg@20']:.4f}" for p, row in m.items()))
+
+
+def summarise(progress: Progress, cfg: RetrainConfig) -> dict:
+    """results.json's ``protocols``: per protocol and strategy, the test-period averages (the
+    full protocol averages periods, the sampled one weighs them by interactions), the
+    validation averages, every period's row and the seconds spent."""
     results: dict = {p: {} for p in cfg.protocols}
     for name in cfg.strategies:
         for p in cfg.protocols:
@@ -204,8 +213,7 @@ def run(
                 "per_period": rows,
                 "seconds": progress.seconds[name],
             }
-    _print(f"done in {time.monotonic() - t0:.0f}s")
-    return {"dataset": dataset_name, "config": asdict(cfg), "protocols": results}
+    return results
 
 
 def format_table(results: dict) -> str:

@@ -10,6 +10,7 @@ import pytest
 
 from launch.components import catn_train, sml_retrain
 from sml_torchrec.data.synthetic import SyntheticConfig, build_synthetic
+from tests.faults import fault_env
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_FLAGS = ["--init-periods", "2", "--val-periods", "1", "--test-periods", "2", "--dim", "8",
@@ -71,7 +72,7 @@ def test_torchx_local_run_survives_a_killed_rank(tmp_path):
     p = _torchx(
         ["launch/components.py:sml_retrain", "--data", str(data), "--out", str(out),
          "--nproc_per_node", "2", "--max_restarts", "1", "--", *TINY_FLAGS],
-        {"SML_FAULT_KILL_AFTER_STEP": "3"},
+        fault_env(3),
     )
     log = p.stdout + p.stderr
     assert p.returncode == 0, log[-4000:]

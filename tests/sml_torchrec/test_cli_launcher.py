@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sml_torchrec.data.synthetic import SyntheticConfig, build_synthetic
+from tests.faults import fault_env
 
 TINY = SyntheticConfig(num_users=160, periods=7, initial_items=40, new_items_per_period=15,
                        seed=3)
@@ -138,7 +139,7 @@ def test_a_killed_rank_is_named_with_its_signal_and_the_resume_point(tiny, tmp_p
     args = ["--data", str(tiny), *FLAGS, "--init-epochs", "1", "--nproc", "2", "--out", str(out),
             "--checkpoint-dir", str(out / "ckpt")]
     # the test hook SIGKILLs rank 1 right after checkpoint 0 is complete
-    p = _run(args, {"SML_FAULT_KILL_AFTER_STEP": "0"})
+    p = _run(args, fault_env(0))
     assert p.returncode == 1, p.stderr[-3000:]
     assert "Traceback" not in p.stderr
     assert p.stderr.splitlines()[-1] == (

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from sml_torchrec.data.synthetic import SyntheticConfig, build_synthetic
+from tests.faults import fault_env
 
 TINY = SyntheticConfig(num_users=160, periods=7, initial_items=40, new_items_per_period=15,
                        seed=3)
@@ -69,7 +70,7 @@ def test_kill_a_rank_then_relaunch_gives_identical_results(uninterrupted, tiny_d
     args = ["--data", tiny_data, "--nproc", "2", "--out", str(out),
             "--checkpoint-dir", str(out / "ckpt"), *FLAGS]
     # Step 10 = sml done and fine_tune's first period checkpointed: rank 1 is SIGKILLed then.
-    killed = _run(args, {"SML_FAULT_KILL_AFTER_STEP": "10"}, check=False)
+    killed = _run(args, fault_env(10), check=False)
     assert killed.returncode != 0
     assert "kills itself after checkpoint 10" in killed.stdout
     assert not (out / "results.json").exists()
@@ -83,7 +84,7 @@ def test_corrupt_newest_checkpoint_falls_back(uninterrupted, tiny_data, tmp_path
     out = tmp_path / "c"
     args = ["--data", tiny_data, "--nproc", "2", "--out", str(out),
             "--checkpoint-dir", str(out / "ckpt"), *FLAGS]
-    _run(args, {"SML_FAULT_KILL_AFTER_STEP": "10"}, check=False)
+    _run(args, fault_env(10), check=False)
     newest = out / "ckpt" / "ckpt-000010"
     victim = max((p for p in newest.iterdir() if p.suffix == ".distcp"),
                  key=lambda p: p.stat().st_size)
@@ -98,7 +99,7 @@ def test_resume_on_a_different_world_size(uninterrupted, tiny_data, tmp_path):
     out = tmp_path / "d"
     args = ["--data", tiny_data, "--out", str(out), "--checkpoint-dir", str(out / "ckpt"),
             *FLAGS]
-    _run([*args, "--nproc", "2"], {"SML_FAULT_KILL_AFTER_STEP": "10"}, check=False)
+    _run([*args, "--nproc", "2"], fault_env(10), check=False)
     resumed = _run([*args, "--nproc", "1"])
     assert "resuming from" in resumed.stdout
     r = json.loads((out / "results.json").read_text())
