@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,8 +27,12 @@ log = logging.getLogger(__name__)
 class BuildConfig:
     """How raw records become periods.
 
-    ``cut="time"`` splits [first, last] timestamp into ``periods`` equal spans; ``cut="count"``
-    into ``periods`` chunks of equal interaction count (ties in time may straddle a boundary).
+    ``cut="time"`` splits [first, last] timestamp into ``periods`` equal spans, each of which
+    must hold an interaction (a log with fewer distinct timestamps than periods is refused);
+    ``cut="count"`` into ``periods`` chunks of equal interaction count. Equal counts are kept
+    exact, so interactions sharing one timestamp may straddle a boundary; the build warns with
+    how many timestamps do (cutting only at timestamp changes would make periods of a log with
+    many ties, e.g. daily dates, very uneven).
     ``kcore`` > 0 keeps only users and items with at least ``kcore`` interactions, repeated until
     stable.
     """
@@ -112,9 +116,21 @@ def renumber_by_first_appearance(codes: np.ndarray, num: int) -> tuple[np.ndarra
 
 
 def build_period_dataset(
-    table: pa.Table, out_dir: str | Path, config: BuildConfig, source: str = "input"
+    table: pa.Table,
+    out_dir: str | Path,
+    config: BuildConfig,
+    source: str = "input",
+    *,
+    overwrite: bool = False,
+    inputs: Sequence[str | Path | None] = (),
 ) -> PeriodMetadata:
-    """Cut, filter, renumber and write ``table`` (columns user, item, timestamp) to ``out_dir``."""
+    """Cut, filter, renumber and write ``table`` (columns user, item, timestamp) to ``out_dir``.
+
+    ``out_dir`` must be new, empty, or (with ``overwrite``) a period dataset, and must not be or
+    hold any of ``inputs`` (see :mod:`sml_torchrec.data.output`). Under ``cut="count"`` the
+    number of timestamps whose interactions straddle a period boundary is logged as a warning
+    and stored as ``build["straddling_timestamps"]``.
+    """
     ts_col = table.column("timestamp")
     if not pa.types.is_integer(ts_col.type):
         raise DataError(source, f"column 'timestamp' has type {ts_col.type}, expected integers")
@@ -123,22 +139,70 @@ def build_period_dataset(
     user, user_raw = _codes(table.column("user"), "user", source)
     item, item_raw = _codes(table.column("item"), "item", source)
     ts = ts_col.to_numpy().astype(np.int64)
-    n_raw = len(ts)
-
-    keep = kcore_filter(user, item, config.kcore)
-    user, item, ts = user[keep], item[keep], ts[keep]
-    if len(ts) == 0:
+    if len(ts) and ts.min() < 0:
+        k = int(np.argmax(ts < 0))
         raise DataError(
             source,
-            f"the {config.kcore}-core filter removed all {n_raw:,} interactions; "
-            "use a smaller --kcore",
+            f"column 'timestamp': row {k + 1}: {int(ts[k])} is negative; timestamps are unix "
+            "seconds (or any non-negative clock)",
         )
+    n_raw = len(ts)
+    if n_raw == 0:
+        raise DataError(source, "no interactions")
+
+    keep = kcore_filter(user, item, config.kcore)
+    if not keep.any():
+        users_n, items_n = np.bincount(user), np.bincount(item)
+        raise DataError(
+            source,
+            f"--kcore {config.kcore} removed all {n_raw:,} interactions (of "
+            f"{int((users_n > 0).sum()):,} users and {int((items_n > 0).sum()):,} items; the "
+            f"most active user has {int(users_n.max()):,} interactions, the most popular item "
+            f"{int(items_n.max()):,}); use a smaller --kcore",
+        )
+    user, item, ts = user[keep], item[keep], ts[keep]
     order = np.argsort(ts, kind="stable")
     user, item, ts = user[order], item[order], ts[order]
+    after = "" if config.kcore <= 1 else f" left by --kcore {config.kcore}"
+    if config.cut == "count" and len(ts) < config.periods:
+        raise DataError(
+            source,
+            f"--periods {config.periods} with --cut count needs at least {config.periods} "
+            f"interactions, the log has {len(ts):,}{after}; use fewer --periods",
+        )
+    distinct = 1 + int(np.count_nonzero(np.diff(ts)))
+    if config.cut == "time" and distinct < config.periods:
+        raise DataError(
+            source,
+            f"--periods {config.periods} with --cut time needs at least {config.periods} "
+            f"distinct timestamps, the log has {distinct:,}{after} (from {int(ts[0])} to "
+            f"{int(ts[-1])}); use --periods {distinct} or fewer",
+        )
     period = cut_periods(ts, config.periods, config.cut)
+    counts = np.bincount(period, minlength=config.periods)
+    empty = np.flatnonzero(counts == 0)
+    if len(empty):
+        span = (int(ts[-1]) - int(ts[0]) + 1) / config.periods
+        raise DataError(
+            source,
+            f"with --cut time, period(s) {_few(empty.tolist())} of {config.periods} would be "
+            f"empty: the log has no interactions in those spans of {span:,.0f} time units; "
+            "use fewer --periods or --cut count",
+        )
+    straddling = int(np.count_nonzero((np.diff(period) != 0) & (np.diff(ts) == 0)))
+    if straddling:
+        log.warning(
+            "--cut count: %d timestamp(s) straddle a period boundary (their interactions are "
+            "split between two periods); use --cut time to cut on time only",
+            straddling,
+        )
     user, user_old = renumber_by_first_appearance(user, len(user_raw))
     item, item_old = renumber_by_first_appearance(item, len(item_raw))
-    build = asdict(config) | {"raw_interactions": n_raw, "kept_interactions": int(len(ts))}
+    build = asdict(config) | {
+        "raw_interactions": n_raw,
+        "kept_interactions": int(len(ts)),
+        "straddling_timestamps": straddling,
+    }
     return write_period_dataset(
         out_dir,
         user,
@@ -150,4 +214,11 @@ def build_period_dataset(
         item_raw_ids=item_raw.take(pa.array(item_old)),
         source=source,
         build=build,
+        overwrite=overwrite,
+        inputs=inputs,
     )
+
+
+def _few(values: list[int], limit: int = 8) -> str:
+    shown = ", ".join(str(v) for v in values[:limit])
+    return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")

@@ -15,16 +15,16 @@ table. Ids are contiguous and numbered by first appearance, so the items that ex
 period t are exactly ``range(items_upto[t])``.
 
 Directories are written atomically (:func:`write_period_dataset`): everything goes to a
-temporary sibling directory that is renamed into place only when complete, so a failed build
-never leaves a half-written dataset and never destroys the previous one.
+temporary directory that is swapped into place only when complete, so a failed build never
+leaves a half-written dataset and never destroys the previous one. A build writes only to a
+new or empty directory, or over a period dataset when asked to (``overwrite``); see
+:mod:`sml_torchrec.data.output`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sml_torchrec.data.errors import DataError
+from sml_torchrec.data.output import DatasetLayout, check_output_dir, write_dataset_dir
 
 FORMAT_VERSION = 1
 SCHEMA = pa.schema(
@@ -43,6 +44,23 @@ SCHEMA = pa.schema(
         ("period", pa.int32()),
     ]
 )
+
+
+LAYOUT = DatasetLayout(
+    kind="period dataset",
+    marker="metadata.json",
+    marker_keys=("format_version", "num_periods", "period_counts"),
+    entries=("metadata.json", "user_map.parquet", "item_map.parquet", "periods"),
+    subdirs={"periods": "period=*.parquet"},
+)
+
+
+def check_period_output(
+    out_dir: str | Path, *, overwrite: bool, inputs: Sequence[str | Path | None] = ()
+) -> None:
+    """Refuse (:class:`~sml_torchrec.data.output.OutputError`) an ``out_dir`` a build must not
+    write to; commands call this before reading their input."""
+    check_output_dir(out_dir, LAYOUT, overwrite=overwrite, inputs=inputs)
 
 
 def period_file_name(t: int) -> str:
@@ -122,8 +140,14 @@ def write_period_dataset(
     item_raw_ids: pa.Array | None = None,
     source: str = "",
     build: dict | None = None,
+    *,
+    overwrite: bool = False,
+    inputs: Sequence[str | Path | None] = (),
 ) -> PeriodMetadata:
     """Write a period dataset atomically; ids must already be contiguous from 0.
+
+    ``out_dir`` must be new, empty, or (with ``overwrite``) a period dataset, and must not be or
+    hold any of ``inputs``: see :mod:`sml_torchrec.data.output`, which also does the swap.
 
     ``user_raw_ids[k]`` is the raw id of contiguous user ``k`` (same for items); when omitted the
     map is the identity. Every period in ``range(period.max() + 1)`` must be non-empty.
@@ -174,10 +198,8 @@ def write_period_dataset(
         build=build or {},
     )
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        (tmp / "periods").mkdir(parents=True)
+    def fill(tmp: Path) -> None:
+        (tmp / "periods").mkdir()
         for t in range(num_periods):
             sl = slice(bounds[t], bounds[t + 1])
             table = pa.table(
@@ -203,26 +225,9 @@ def write_period_dataset(
             )
         # metadata.json last: a directory without it is never a dataset.
         (tmp / "metadata.json").write_text(meta.to_json())
-        _replace_dir(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    write_dataset_dir(out_dir, LAYOUT, fill, overwrite=overwrite, inputs=inputs)
     return meta
-
-
-def _replace_dir(new: Path, dest: Path) -> None:
-    """Move ``new`` to ``dest``; an existing ``dest`` is removed only after the move succeeded."""
-    if not dest.exists():
-        os.rename(new, dest)
-        return
-    old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(dest, old)
-    try:
-        os.rename(new, dest)
-    except BaseException:
-        os.rename(old, dest)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 class PeriodDataset:

@@ -40,9 +40,10 @@ from sml_torchrec.data.sources._common import (
     log,
     output_schema,
     row_locator,
+    sniff,
     source_reader,
     to_ids,
-    to_int64,
+    to_timestamp,
 )
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -76,6 +77,8 @@ def read(
     if format is None:
         p = Path(path)
         format = "parquet" if p.is_dir() or p.name.lower().endswith(PARQUET_SUFFIXES) else "csv"
+        if format == "csv" and sniff(p) == "parquet":  # a parquet file under another name
+            format = "parquet"
     if format == "parquet":
         forced = None if id_type is None else ID_TYPES[id_type]
         return Batches(lambda stats: _parquet(path, cols, forced, chunk_rows, stats))
@@ -91,10 +94,7 @@ def read(
         )
     ids = ID_TYPES[id_type or "string"]
     # Columns are resolved now, so a wrong column name fails at the call, not mid-pipeline.
-    try:
-        names = csv_names(path, delimiter, header)
-    except (pa.ArrowInvalid, OSError, EOFError) as e:
-        raise DataError(path, f"cannot parse as CSV: {e}") from None
+    names = csv_names(path, delimiter, header)
     resolved = _resolve(path, cols, names, "CSV header" if header else "CSV file")
     return Batches(lambda stats: _csv(path, resolved, delimiter, header, ids, chunk_rows))
 
@@ -113,13 +113,25 @@ def _resolve(path: str | Path, cols: list[str | int], names: list[str], what: st
             out.append(names[c])
         elif c not in names:
             raise DataError(
-                path, f"missing {role} column {c!r}; the {what} has columns: {', '.join(names)}"
+                path,
+                f"missing {role} column {c!r}; the {what} has columns: {', '.join(names)}"
+                + _delimiter_hint(names),
             )
         else:
             out.append(c)
     if len(set(out)) != 3:
         raise ValueError(f"user, item and time columns must differ, got {out} in {path}")
     return out
+
+
+def _delimiter_hint(names: list[str]) -> str:
+    """When the whole header came out as one column, the delimiter is the likely mistake."""
+    if len(names) != 1:
+        return ""
+    for d in (",", ";", "\t", "|", " ", ":"):
+        if d in names[0]:
+            return f" (one column only: is the delimiter {d!r}? pass --delimiter {d!r})"
+    return " (one column only: is the delimiter right?)"
 
 
 def _csv(
@@ -138,7 +150,7 @@ def _csv(
             [
                 to_ids(batch.column(user), ids, path, f"column {user!r}", where),
                 to_ids(batch.column(item), ids, path, f"column {item!r}", where),
-                to_int64(batch.column(ts), path, f"column {ts!r}", where),
+                to_timestamp(batch.column(ts), path, f"column {ts!r}", where),
             ],
             schema=schema,
         )
@@ -147,7 +159,9 @@ def _csv(
 def _parquet_id_type(t: pa.DataType) -> pa.DataType:
     if pa.types.is_dictionary(t):
         t = t.value_type
-    return pa.int64() if pa.types.is_integer(t) else pa.string()
+    # Float ids are what pandas makes of an integer column with a NaN: read as integers, so
+    # that the NaN and any fraction are reported by row.
+    return pa.int64() if pa.types.is_integer(t) or pa.types.is_floating(t) else pa.string()
 
 
 def _parquet(
@@ -187,7 +201,7 @@ def _parquet(
                 [
                     to_ids(batch.column(user), types[0], file, f"column {user!r}", where),
                     to_ids(batch.column(item), types[1], file, f"column {item!r}", where),
-                    to_int64(batch.column(ts), file, f"column {ts!r}", where),
+                    to_timestamp(batch.column(ts), file, f"column {ts!r}", where),
                 ],
                 schema=schema,
             )
