@@ -129,6 +129,85 @@ def _check_ids(path: Path, name: str, ids: np.ndarray, upper: int) -> None:
         )
 
 
+def _check_schema(path: Path, schema: pa.Schema) -> None:
+    for f in SCHEMA:
+        if f.name not in schema.names:
+            raise DataError(path, f"missing column {f.name!r} (has {', '.join(schema.names)})")
+        if schema.field(f.name).type != f.type:
+            raise DataError(
+                path,
+                f"column {f.name!r} has type {schema.field(f.name).type}, expected {f.type}",
+            )
+
+
+_INT_FIELDS = ("num_users", "num_items", "num_periods", "format_version")
+_LIST_FIELDS = ("period_counts", "period_start", "period_end", "users_upto", "items_upto")
+
+
+def read_metadata(meta_path: Path) -> PeriodMetadata:
+    """Parse and check a dataset's ``metadata.json``; every inconsistency is a DataError naming
+    the file and the field (the period files are checked by :class:`PeriodDataset`)."""
+    try:
+        raw = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(meta_path, f"line {e.lineno}: invalid JSON: {e.msg}") from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise DataError(meta_path, f"unreadable: {e}") from None
+    if not isinstance(raw, dict):
+        raise DataError(meta_path, f"expected a JSON object, got {type(raw).__name__}")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise DataError(meta_path, f"format_version is {version!r}, this library reads "
+                                   f"{FORMAT_VERSION}")
+    known = set(PeriodMetadata.__dataclass_fields__)
+    required = set(_INT_FIELDS + _LIST_FIELDS + ("cut",))
+    missing = sorted(required - set(raw))
+    if missing:
+        raise DataError(meta_path, f"missing field(s) {', '.join(missing)}")
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise DataError(meta_path, f"unknown field(s) {', '.join(unknown)}")
+
+    def is_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for name in _INT_FIELDS:
+        if not is_int(raw[name]) or raw[name] < 1:
+            raise DataError(meta_path, f"{name} is {raw[name]!r}, expected an integer >= 1")
+    n = raw["num_periods"]
+    for name in _LIST_FIELDS:
+        v = raw[name]
+        if not isinstance(v, list) or len(v) != n or not all(is_int(x) for x in v):
+            got = f"{len(v)} values" if isinstance(v, list) else repr(v)
+            raise DataError(meta_path, f"{name} must be {n} integers (num_periods), got {got}")
+    if raw["cut"] not in ("time", "count", "given"):
+        raise DataError(meta_path, f"cut is {raw['cut']!r}, expected time, count or given")
+    if not isinstance(raw.get("source", ""), str) or not isinstance(raw.get("build", {}), dict):
+        raise DataError(meta_path, "source must be a string and build an object")
+    m = PeriodMetadata(**raw)
+    for t in range(n):
+        if m.period_counts[t] < 1:
+            raise DataError(meta_path, f"period_counts[{t}] is {m.period_counts[t]}: period {t} "
+                                       "is empty")
+        if m.period_start[t] > m.period_end[t]:
+            raise DataError(meta_path, f"period_start[{t}] {m.period_start[t]} is after "
+                                       f"period_end[{t}] {m.period_end[t]}")
+        if t and m.period_start[t] < m.period_end[t - 1]:
+            raise DataError(meta_path, f"period_start[{t}] {m.period_start[t]} is before "
+                                       f"period_end[{t - 1}] {m.period_end[t - 1]}")
+        for name, upto in (("users_upto", m.users_upto), ("items_upto", m.items_upto)):
+            if upto[t] < 1 or (t and upto[t] < upto[t - 1]):
+                raise DataError(meta_path, f"{name}[{t}] is {upto[t]}: counts of ids seen so far "
+                                           "must be >= 1 and never decrease")
+    for name, upto, total in (("users_upto", m.users_upto, m.num_users),
+                              ("items_upto", m.items_upto, m.num_items)):
+        if upto[-1] != total:
+            field_name = "num_users" if name == "users_upto" else "num_items"
+            raise DataError(meta_path, f"{name}[{n - 1}] is {upto[-1]} but {field_name} is "
+                                       f"{total}")
+    return m
+
+
 def write_period_dataset(
     out_dir: str | Path,
     user_id: np.ndarray,
@@ -247,21 +326,100 @@ class PeriodDataset:
             raise DataError(
                 meta_path, "missing: not a period dataset, or its build did not complete"
             )
-        try:
-            raw = json.loads(meta_path.read_text())
-            self.meta = PeriodMetadata(**raw)
-        except (json.JSONDecodeError, TypeError) as e:
-            raise DataError(meta_path, f"unreadable metadata: {e}") from e
-        if self.meta.format_version != FORMAT_VERSION:
-            raise DataError(
-                meta_path,
-                f"format version {self.meta.format_version}, this library reads {FORMAT_VERSION}",
-            )
+        self.meta = read_metadata(meta_path)
+        self._check_files()
         self._cache: dict[int, Interactions] = {}
 
     @property
     def num_periods(self) -> int:
         return self.meta.num_periods
+
+    def _check_files(self) -> None:
+        """Hold every file against metadata.json, from the parquet footers only (row counts and
+        column statistics), so a dataset that disagrees with its metadata is refused on open
+        rather than producing wrong counts later."""
+        m, meta_path = self.meta, self.root / "metadata.json"
+        periods_dir = self.root / "periods"
+        present = sorted(p.name for p in periods_dir.glob("period=*.parquet"))
+        expected = [Path(period_file_name(t)).name for t in range(m.num_periods)]
+        extra = sorted(set(present) - set(expected))
+        if extra:
+            raise DataError(
+                meta_path,
+                f"num_periods is {m.num_periods} but periods/ also holds {', '.join(extra[:3])}"
+                + (f" and {len(extra) - 3} more" if len(extra) > 3 else ""),
+            )
+        user_hi = item_hi = -1
+        for t in range(m.num_periods):
+            path = self.root / period_file_name(t)
+            lo_hi = self._footer(path, t)
+            user_hi = max(user_hi, lo_hi["user_id"][1])
+            item_hi = max(item_hi, lo_hi["item_id"][1])
+            for field_name, upto, hi in (("users_upto", m.users_upto, user_hi),
+                                         ("items_upto", m.items_upto, item_hi)):
+                if upto[t] != hi + 1:
+                    what = field_name.split("_")[0]
+                    raise DataError(
+                        meta_path,
+                        f"{field_name}[{t}] is {upto[t]} but periods 0..{t} hold {what[:-1]} ids "
+                        f"0..{hi}, i.e. {hi + 1} {what}",
+                    )
+            ts_lo, ts_hi = lo_hi["timestamp"]
+            if (ts_lo, ts_hi) != (m.period_start[t], m.period_end[t]):
+                raise DataError(
+                    meta_path,
+                    f"period {t} spans timestamps {m.period_start[t]}..{m.period_end[t]} "
+                    f"(period_start/period_end) but {period_file_name(t)} holds {ts_lo}..{ts_hi}",
+                )
+        for kind, count in (("user", m.num_users), ("item", m.num_items)):
+            path = self.root / f"{kind}_map.parquet"
+            try:
+                rows = pq.ParquetFile(path).metadata.num_rows
+            except FileNotFoundError:
+                raise DataError(path, "missing: the dataset is incomplete; rebuild it") from None
+            except (pa.ArrowException, OSError) as e:
+                raise DataError(path, f"unreadable id map (truncated or corrupt?): {e}") from None
+            if rows != count:
+                raise DataError(
+                    meta_path, f"num_{kind}s is {count} but {path.name} maps {rows} {kind}s"
+                )
+
+    def _footer(self, path: Path, t: int) -> dict[str, tuple[int, int]]:
+        """(min, max) of each column of period ``t``'s file, checked against metadata.json.
+
+        Statistics come from the footer; a file without them is read (two columns) instead.
+        """
+        if not path.is_file():
+            raise DataError(path, f"missing file for period {t}")
+        try:
+            pf = pq.ParquetFile(path)
+            md = pf.metadata
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(path, f"unreadable parquet file (truncated or corrupt?): {e}") from e
+        _check_schema(path, pf.schema_arrow)
+        if md.num_rows != self.meta.period_counts[t]:
+            raise DataError(
+                path, f"has {md.num_rows} rows, metadata.json says {self.meta.period_counts[t]}"
+            )
+        out: dict[str, tuple[int, int]] = {}
+        names = [md.schema.column(j).name for j in range(md.num_columns)]
+        for f in SCHEMA:
+            j = names.index(f.name)
+            stats = [md.row_group(g).column(j).statistics for g in range(md.num_row_groups)]
+            if all(st is not None and st.has_min_max for st in stats) and stats:
+                out[f.name] = (min(st.min for st in stats), max(st.max for st in stats))
+            else:
+                try:
+                    col = pq.read_table(path, columns=[f.name]).column(0).to_numpy()
+                except (pa.ArrowException, OSError) as e:
+                    raise DataError(path, f"unreadable parquet file: {e}") from e
+                out[f.name] = (int(col.min()), int(col.max()))
+        _check_ids(path, "user_id", np.array(out["user_id"]), self.num_users)
+        _check_ids(path, "item_id", np.array(out["item_id"]), self.num_items)
+        if out["period"] != (t, t):
+            bad = out["period"][0] if out["period"][0] != t else out["period"][1]
+            raise DataError(path, f"column 'period' holds {bad}, not {t}")
+        return out
 
     @property
     def num_users(self) -> int:
@@ -304,17 +462,7 @@ class PeriodDataset:
             table = pq.read_table(path)
         except (pa.ArrowException, OSError) as e:
             raise DataError(path, f"unreadable parquet file (truncated or corrupt?): {e}") from e
-        for f in SCHEMA:
-            if f.name not in table.column_names:
-                raise DataError(
-                    path, f"missing column {f.name!r} (has {', '.join(table.column_names)})"
-                )
-            if table.schema.field(f.name).type != f.type:
-                raise DataError(
-                    path,
-                    f"column {f.name!r} has type {table.schema.field(f.name).type}, "
-                    f"expected {f.type}",
-                )
+        _check_schema(path, table.schema)
         if table.num_rows != self.meta.period_counts[t]:
             raise DataError(
                 path,
