@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +36,7 @@ import pyarrow.parquet as pq
 
 from catn.data.documents import build_documents, match_auxiliary_reviews
 from catn.data.errors import DataError, SplitError
+from sml_torchrec.data.output import DatasetLayout, check_output_dir, write_dataset_dir
 
 ROLE_SOURCE_ONLY = 0
 ROLE_TARGET_ONLY = 1
@@ -275,14 +274,21 @@ def _reviews_table(d: DomainReviews) -> pa.Table:
 
 
 def _read_reviews(path: Path, num_items: int) -> DomainReviews:
-    try:
-        t = pq.read_table(path)
-    except (OSError, pa.ArrowException) as e:
-        raise DataError(path, f"cannot read parquet: {e}") from None
-    for col in ("user", "item", "rating", "time", "tokens"):
-        if col not in t.column_names:
-            raise DataError(path, f"missing column {col!r}")
+    t = _read_parquet(path, ("user", "item", "rating", "time", "tokens"))
     tok = t.column("tokens").combine_chunks()
+    if not (pa.types.is_list(tok.type) or pa.types.is_large_list(tok.type)) or not \
+            pa.types.is_integer(tok.type.value_type):
+        raise DataError(path, f"column 'tokens' has type {tok.type}, expected lists of word ids")
+    for col in ("user", "item", "time"):
+        if not pa.types.is_integer(t.schema.field(col).type):
+            raise DataError(path, f"column {col!r} has type {t.schema.field(col).type}, "
+                                  "expected integers")
+    if not (pa.types.is_floating(t.schema.field("rating").type)
+            or pa.types.is_integer(t.schema.field("rating").type)):
+        raise DataError(path, f"column 'rating' has type {t.schema.field('rating').type}, "
+                              "expected numbers")
+    if t.column("tokens").null_count or t.column("rating").null_count:
+        raise DataError(path, "missing values in column 'tokens' or 'rating'")
     if isinstance(tok, pa.ListArray):
         tok = tok.cast(pa.large_list(pa.int32()))
     offsets = tok.offsets.to_numpy().astype(np.int64)
@@ -299,19 +305,37 @@ def _read_reviews(path: Path, num_items: int) -> DomainReviews:
     )
 
 
+LAYOUT = DatasetLayout(
+    kind="CATN dataset",
+    marker="meta.json",
+    marker_keys=("format", "num_users", "vocab_size"),
+    entries=("meta.json", "vocab.txt", "users.parquet", "items_source.parquet",
+             "items_target.parquet", "reviews_source.parquet", "reviews_target.parquet",
+             "docs_eta_*_len*.npz", "word_vectors.npy"),
+)
+
+
+def check_corpus_output(
+    out: str | Path, *, overwrite: bool, inputs: Sequence[str | Path | None] = ()
+) -> None:
+    """Refuse (:class:`~sml_torchrec.data.output.OutputError`) an ``out`` a build must not
+    write to; ``catn-data build`` calls this before reading its inputs."""
+    check_output_dir(out, LAYOUT, overwrite=overwrite, inputs=inputs)
+
+
 def save_corpus(
     corpus: CrossDomainCorpus, out: str | Path, etas: tuple[float, ...] = (), doc_len: int = 500,
-    seed: int = 0,
+    seed: int = 0, *, overwrite: bool = False, inputs: Sequence[str | Path | None] = (),
 ) -> Path:
     """Write ``corpus`` (and documents for each η in ``etas``) to ``out`` atomically.
 
-    Everything goes to a temporary directory beside ``out`` that replaces it by rename only
-    once complete, so a failed build leaves any previous dataset untouched.
+    ``out`` must be new, empty, or (with ``overwrite``) a CATN dataset, and must not be or hold
+    any of ``inputs`` (see :mod:`sml_torchrec.data.output`). Everything is written to a
+    temporary directory first and swapped in only once complete, so a failed build leaves any
+    previous dataset untouched.
     """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         meta = dict(corpus.meta)
         meta.update(num_users=corpus.num_users, num_items_source=corpus.source.num_items,
                     num_items_target=corpus.target.num_items, vocab_size=len(corpus.vocab),
@@ -336,52 +360,110 @@ def save_corpus(
             np.savez_compressed(tmp / _eta_file(eta).format(doc_len),
                                 **{k: getattr(data, k) for k in _DOC_KEYS})
             meta["prebuilt"].append({"eta": eta, "doc_len": doc_len, "seed": seed})
+        # meta.json last: a directory without it is never a dataset.
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, old / "d")
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    write_dataset_dir(out, LAYOUT, fill, overwrite=overwrite, inputs=inputs)
+    return Path(out)
+
+
+def _read_parquet(path: Path, columns: Sequence[str]) -> pa.Table:
+    """A table of the dataset, or a DataError naming the file (missing, corrupt, no column)."""
+    if not path.is_file():
+        raise DataError(path, "missing: the dataset is incomplete; rebuild it with "
+                              "`catn-data build`")
+    try:
+        t = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(path, f"unreadable parquet file (truncated or corrupt?): {e}") from None
+    for col in columns:
+        if col not in t.column_names:
+            raise DataError(path, f"missing column {col!r} (has {', '.join(t.column_names)})")
+    return t
 
 
 def load_corpus(path: str | Path) -> CrossDomainCorpus:
-    """Read a directory written by :func:`save_corpus` (DataError names the file at fault)."""
+    """Read a directory written by :func:`save_corpus`.
+
+    Every file is checked against ``meta.json`` and the others (counts, id ranges, word ids,
+    roles, the rating range), so a damaged or hand-edited dataset is a DataError naming the
+    file at fault instead of a traceback or wrong numbers.
+    """
     path = Path(path)
+    if not path.is_dir():
+        raise DataError(path, "not a directory (build a CATN dataset with `catn-data build`)")
     meta_path = path / "meta.json"
     if not meta_path.exists():
         raise DataError(path, "not a CATN dataset directory (no meta.json); build one with "
                               "`catn-data build`")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DataError(meta_path, f"line {e.lineno}: invalid JSON: {e.msg}") from None
-    vocab = (path / "vocab.txt").read_text(encoding="utf-8").splitlines()
-    users = pq.read_table(path / "users.parquet")
-    names_s = pq.read_table(path / "items_source.parquet").column("name").to_pylist()
-    names_t = pq.read_table(path / "items_target.parquet").column("name").to_pylist()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(meta_path, f"unreadable: {e}") from None
+    if not isinstance(meta, dict):
+        raise DataError(meta_path, f"expected a JSON object, got {type(meta).__name__}")
+    vocab_path = path / "vocab.txt"
+    try:
+        vocab = vocab_path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(vocab_path, "missing: the dataset is incomplete; rebuild it") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(vocab_path, f"unreadable: {e}") from None
+    users = _read_parquet(path / "users.parquet", ("name", "role", "common_rank"))
+    names_s = _read_parquet(path / "items_source.parquet", ("name",)).column("name").to_pylist()
+    names_t = _read_parquet(path / "items_target.parquet", ("name",)).column("name").to_pylist()
     src = _read_reviews(path / "reviews_source.parquet", len(names_s))
     tgt = _read_reviews(path / "reviews_target.parquet", len(names_t))
     nu = users.num_rows
+    for key, have, what in (("num_users", nu, "users.parquet rows"),
+                            ("num_items_source", len(names_s), "items_source.parquet rows"),
+                            ("num_items_target", len(names_t), "items_target.parquet rows"),
+                            ("vocab_size", len(vocab), "vocab.txt lines")):
+        if key in meta and meta[key] != have:
+            raise DataError(meta_path, f"{key} is {meta[key]!r} but there are {have} {what}")
+    role = users.column("role").to_numpy(zero_copy_only=False)
+    known_roles = (ROLE_SOURCE_ONLY, ROLE_TARGET_ONLY, ROLE_COLD_VAL, ROLE_COLD_TEST,
+                   ROLE_COMMON)
+    if role.size and not np.isin(role, known_roles).all():
+        raise DataError(path / "users.parquet", f"column 'role' holds {int(role.max())}, not "
+                                                 "a user role (0..4)")
+    lo, hi = meta.get("rating_range", (-np.inf, np.inf))
     for fname, d in (("reviews_source.parquet", src), ("reviews_target.parquet", tgt)):
-        if len(d) and (d.user.max() >= nu or d.item.max() >= d.num_items):
-            raise DataError(path / fname, "user or item id out of range of users/items tables")
-        if d.tokens.size and d.tokens.max() > len(vocab):
+        if len(d) and (d.user.min() < 0 or d.user.max() >= nu):
+            raise DataError(path / fname, f"user id {int(d.user.max())} out of range of "
+                                          f"users.parquet ({nu} users)")
+        if len(d) and (d.item.min() < 0 or d.item.max() >= d.num_items):
+            raise DataError(path / fname, f"item id {int(d.item.max())} out of range of the "
+                                          f"items table ({d.num_items} items)")
+        if d.tokens.size and (d.tokens.min() < 0 or d.tokens.max() > len(vocab)):
             raise DataError(path / fname, f"word id {int(d.tokens.max())} beyond vocab.txt "
                                           f"({len(vocab)} words)")
+        bad = ~((d.rating >= lo) & (d.rating <= hi))
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise DataError(path / fname, f"row {k + 1}: rating {d.rating[k]:g} outside the "
+                                          f"rating range {lo:g}..{hi:g} of meta.json")
     wv = path / "word_vectors.npy"
+    try:
+        vectors = np.load(wv) if wv.exists() else None
+    except (OSError, ValueError) as e:
+        raise DataError(wv, f"unreadable: {e}") from None
+    if vectors is not None and (vectors.ndim != 2 or vectors.shape[0] != len(vocab) + 1):
+        raise DataError(wv, f"shape {vectors.shape}, expected ({len(vocab) + 1}, d): one row "
+                            "per word of vocab.txt plus padding")
+    for p in meta.get("prebuilt", []):
+        f = path / _eta_file(p.get("eta", 0)).format(p.get("doc_len"))
+        if not f.is_file():
+            raise DataError(meta_path, f"lists prebuilt documents {f.name}, which is missing")
     return CrossDomainCorpus(
         source=src, target=tgt, num_users=nu, vocab=vocab,
-        role=users.column("role").to_numpy().astype(np.int8),
+        role=role.astype(np.int8),
         common_rank=users.column("common_rank").to_numpy().astype(np.int64),
         meta=meta, user_names=users.column("name").to_pylist(),
         item_names_source=names_s, item_names_target=names_t,
-        word_vectors=np.load(wv) if wv.exists() else None,
+        word_vectors=vectors,
     )
 
 

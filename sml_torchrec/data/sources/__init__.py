@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from sml_torchrec.data.sources import adressa, csv, movielens, yelp
-from sml_torchrec.data.sources._common import Batches
+from sml_torchrec.data.sources._common import (
+    NULL_TOKENS,
+    Batches,
+    check_input_path,
+    check_text_file,
+    decode_line,
+    open_binary,
+)
 
 # name -> read function; each also has `.options`, the tuple of keyword options it accepts.
 SOURCES: dict[str, Callable[..., Batches]] = {
@@ -42,4 +49,13 @@ def read_source(name: str, path: str | Path, **options: Any) -> Batches:
     return reader(path, **options)
 
 
-__all__ = ["SOURCES", "Batches", "read_source"]
+__all__ = [
+    "NULL_TOKENS",
+    "SOURCES",
+    "Batches",
+    "check_input_path",
+    "check_text_file",
+    "decode_line",
+    "open_binary",
+    "read_source",
+]
