@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from sml_torchrec.data.errors import DataError
 from sml_torchrec.data.period_dataset import PeriodMetadata, write_period_dataset
+from sml_torchrec.data.sources._common import check_id_text, row_locator
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,10 @@ def collect(batches: Iterable[pa.RecordBatch], source: str = "input") -> pa.Tabl
             log.info("read %s rows from %s", f"{rows:,}", source)
             last = time.monotonic()
     if not chunks:
-        raise DataError(source, "no records")
+        raise DataError(
+            source,
+            "no records: the log has no data rows, or a filter (--min-rating) dropped them all",
+        )
     return pa.Table.from_batches(chunks)
 
 
@@ -98,6 +102,8 @@ def _codes(column: pa.ChunkedArray, name: str, source: str) -> tuple[np.ndarray,
     """Dense codes 0..n-1 for a raw id column plus the raw id of each code."""
     if column.null_count:
         raise DataError(source, f"column {name!r} has {column.null_count} missing ids")
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        check_id_text(column.combine_chunks(), source, f"column {name!r}", row_locator(0))
     if pa.types.is_integer(column.type):
         lo = pc.min(column).as_py()
         if lo is not None and lo < 0:
@@ -123,14 +129,18 @@ def build_period_dataset(
     *,
     overwrite: bool = False,
     inputs: Sequence[str | Path | None] = (),
+    culprit: str | Path | None = None,
 ) -> PeriodMetadata:
     """Cut, filter, renumber and write ``table`` (columns user, item, timestamp) to ``out_dir``.
 
     ``out_dir`` must be new, empty, or (with ``overwrite``) a period dataset, and must not be or
     hold any of ``inputs`` (see :mod:`sml_torchrec.data.output`). Under ``cut="count"`` the
     number of timestamps whose interactions straddle a period boundary is logged as a warning
-    and stored as ``build["straddling_timestamps"]``.
+    and stored as ``build["straddling_timestamps"]``. Errors name ``culprit`` (default:
+    ``source``), the file the records came from.
     """
+    origin = source
+    source = str(culprit) if culprit is not None else source
     ts_col = table.column("timestamp")
     if not pa.types.is_integer(ts_col.type):
         raise DataError(source, f"column 'timestamp' has type {ts_col.type}, expected integers")
@@ -212,7 +222,7 @@ def build_period_dataset(
         cut=config.cut,
         user_raw_ids=user_raw.take(pa.array(user_old)),
         item_raw_ids=item_raw.take(pa.array(item_old)),
-        source=source,
+        source=origin,
         build=build,
         overwrite=overwrite,
         inputs=inputs,

@@ -150,7 +150,7 @@ def build(args: argparse.Namespace) -> None:
         config = BuildConfig(periods=args.periods, cut=args.cut or "time", kcore=args.kcore or 0)
         meta = build_period_dataset(
             table, args.out, config, source=f"{args.source}:{args.input}",
-            overwrite=args.overwrite, inputs=[args.input],
+            overwrite=args.overwrite, inputs=[args.input], culprit=args.input,
         )
         dropped = {k: v for k, v in batches.stats.items() if k in ("filtered", "skipped") and v}
         notes = [f"{v:,} {k}" for k, v in dropped.items()]

@@ -10,7 +10,8 @@ Anything else is refused before any work starts, with or without ``overwrite``: 
 non-empty directory that is not a dataset of this kind (another kind of dataset included), a
 dataset directory that also holds other files (they would be deleted with it), and any
 directory that is an input, contains an input, or lies inside an input directory (an input is
-never deleted, rewritten or mixed with outputs).
+never deleted, rewritten or mixed with outputs), and any directory inside a dataset of the same
+kind (it would become part of that dataset's directory).
 
 Writing: the new dataset is written to a hidden temporary directory *inside* ``out``; then the
 old dataset's entries are moved into a hidden backup directory (the marker file first, so the
@@ -140,6 +141,10 @@ def check_output_dir(
                 "choose a directory outside it",
                 flag,
             )
+    for parent in target.parents:
+        if (parent / layout.marker).is_file() and layout.marker_ok(parent):
+            raise OutputError(out, f"is inside the {layout.kind} {parent}; choose a directory "
+                                   "outside it", flag)
     if not target.exists():
         if Path(out).is_symlink():
             raise OutputError(out, "is a dangling symbolic link; remove it or choose another "

@@ -134,7 +134,7 @@ BAD_BUILDS = [
     ("not-utf8", _w("log.csv", f"{HEADER}\nu1,i1,5\nu\xe9,i2,6\n".encode("latin-1")), "csv", [],
      "line 3: byte 0xe9 at column 2 is not UTF-8"),
     ("empty-file", _w("log.csv", b""), "csv", [], "log.csv: empty file"),
-    ("header-only", _rows(), "csv", [], "no records"),
+    ("header-only", _rows(), "csv", [], "no records: the log has no data rows"),
     ("missing-column", _rows("u1,i1,5", header="uid,item_id,timestamp"), "csv", [],
      "missing user column 'user_id'; the CSV header has columns: uid, item_id, timestamp"),
     ("wrong-delimiter", _rows("u1;i1;5", header="user_id;item_id;timestamp"), "csv", [],
@@ -505,3 +505,19 @@ def test_info_piped_to_head(dataset):
                        shell=True, capture_output=True, text=True, timeout=120)
     assert p.stdout.startswith(f"{dataset}: source csv:")
     assert len(p.stdout.splitlines()) == 1 and "Traceback" not in p.stderr
+
+
+def test_out_inside_a_dataset_is_refused(tmp_path, capsys):
+    log = _csv(tmp_path / "log.csv", GOOD)
+    assert main(_build_csv(log, tmp_path / "ds", "--periods", "2")) == 0
+    before = _tree(tmp_path / "ds")
+    rc, _, err = _run(_build_csv(log, tmp_path / "ds" / "sub", "--periods", "2"), capsys)
+    _assert_one_line_error(rc, err, f"is inside the period dataset {tmp_path / 'ds'}")
+    assert _tree(tmp_path / "ds") == before
+
+
+def test_build_errors_name_the_input_file(tmp_path, capsys):
+    log = _csv(tmp_path / "log.csv", ["u1,i1,7", "u2,i2,7"])
+    rc, _, err = _run(_build_csv(log, tmp_path / "ds", "--periods", "3"), capsys)
+    _assert_one_line_error(rc, err, "distinct timestamps")
+    assert err.startswith(f"sml-data: error: {log}: --periods 3 with --cut time")
