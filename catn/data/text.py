@@ -98,16 +98,19 @@ def load_word_vectors(path: str, words: list[str], dim: int | None = None) -> np
     """Rows for ``words`` (id order, row 0 = padding) from a word2vec/GloVe text file.
 
     Words absent from the file get small random vectors; a word2vec header line
-    ("count dim") is skipped. Raises DataError on a ragged line.
+    ("count dim") is skipped. Raises DataError on a ragged line, a non-numeric value or bytes
+    that are not UTF-8, naming the line.
     """
     from catn.data.errors import DataError
 
     want = {w: j + 1 for j, w in enumerate(words)}
     table: np.ndarray | None = None
     found = 0
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, start=1):
-            parts = line.rstrip().split(" ")
+    from sml_torchrec.data.sources import decode_line, open_binary
+
+    with open_binary(path) as f:  # plain, gzip, bz2 or xz, recognised by content
+        for lineno, raw in enumerate(f, start=1):
+            parts = decode_line(path, lineno, raw).rstrip().split(" ")
             if lineno == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
                 continue
             if len(parts) < 2:

@@ -27,10 +27,11 @@ from sml_torchrec.data._cli import (
 from sml_torchrec.data.build import BuildConfig, build_period_dataset, collect
 from sml_torchrec.data.period_dataset import PeriodDataset, check_period_output
 from sml_torchrec.data.sources._common import check_input_path
-from sml_torchrec.data.synthetic import SyntheticConfig, build_synthetic
+from sml_torchrec.data.synthetic import SyntheticConfig, build_synthetic, peak_bytes
 from sml_torchrec.errors import debug_requested, run_command
 
 PROG = "sml-data"
+MAX_SYNTHETIC_BYTES = 16 << 30  # the generator is a toy: refuse what would exhaust a machine
 SOURCE_NAMES = ("csv", "movielens", "yelp", "adressa", "synthetic")
 # Flags that only some sources read: giving one to another source is a mistake, not a no-op.
 ONLY_FOR = {
@@ -105,6 +106,14 @@ def _check_args(b: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         b.error("--input is not used by --source synthetic (it generates its log)")
     if args.source != "synthetic" and not args.input:
         b.error(f"--input is required for --source {args.source}")
+    if args.source == "synthetic":
+        cfg = SyntheticConfig(periods=args.periods)
+        cfg.num_users = args.num_users or cfg.num_users
+        need = peak_bytes(cfg)
+        if need > MAX_SYNTHETIC_BYTES:
+            b.error(f"--periods {cfg.periods} with --num-users {cfg.num_users} would need about "
+                    f"{need / 2**30:.0f} GiB of memory for the synthetic generator (at most "
+                    f"{MAX_SYNTHETIC_BYTES / 2**30:.0f} GiB); use fewer periods or users")
     if args.source == "csv":
         cols = [args.user_col or "user_id", args.item_col or "item_id",
                 args.time_col or "timestamp"]

@@ -26,6 +26,7 @@ directories, which count as this kind's files: the next build replaces them with
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import os
@@ -44,6 +45,7 @@ T = TypeVar("T")
 TMP_PREFIX = ".build-tmp-"
 OLD_PREFIX = ".build-old-"
 _LEFTOVERS = (TMP_PREFIX + "*", OLD_PREFIX + "*")
+_USER_FIXABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 class OutputError(UserError):
@@ -212,13 +214,17 @@ def write_dataset_dir(
         if layout.marker not in os.listdir(tmp):
             raise RuntimeError(f"the {layout.kind} writer did not write {layout.marker}")
         _swap_in(tmp, target, layout)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if created:
             try:
                 target.rmdir()
             except OSError:
                 pass
+        if isinstance(e, OSError) and e.errno in _USER_FIXABLE:
+            # A full disk or a read-only mount is the user's to fix, not a bug of ours.
+            raise OutputError(out, f"cannot be written: {e.strerror}; nothing was changed") \
+                from e
         raise
     return result
 

@@ -49,6 +49,14 @@ class SyntheticConfig:
     seed: int = 0
 
 
+def peak_bytes(config: SyntheticConfig) -> int:
+    """Rough peak memory of :func:`generate`: the last period's logits, Gumbel noise and their
+    sum over active users x living items, in float64."""
+    c = config
+    items = c.initial_items + c.new_items_per_period * max(c.periods - 1, 0)
+    return int(4 * 8 * max(c.active_prob, 0.01) * c.num_users * items)
+
+
 @dataclass
 class SyntheticLog:
     """Raw generated log (ids not yet renumbered); arrays of equal length, sorted by time."""

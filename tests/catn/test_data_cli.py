@@ -354,3 +354,20 @@ def test_info_into_a_closed_pipe_is_quiet(built):
     err = p.stderr.read().decode()
     p.stderr.close()
     assert p.wait(timeout=120) == 0 and "Traceback" not in err
+
+
+def test_word_vectors_by_content_and_by_line(tmp_path, capsys, amazon):
+    vectors = "".join(f"{w} 0.1 0.2 0.3\n" for w in ("nice", "books", "movies"))
+    (tmp_path / "wv.txt").write_bytes(gzip.compress(vectors.encode()))  # gzip, named .txt
+    rc, _, err = _run(["build", "--source", amazon[0], "--target", amazon[1], "--out",
+                       tmp_path / "ds", "--word-vectors", tmp_path / "wv.txt", *SMALL], capsys)
+    assert rc == 0, err
+    assert load_corpus(tmp_path / "ds").word_vectors.shape == (41, 3)
+    (tmp_path / "bad.txt").write_bytes(vectors.encode() + b"caf\xe9 0.1 0.2 0.3\n")
+    rc, _, err = _run(["build", "--source", amazon[0], "--target", amazon[1], "--out",
+                       tmp_path / "ds2", "--word-vectors", tmp_path / "bad.txt", *SMALL], capsys)
+    _assert_one_line_error(rc, err, "bad.txt: line 4: byte 0xe9 at column 4 is not UTF-8")
+    rc, _, err = _run(["build", "--source", amazon[0], "--target", amazon[1], "--out",
+                       tmp_path / "ds2", "--word-vectors", tmp_path / "none.txt", *SMALL], capsys)
+    _assert_one_line_error(rc, err, "--word-vectors")
+    assert "none.txt: no such file" in err and not (tmp_path / "ds2").exists()

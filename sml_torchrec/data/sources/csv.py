@@ -24,6 +24,7 @@ otherwise (integer types become int64).
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,7 +116,7 @@ def _resolve(path: str | Path, cols: list[str | int], names: list[str], what: st
             raise DataError(
                 path,
                 f"missing {role} column {c!r}; the {what} has columns: {', '.join(names)}"
-                + _delimiter_hint(names),
+                + (_delimiter_hint(names) or _name_hint(c, names)),
             )
         else:
             out.append(c)
@@ -132,6 +133,17 @@ def _delimiter_hint(names: list[str]) -> str:
         if d in names[0]:
             return f" (one column only: is the delimiter {d!r}? pass --delimiter {d!r})"
     return " (one column only: is the delimiter right?)"
+
+
+def _name_hint(wanted: str, names: list[str]) -> str:
+    """A near miss: the same name with spaces around it or in another case, or a close one."""
+    for n in names:
+        if n.strip() == wanted:
+            return f" (column {n!r} has spaces around its name)"
+        if n.strip().lower() == wanted.lower():
+            return f" (did you mean {n!r}? names are case-sensitive)"
+    close = difflib.get_close_matches(wanted, names, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _csv(
@@ -154,6 +166,21 @@ def _csv(
             ],
             schema=schema,
         )
+
+
+def _iter_parquet(
+    file: Path, pf: pq.ParquetFile, chunk_rows: int, columns: list[str]
+) -> Iterator[pa.RecordBatch]:
+    """``pf``'s batches; a corrupt page part-way through is a DataError naming the file."""
+    it = pf.iter_batches(batch_size=chunk_rows, columns=columns)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(file, f"cannot read as parquet (truncated or corrupt?): {e}") from None
+        yield batch
 
 
 def _parquet_id_type(t: pa.DataType) -> pa.DataType:
@@ -195,7 +222,7 @@ def _parquet(
                 )
         stats["files"] += 1
         start = 0
-        for batch in pf.iter_batches(batch_size=chunk_rows, columns=[user, item, ts]):
+        for batch in _iter_parquet(file, pf, chunk_rows, [user, item, ts]):
             where = row_locator(start)
             yield pa.RecordBatch.from_arrays(
                 [

@@ -161,6 +161,25 @@ BAD_BUILDS = [
     ("movielens-negative-ts", _w("u.data", b"1\t2\t3\t5\n1\t3\t4\t-9\n"), "movielens", [],
      "row 2: timestamp -9 is negative"),
     ("movielens-empty", _w("u.data", b"\n\n"), "movielens", [], "holds only blank lines"),
+    ("header-spaces", _rows("u1,i1,5", header="user_id, item_id, timestamp"), "csv", [],
+     "(column ' item_id' has spaces around its name)"),
+    ("header-case", _rows("u1,i1,5", header="User_ID,item_id,timestamp"), "csv", [],
+     "(did you mean 'User_ID'? names are case-sensitive)"),
+    ("header-near-miss", _rows("u1,i1,5", header="userid,item_id,timestamp"), "csv", [],
+     "(did you mean 'userid'?)"),
+    ("tsv-as-csv", _rows("u1\ti1\t5", header="user_id\titem_id\ttimestamp"), "csv", [],
+     "pass --delimiter '\\t'"),
+    ("truncated-gzip", lambda t: _w("log.csv", gzip.compress(
+        ("\n".join([HEADER, *GOOD * 50])).encode())[:300])(t), "csv", [],
+     "Truncated compressed stream"),
+    ("parquet-truncated", lambda t: _w("log.parquet", _parquet(
+        t / "full.parquet", user_id=[1, 2], item_id=[3, 4], timestamp=[5, 6]
+    ).read_bytes()[:40])(t), "csv", [], "log.parquet: cannot read as parquet"),
+    ("parquet-list-ids", lambda t: _parquet(t / "log.parquet", user_id=[1, 2],
+                                            item_id=[[1], [2]], timestamp=[5, 6]),
+     "csv", [], "column 'item_id': has type list<element: int64>, expected integer or string"),
+    ("movielens-all-filtered", _w("ratings.dat", b"1::2::3::5\n"), "movielens",
+     ["--min-rating", "4", "--periods", "1"], "a filter (--min-rating) dropped them all"),
     ("adressa-null-token", _json_lines({"userId": "null", "id": "a", "time": 5}, name="day"),
      "adressa", [], "userId: line 1: 'null' is a missing value"),
 ]
@@ -214,6 +233,24 @@ def test_bad_flag_combinations(tmp_path, capsys, argv, fragment):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and fragment in capsys.readouterr().err
+
+
+def test_synthetic_sizes(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["build", "--source", "synthetic", "--periods", "5000", "--num-users", "100000",
+              "--out", str(tmp_path / "ds")])
+    assert e.value.code == 2 and "GiB of memory" in capsys.readouterr().err
+    rc, _, err = _run(["build", "--source", "synthetic", "--periods", "3", "--num-users", "1",
+                       "--out", str(tmp_path / "ds")], capsys)
+    _assert_one_line_error(rc, err, "got no interactions with 1 users; use more users")
+    assert not (tmp_path / "ds").exists()
+
+
+def test_bom_and_crlf_are_fine(tmp_path, capsys):
+    (tmp_path / "log.csv").write_bytes(b"\xef\xbb\xbf" + "\r\n".join([HEADER, *GOOD]).encode())
+    rc, out, err = _run(_build_csv(tmp_path / "log.csv", tmp_path / "ds", "--periods", "2"),
+                        capsys)
+    assert rc == 0 and "40 interactions, 5 users, 7 items" in out
 
 
 def test_help_shows_defaults_and_choices(capsys):
