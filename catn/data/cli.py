@@ -34,6 +34,7 @@ from sml_torchrec.data._cli import (
     finite_float,
     fraction,
     nonnegative_int,
+    path_arg,
     positive_int,
 )
 from sml_torchrec.data.sources import check_text_file
@@ -96,9 +97,10 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=HelpFormatter, allow_abbrev=False,
                        description="Filter, split and tokenise two Amazon review files "
                                    "(JSON lines or Python dict literals, optionally compressed).")
-    b.add_argument("--source", required=True, help="source-domain review file (.json[.gz])")
-    b.add_argument("--target", required=True, help="target-domain review file")
-    b.add_argument("--out", required=True,
+    b.add_argument("--source", required=True, type=path_arg,
+                   help="source-domain review file (.json[.gz])")
+    b.add_argument("--target", type=path_arg, required=True, help="target-domain review file")
+    b.add_argument("--out", type=path_arg, required=True,
                    help="output dataset directory: new, empty, or a CATN dataset to replace "
                         "with --overwrite; never an input's directory")
     b.add_argument("--overwrite", action="store_true",
@@ -123,11 +125,11 @@ def _parser() -> argparse.ArgumentParser:
                    metavar="LO,HI",
                    help="the ratings' scale, inclusive: a rating outside it is an error naming "
                         "its file and line")
-    b.add_argument("--word-vectors", help="word2vec/GloVe text file (optional)")
+    b.add_argument("--word-vectors", type=path_arg, help="word2vec/GloVe text file (optional)")
     b.add_argument("--debug", action="store_true", help="show the traceback of an error too")
     i = sub.add_parser("info", help="describe a dataset directory",
                        formatter_class=HelpFormatter, allow_abbrev=False)
-    i.add_argument("dir", help="CATN dataset directory")
+    i.add_argument("dir", type=path_arg, help="CATN dataset directory")
     i.add_argument("--debug", action="store_true", help="show the traceback of an error too")
     return p
 

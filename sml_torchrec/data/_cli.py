@@ -71,6 +71,16 @@ def one_char(text: str) -> str:
     return text
 
 
+def path_arg(text: str) -> str:
+    """argparse type of a file or directory: not empty (an empty path would mean the working
+    directory, which nobody types on purpose)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError("must not hold a NUL byte")
+    return text
+
+
 class _Formatter(logging.Formatter):
     def __init__(self, prog: str) -> None:
         super().__init__("%(message)s")

@@ -22,6 +22,7 @@ from sml_torchrec.data._cli import (
     finite_float,
     nonnegative_int,
     one_char,
+    path_arg,
     positive_int,
 )
 from sml_torchrec.data.build import BuildConfig, build_period_dataset, collect
@@ -60,9 +61,10 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         description="Build a period dataset from a raw log (or the synthetic generator).",
     )
     b.add_argument("--source", choices=SOURCE_NAMES, required=True, help="format of the raw log")
-    b.add_argument("--input", help="raw file or directory (every source except synthetic); "
-                                   "compressed files (gzip, bz2, xz) are read by content")
-    b.add_argument("--out", required=True,
+    b.add_argument("--input", type=path_arg,
+                   help="raw file or directory (every source except synthetic); compressed "
+                        "files (gzip, bz2, xz) are read by content")
+    b.add_argument("--out", type=path_arg, required=True,
                    help="output dataset directory: new, empty, or a period dataset to replace "
                         "with --overwrite; never the input, its directory, or inside an input "
                         "directory")
@@ -92,7 +94,7 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     b.add_argument("--debug", action="store_true", help="show the traceback of an error too")
     i = sub.add_parser("info", help="per-period counts of a period dataset",
                        formatter_class=HelpFormatter, allow_abbrev=False)
-    i.add_argument("dir", help="period dataset directory")
+    i.add_argument("dir", type=path_arg, help="period dataset directory")
     i.add_argument("--debug", action="store_true", help="show the traceback of an error too")
     return p, b
 

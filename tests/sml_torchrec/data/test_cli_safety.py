@@ -228,6 +228,8 @@ def test_bad_flags_are_refused_by_the_parser(tmp_path, capsys, extra, fragment):
     (["build", "--source", "synthetic", "--out", "X", "--min-rating", "nan"],
      "'nan' is not a finite number"),
     (["build", "--source", "nope", "--out", "X"], "invalid choice: 'nope'"),
+    (["build", "--source", "synthetic", "--out", ""], "argument --out: must not be empty"),
+    (["build", "--source", "csv", "--input", " ", "--out", "X"], "--input: must not be empty"),
 ])
 def test_bad_flag_combinations(tmp_path, capsys, argv, fragment):
     with pytest.raises(SystemExit) as e:
