@@ -123,26 +123,31 @@ def check_output_dir(
     before reading any input, and the writer calls it again just before writing.
     """
     target = _resolve(out)
+    # Paths are compared both as written and with symbolic links resolved: a link to the input
+    # inside --out, or a --out that is a link to the input's directory, are both caught.
+    targets = {target, Path(os.path.abspath(out))}
     for inp in inputs:
         if inp is None:
             continue
-        src = _resolve(inp)
-        if target == src:
-            raise OutputError(out, f"is the input {inp} itself; choose another directory", flag)
-        if _within(src, target):
-            raise OutputError(
-                out,
-                f"contains the input {inp}, which a build never deletes or rewrites; "
-                "choose another directory",
-                flag,
-            )
-        if src.is_dir() and _within(target, src):
-            raise OutputError(
-                out,
-                f"is inside the input directory {inp}; outputs are never mixed with inputs, "
-                "choose a directory outside it",
-                flag,
-            )
+        for src in {_resolve(inp), Path(os.path.abspath(inp))}:
+            for t in targets:
+                if t == src:
+                    raise OutputError(out, f"is the input {inp} itself; choose another "
+                                           "directory", flag)
+                if _within(src, t):
+                    raise OutputError(
+                        out,
+                        f"contains the input {inp}, which a build never deletes or rewrites; "
+                        "choose another directory",
+                        flag,
+                    )
+                if src.is_dir() and _within(t, src):
+                    raise OutputError(
+                        out,
+                        f"is inside the input directory {inp}; outputs are never mixed with "
+                        "inputs, choose a directory outside it",
+                        flag,
+                    )
     for parent in target.parents:
         if (parent / layout.marker).is_file() and layout.marker_ok(parent):
             raise OutputError(out, f"is inside the {layout.kind} {parent}; choose a directory "

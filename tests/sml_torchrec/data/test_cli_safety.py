@@ -560,3 +560,18 @@ def test_build_errors_name_the_input_file(tmp_path, capsys):
     rc, _, err = _run(_build_csv(log, tmp_path / "ds", "--periods", "3"), capsys)
     _assert_one_line_error(rc, err, "distinct timestamps")
     assert err.startswith(f"sml-data: error: {log}: --periods 3 with --cut time")
+
+
+def test_symbolic_links_do_not_hide_the_input(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    log = _csv(data / "log.csv", GOOD)
+    (tmp_path / "link-to-data").symlink_to(data)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "log.csv").symlink_to(log)
+    before = _tree(data)
+    for src, out in ((log, tmp_path / "link-to-data"),
+                     (tmp_path / "out" / "log.csv", tmp_path / "out")):
+        rc, _, err = _run(_build_csv(src, out, "--periods", "1", "--overwrite"), capsys)
+        _assert_one_line_error(rc, err, "contains the input")
+    assert _tree(data) == before and (tmp_path / "out" / "log.csv").is_symlink()
