@@ -118,10 +118,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="words per prebuilt document")
     b.add_argument("--seed", type=nonnegative_int, default=d.seed,
                    help="seed of the cold-start split")
-    b.add_argument("--etas", type=_etas, default=d.etas,
+    b.add_argument("--etas", type=_etas, default=",".join(f"{e:g}" for e in d.etas),
                    help="comma-separated shares of training users, each in (0, 1], whose "
                         "documents are prebuilt")
-    b.add_argument("--rating-range", type=_rating_range, default=d.rating_range,
+    b.add_argument("--rating-range", type=_rating_range,
+                   default=",".join(f"{r:g}" for r in d.rating_range),
                    metavar="LO,HI",
                    help="the ratings' scale, inclusive: a rating outside it is an error naming "
                         "its file and line")

@@ -169,7 +169,8 @@ def test_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["build", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default: (1.0, 5.0))" in text and "(default: 0.5)" in text
+    assert "(default: 1,5)" in text and "(default: 1,0.5,0.2,0.1,0.05)" in text
+    assert "(default: 0.5)" in text
     assert "--overwrite" in text and "--debug" in text
 
 
