@@ -164,9 +164,8 @@ def read_metadata(meta_path: Path) -> PeriodMetadata:
     missing = sorted(required - set(raw))
     if missing:
         raise DataError(meta_path, f"missing field(s) {', '.join(missing)}")
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise DataError(meta_path, f"unknown field(s) {', '.join(unknown)}")
+    # Fields this version does not know are ignored: a later writer may add some.
+    raw = {k: v for k, v in raw.items() if k in known}
 
     def is_int(v: object) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)

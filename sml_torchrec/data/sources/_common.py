@@ -328,6 +328,7 @@ _REFUSED = {
     "parquet": "is a parquet file, not text; use --source csv with a .parquet name",
     "utf-16": "is UTF-16 text; save it as UTF-8",
     "binary": "is a binary file, not text (it holds NUL bytes)",
+    "tar": "is a tar archive; extract it and give the file inside",
 }
 _OPENERS: dict[str, Callable[..., IO[bytes]]] = {
     "gzip": gzip.open,
@@ -337,16 +338,22 @@ _OPENERS: dict[str, Callable[..., IO[bytes]]] = {
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
-def sniff(path: str | Path) -> str:
-    """What a file holds, from its first bytes: a key of ``_MAGIC``, "empty", "binary" or "text"."""
-    with open(path, "rb") as f:
-        head = f.read(8192)
+def _kind(head: bytes) -> str:
     if not head:
         return "empty"
     for magic, kind in _MAGIC:
         if head.startswith(magic):
             return kind
+    if head[257:262] == b"ustar":
+        return "tar"
     return "binary" if b"\x00" in head else "text"
+
+
+def sniff(path: str | Path) -> str:
+    """What a file holds, from its first bytes: a key of ``_MAGIC``, "tar", "empty", "binary"
+    or "text"."""
+    with open(path, "rb") as f:
+        return _kind(f.read(8192))
 
 
 def check_input_path(path: str | Path, what: str = "") -> None:
@@ -372,6 +379,17 @@ def check_text_file(path: str | Path) -> str:
         raise DataError(path, "empty file")
     if kind in _REFUSED:
         raise DataError(path, _REFUSED[kind])
+    if kind in _OPENERS:
+        # What is inside counts too: a .tar.gz or a compressed binary is no more a log.
+        try:
+            with _OPENERS[kind](path, "rb") as f:
+                inner = _kind(f.read(8192))
+        except (OSError, EOFError, lzma.LZMAError) as e:
+            raise DataError(path, f"cannot read: {kind} data is corrupt ({e})") from None
+        if inner == "empty":
+            raise DataError(path, f"empty file ({kind}-compressed)")
+        if inner in _REFUSED:
+            raise DataError(path, f"{kind}-compressed, and {_REFUSED[inner].removeprefix('is ')}")
     return kind
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -85,6 +86,17 @@ def _zip(tmp: Path) -> Path:
     return tmp / "log.csv"
 
 
+def _tar(compressed: bool):
+    def make(tmp: Path) -> Path:
+        _json_lines(_review())(tmp)
+        with tarfile.open(tmp / "review.tar", "w:gz" if compressed else "w") as t:
+            t.add(tmp / "review.json", arcname="review.json")
+        (tmp / "review.tar").replace(tmp / "review.json")  # named like the log it holds
+        return tmp / "review.json"
+
+    return make
+
+
 def _json_lines(*objs, name="review.json"):
     return _w(name, "".join((o if isinstance(o, str) else json.dumps(o)) + "\n"
                             for o in objs).encode())
@@ -128,6 +140,9 @@ BAD_BUILDS = [
     ("time-gap", _rows("u1,i1,0", "u2,i2,1", "u3,i3,2", "u4,i4,99"), "csv",
      ["--periods", "3"], "period(s) 1 of 3 would be empty"),
     ("zip-named-csv", _zip, "csv", [], "is a zip archive"),
+    ("tar", _tar(False), "yelp", [], "review.json: is a tar archive; extract it"),
+    ("tar-gz", _tar(True), "yelp", [], "gzip-compressed, and a tar archive; extract it"),
+    ("empty-gzip", _w("log.csv", gzip.compress(b"")), "csv", [], "empty file (gzip-compressed)"),
     ("utf16", _w("log.csv", ("\n".join([HEADER, *GOOD])).encode("utf-16")), "csv", [],
      "is UTF-16 text"),
     ("binary", _w("log.csv", b"\x00\x01\x02binary" * 10), "csv", [], "is a binary file"),
@@ -575,3 +590,9 @@ def test_symbolic_links_do_not_hide_the_input(tmp_path, capsys):
         rc, _, err = _run(_build_csv(src, out, "--periods", "1", "--overwrite"), capsys)
         _assert_one_line_error(rc, err, "contains the input")
     assert _tree(data) == before and (tmp_path / "out" / "log.csv").is_symlink()
+
+
+def test_info_ignores_fields_a_later_writer_adds(dataset, capsys):
+    _edit_meta(fingerprint="abc")(dataset)
+    rc, out, err = _run(["info", str(dataset)], capsys)
+    assert rc == 0 and err == "" and "5 users, 7 items, 3 periods" in out
