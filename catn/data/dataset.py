@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -483,7 +485,24 @@ def load_eta(
     data = prepare_eta(CrossDomainCorpus(
         source=corpus.source, target=corpus.target, num_users=corpus.num_users,
         vocab=corpus.vocab, role=corpus.role, common_rank=corpus.common_rank), eta, 1, seed)
-    with np.load(f) as z:
+    unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+    try:
+        z = np.load(f)
+    except unreadable as e:
+        raise DataError(f, f"unreadable prebuilt documents (truncated or corrupt?): {e}") from None
+    with z:
         for k in _DOC_KEYS:
-            setattr(data, k, z[k])
+            if k not in z.files:
+                raise DataError(f, f"missing array {k!r}; rebuild the dataset")
+            try:
+                docs = z[k]
+            except unreadable as e:
+                raise DataError(f, f"array {k!r} is unreadable (truncated or corrupt?): {e}") \
+                    from None
+            rows = corpus.num_users if k.startswith(("user", "aux")) else (
+                corpus.source.num_items if k.endswith("_s") else corpus.target.num_items)
+            if docs.shape != (rows, doc_len):
+                raise DataError(f, f"array {k!r} has shape {docs.shape}, expected "
+                                   f"({rows}, {doc_len})")
+            setattr(data, k, docs)
     return data

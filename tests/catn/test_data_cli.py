@@ -372,3 +372,16 @@ def test_word_vectors_by_content_and_by_line(tmp_path, capsys, amazon):
                        tmp_path / "ds2", "--word-vectors", tmp_path / "none.txt", *SMALL], capsys)
     _assert_one_line_error(rc, err, "--word-vectors")
     assert "none.txt: no such file" in err and not (tmp_path / "ds2").exists()
+
+
+def test_prebuilt_documents_are_checked(dataset):
+    from catn.data.dataset import load_eta
+    from catn.data.errors import DataError
+
+    corpus = load_corpus(dataset)
+    data = load_eta(corpus, dataset, 1.0, 16)
+    assert data.user_docs_s.shape == (corpus.num_users, 16)
+    npz = next(dataset.glob("docs_eta_1_len16.npz"))
+    npz.write_bytes(npz.read_bytes()[:100])
+    with pytest.raises(DataError, match=r"docs_eta_1_len16\.npz: unreadable prebuilt documents"):
+        load_eta(corpus, dataset, 1.0, 16)
