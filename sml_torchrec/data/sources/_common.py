@@ -100,7 +100,7 @@ NULL_TOKENS = ("", "nan", "-nan", "null", "none", "na", "n/a", "<na>", "#n/a", "
 
 
 def _rows(mask: pa.Array, where: Callable[[int], str], limit: int = 3) -> str:
-    """'row 4' or 'row 4 (and rows 9, 12 and 5 more)': the first places where ``mask`` holds."""
+    """'row 4' or 'row 4 (also 9, 12 and 5 more)': the first places where ``mask`` holds."""
     idx = pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist()
     if len(idx) == 1:
         return where(idx[0])
@@ -325,7 +325,7 @@ _REFUSED = {
     "lz4": "is lz4-compressed; decompress it first (lz4 -d)",
     "zip": "is a zip archive; unzip it and give the file inside",
     "7z": "is a 7z archive; extract it and give the file inside",
-    "parquet": "is a parquet file, not text; use --source csv with a .parquet name",
+    "parquet": "is a parquet file, not text; --source csv reads parquet",
     "utf-16": "is UTF-16 text; save it as UTF-8",
     "binary": "is a binary file, not text (it holds NUL bytes)",
     "tar": "is a tar archive; extract it and give the file inside",
@@ -494,25 +494,26 @@ def _csv_error(
     serially (which does) to find it; that cost is only ever paid on the error path.
     """
     msg = str(e)
-    if "UTF8" in msg or "utf8" in msg.lower():
+    if "utf8" in msg.lower():
         located = first_non_utf8_line(path)
         if located is not None:
             return located
     if not _ARROW_ROW.search(msg):
         try:
-            reader = pa_csv.open_csv(
-                _csv_stream(path),
-                read_options=pa_csv.ReadOptions(
-                    autogenerate_column_names=not header, use_threads=False
-                ),
-                parse_options=pa_csv.ParseOptions(delimiter=delimiter),
-                convert_options=pa_csv.ConvertOptions(
-                    include_columns=list(columns or []),
-                    column_types={c: pa.string() for c in columns or []},
-                ),
-            )
-            for _ in reader:
-                pass
+            with _csv_stream(path) as stream:
+                reader = pa_csv.open_csv(
+                    stream,
+                    read_options=pa_csv.ReadOptions(
+                        autogenerate_column_names=not header, use_threads=False
+                    ),
+                    parse_options=pa_csv.ParseOptions(delimiter=delimiter),
+                    convert_options=pa_csv.ConvertOptions(
+                        include_columns=list(columns or []),
+                        column_types={c: pa.string() for c in columns or []},
+                    ),
+                )
+                for _ in reader:
+                    pass
         except (pa.ArrowInvalid, OSError, EOFError) as again:
             msg = str(again)
     m = _ARROW_ROW.search(msg)
@@ -531,18 +532,16 @@ def csv_names(path: str | Path, delimiter: str, header: bool) -> list[str]:
 
     A header naming a column twice is an error: which of the two is meant would be a guess.
     """
-    try:
-        reader = pa_csv.open_csv(
-            _csv_stream(path),
-            read_options=pa_csv.ReadOptions(autogenerate_column_names=not header),
-            parse_options=pa_csv.ParseOptions(delimiter=delimiter),
-        )
-    except (pa.ArrowInvalid, OSError, EOFError) as e:
-        raise _csv_error(path, e, delimiter, header, None) from None
-    try:
+    with _csv_stream(path) as stream:
+        try:
+            reader = pa_csv.open_csv(
+                stream,
+                read_options=pa_csv.ReadOptions(autogenerate_column_names=not header),
+                parse_options=pa_csv.ParseOptions(delimiter=delimiter),
+            )
+        except (pa.ArrowInvalid, OSError, EOFError) as e:
+            raise _csv_error(path, e, delimiter, header, None) from None
         names = list(reader.schema.names)
-    finally:
-        reader.close()
     seen: set[str] = set()
     for n in names:
         if n in seen:
@@ -571,9 +570,10 @@ def csv_text_batches(
         null_values=[""],
         strings_can_be_null=True,
     )
+    stream = _csv_stream(path)
     try:
         reader = pa_csv.open_csv(
-            _csv_stream(path),
+            stream,
             read_options=reader_opts,
             parse_options=pa_csv.ParseOptions(delimiter=delimiter),
             convert_options=convert,
@@ -584,6 +584,8 @@ def csv_text_batches(
             start += batch.num_rows
     except (pa.ArrowInvalid, OSError, EOFError, lzma.LZMAError) as e:
         raise _csv_error(path, e, delimiter, header, columns) from None
+    finally:
+        stream.close()
 
 
 def rechunk(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:

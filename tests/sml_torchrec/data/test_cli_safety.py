@@ -9,6 +9,7 @@ import bz2
 import gzip
 import hashlib
 import json
+import lzma
 import os
 import subprocess
 import sys
@@ -279,10 +280,10 @@ def test_help_shows_defaults_and_choices(capsys):
     assert "(default: time)" in text and "(default: user_id)" in text
 
 
-def test_gzip_and_bz2_named_csv_are_read_by_content(tmp_path, capsys):
+def test_compressed_csv_is_read_by_content_whatever_its_name(tmp_path, capsys):
     data = ("\n".join([HEADER, *GOOD]) + "\n").encode()
     for name, packed in (("a.csv", gzip.compress(data)), ("b.csv", bz2.compress(data)),
-                         ("c.csv.gz", data)):
+                         ("c.csv.gz", data), ("d.csv", lzma.compress(data))):
         (tmp_path / name).write_bytes(packed)
         rc, out, err = _run(_build_csv(tmp_path / name, tmp_path / f"ds-{name}", "--periods",
                                        "2"), capsys)
