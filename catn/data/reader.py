@@ -5,6 +5,11 @@ Both published styles are accepted: the 2018 files hold strict JSON, while some 
 a time, so a multi-GB category never has to fit in memory; :func:`scan_ratings` keeps only the
 integer-coded ids, ratings and times, and the text is read in a second pass for the rows that
 survive the filters (:func:`iter_texts`).
+
+Nothing is accepted silently: a line that is not UTF-8, JSON or a dict literal, a missing
+required field, a null id or one spelling a missing value (``"NaN"``, ``"null"``), a rating
+outside the data's scale (``rating_range``, 1..5 by default) and a negative time are each a
+:class:`DataError` naming the file and the line.
 """
 
 from __future__ import annotations

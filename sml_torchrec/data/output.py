@@ -8,7 +8,7 @@ A build never loses a user's files. Its output directory (``--out``) must be one
 
 Anything else is refused before any work starts, with or without ``overwrite``: a file, a
 non-empty directory that is not a dataset of this kind (another kind of dataset included), a
-dataset directory that also holds other files (they would be deleted with it), and any
+dataset directory that also holds other files (they would be deleted with it), any
 directory that is an input, contains an input, or lies inside an input directory (an input is
 never deleted, rewritten or mixed with outputs), and any directory inside a dataset of the same
 kind (it would become part of that dataset's directory).

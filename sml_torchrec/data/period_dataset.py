@@ -311,9 +311,12 @@ def write_period_dataset(
 class PeriodDataset:
     """Reads a period dataset directory; ``dataset[t]`` is period t's :class:`Interactions`.
 
-    Only ``metadata.json`` is read on open; each period is read from its own file on demand, with
-    its schema, row count and id ranges checked, so a truncated or foreign file is reported by
-    name instead of producing silent garbage.
+    On open, ``metadata.json`` is checked field by field and held against every file's parquet
+    footer (schema, row count, min/max of ids, timestamps and period): the number of period
+    files, ``period_counts``, ``period_start``/``period_end``, ``users_upto``/``items_upto``,
+    ``num_users``/``num_items`` and the id maps must all agree, or a DataError names
+    ``metadata.json`` (or the file) and the field. No data is read until a period is asked for;
+    each period is then read from its own file with the same checks on the values themselves.
     """
 
     def __init__(self, root: str | Path) -> None:
