@@ -19,9 +19,10 @@ directory never looks complete half-way), the new entries are moved in (the mark
 the backup is deleted. All moves are renames within one directory; if one fails, the moves are
 undone and the old dataset is left as it was. The directory itself is never renamed or
 removed, so ``--out .`` keeps the shell's working directory, its permissions and any symlink
-pointing at it. A build killed half-way leaves hidden ``.build-tmp-*``/``.build-old-*``
-directories, which count as this kind's files: the next build replaces them with
-``--overwrite``.
+pointing at it. A build killed half-way leaves a hidden ``.build-tmp-*`` directory (the
+incomplete new dataset), which the next build clears, or, if killed during the swap, a hidden
+``.build-old-*`` directory holding (part of) the previous dataset, which counts as this kind's
+files: the next build replaces it only with ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -163,7 +164,10 @@ def check_output_dir(
         return
     if not target.is_dir():
         raise OutputError(out, "exists and is not a directory; choose another --out", flag)
-    names = sorted(os.listdir(target))
+    # A temporary directory left by a killed build holds an incomplete new dataset, never
+    # anything of the user's nor the previous dataset: it does not count, and is cleared.
+    names = sorted(n for n in os.listdir(target)
+                   if not (n.startswith(TMP_PREFIX) and layout.own(target, n)))
     if names:
         marker = layout.marker in names and layout.marker_ok(target)
         foreign = [n for n in names if not layout.own(target, n) or

@@ -597,3 +597,22 @@ def test_info_ignores_fields_a_later_writer_adds(dataset, capsys):
     _edit_meta(fingerprint="abc")(dataset)
     rc, out, err = _run(["info", str(dataset)], capsys)
     assert rc == 0 and err == "" and "5 users, 7 items, 3 periods" in out
+
+
+def test_leftovers_of_a_killed_build(tmp_path, capsys):
+    log = _csv(tmp_path / "log.csv", GOOD)
+    out = tmp_path / "ds"
+    (out / ".build-tmp-dead" / "periods").mkdir(parents=True)  # killed while writing
+    rc, _, err = _run(_build_csv(log, out, "--periods", "2"), capsys)
+    assert rc == 0, err
+    assert sorted(os.listdir(out)) == ["item_map.parquet", "metadata.json", "periods",
+                                       "user_map.parquet"]
+    # killed during the swap: the backup may hold the previous dataset, so --overwrite it is
+    (out / ".build-old-dead").mkdir()
+    (out / "metadata.json").rename(out / ".build-old-dead" / "metadata.json")
+    rc, _, err = _run(_build_csv(log, out, "--periods", "2"), capsys)
+    _assert_one_line_error(rc, err, "the remains of an interrupted period dataset build; pass "
+                                    "--overwrite")
+    rc, _, err = _run(_build_csv(log, out, "--periods", "2", "--overwrite"), capsys)
+    assert rc == 0 and PeriodDataset(out).num_periods == 2
+    assert not [n for n in os.listdir(out) if n.startswith(".")]
