@@ -24,6 +24,7 @@ from catn.data.dataset import (
     ROLE_COMMON,
     CrossDomainCorpus,
     check_corpus_output,
+    documents_bytes,
     load_corpus,
     num_training_users,
     save_corpus,
@@ -41,6 +42,7 @@ from sml_torchrec.data.sources import check_text_file
 from sml_torchrec.errors import debug_requested, run_command
 
 PROG = "catn-data"
+MAX_DOCUMENT_BYTES = 16 << 30  # per η; beyond it the build would exhaust the machine's memory
 
 
 def describe(c: CrossDomainCorpus, etas: tuple[float, ...] = ETAS) -> str:
@@ -148,6 +150,11 @@ def build(a: argparse.Namespace) -> None:
                       max_df=a.max_df, doc_len=a.doc_len, seed=a.seed,
                       word_vectors=a.word_vectors, etas=a.etas, rating_range=a.rating_range)
     corpus = build_from_files(a.source, a.target, cfg)  # filter report on stdout
+    need = documents_bytes(corpus, cfg.doc_len)
+    if need > MAX_DOCUMENT_BYTES:
+        raise DataError(None, f"--doc-len {cfg.doc_len} would need about {need / 2**30:.0f} GiB "
+                              f"for the documents of {corpus.num_users} users (at most "
+                              f"{MAX_DOCUMENT_BYTES / 2**30:.0f} GiB); use a smaller --doc-len")
     save_corpus(corpus, a.out, etas=cfg.etas, doc_len=cfg.doc_len, seed=0,
                 overwrite=a.overwrite, inputs=inputs)
     print(describe(corpus))

@@ -325,6 +325,12 @@ def check_corpus_output(
     check_output_dir(out, LAYOUT, overwrite=overwrite, inputs=inputs)
 
 
+def documents_bytes(corpus: CrossDomainCorpus, doc_len: int) -> int:
+    """Memory the documents of one η take (int32): four per-user and two per-item matrices."""
+    rows = 4 * corpus.num_users + corpus.source.num_items + corpus.target.num_items
+    return 4 * doc_len * rows
+
+
 def save_corpus(
     corpus: CrossDomainCorpus, out: str | Path, etas: tuple[float, ...] = (), doc_len: int = 500,
     seed: int = 0, *, overwrite: bool = False, inputs: Sequence[str | Path | None] = (),

@@ -318,6 +318,13 @@ def test_out_dot_and_rebuild(tmp_path, capsys, amazon, monkeypatch):
     assert not [n for n in os.listdir(empty) if n.startswith(".")]
 
 
+def test_a_doc_len_beyond_memory_is_refused(tmp_path, capsys, amazon):
+    rc, _, err = _run(["build", "--source", amazon[0], "--target", amazon[1], "--out",
+                       tmp_path / "ds", *SMALL, "--doc-len", "100000000"], capsys)
+    _assert_one_line_error(rc, err, "--doc-len 100000000 would need about")
+    assert not (tmp_path / "ds").exists()
+
+
 def test_debug_shows_the_traceback(tmp_path, capsys, amazon):
     rc, _, err = _run(["build", "--source", tmp_path / "nope", "--target", amazon[1], "--out",
                        tmp_path / "ds", "--debug"], capsys)
