@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ast
 import json
-import lzma
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from catn.data.errors import DataError
-from sml_torchrec.data.sources import NULL_TOKENS, decode_line, open_binary
+from sml_torchrec.data.sources import (
+    NULL_TOKENS,
+    READ_ERRORS,
+    decode_line,
+    field_list,
+    open_binary,
+)
 
 REQUIRED_FIELDS = ("reviewerID", "asin", "overall")
 
@@ -67,7 +72,7 @@ def _parse(path: Path, lineno: int, raw: bytes) -> dict | None:
         raise DataError(
             path,
             f"line {lineno}: missing field(s) {', '.join(missing)} (fields present: "
-            f"{', '.join(map(str, obj)) or 'none'})",
+            f"{field_list(obj)})",
         )
     return obj
 
@@ -126,7 +131,7 @@ def iter_reviews(
     with open_binary(path) as f:
         try:
             yield from _reviews(path, f, rating_range)
-        except (OSError, EOFError, lzma.LZMAError) as e:  # truncated or corrupt compressed file
+        except READ_ERRORS as e:  # truncated or corrupt compressed file
             raise DataError(path, f"cannot read: {e}") from None
 
 

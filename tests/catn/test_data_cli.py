@@ -69,6 +69,8 @@ BAD_FILES = [
     ("malformed", _lines(_review(), '{"reviewerID": "A1", oops'), "line 2: not a JSON object"),
     ("missing-field", _lines({"reviewerID": "A", "overall": 3}),
      "line 1: missing field(s) asin (fields present: reviewerID, overall)"),
+    ("control-char-field", _lines({"reviewerID": "A", "as\x1din": "X", "overall": 3}),
+     "(fields present: reviewerID, as\\x1din, overall)"),
     ("not-object", _lines("[1, 2]"), "line 1: expected an object, got list"),
     ("null-user", _lines(_review(user=None)), "line 1: field 'reviewerID' is null"),
     *[(f"user-{tok}", _lines(_review(), _review(user=tok)),

@@ -22,11 +22,14 @@ from typing import Any
 from sml_torchrec.data.sources import adressa, csv, movielens, yelp
 from sml_torchrec.data.sources._common import (
     NULL_TOKENS,
+    READ_ERRORS,
     Batches,
     check_input_path,
     check_text_file,
     decode_line,
+    field_list,
     open_binary,
+    printable,
 )
 
 # name -> read function; each also has `.options`, the tuple of keyword options it accepts.
@@ -51,11 +54,14 @@ def read_source(name: str, path: str | Path, **options: Any) -> Batches:
 
 __all__ = [
     "NULL_TOKENS",
+    "READ_ERRORS",
     "SOURCES",
     "Batches",
     "check_input_path",
     "check_text_file",
     "decode_line",
+    "field_list",
     "open_binary",
+    "printable",
     "read_source",
 ]

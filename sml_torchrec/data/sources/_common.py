@@ -12,6 +12,7 @@ import logging
 import lzma
 import os
 import re
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -336,6 +337,8 @@ _OPENERS: dict[str, Callable[..., IO[bytes]]] = {
     "xz": lzma.open,
 }
 UTF8_BOM = b"\xef\xbb\xbf"
+# What reading a truncated or corrupt (compressed) file raises, depending on the codec.
+READ_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error)
 
 
 def _kind(head: bytes) -> str:
@@ -384,7 +387,7 @@ def check_text_file(path: str | Path) -> str:
         try:
             with _OPENERS[kind](path, "rb") as f:
                 inner = _kind(f.read(8192))
-        except (OSError, EOFError, lzma.LZMAError) as e:
+        except READ_ERRORS as e:
             raise DataError(path, f"cannot read: {kind} data is corrupt ({e})") from None
         if inner == "empty":
             raise DataError(path, f"empty file ({kind}-compressed)")
@@ -419,11 +422,14 @@ def decode_line(path: str | Path, lineno: int, raw: bytes) -> str:
 def first_non_utf8_line(path: str | Path) -> DataError | None:
     """The :func:`decode_line` error of the first line of ``path`` that is not UTF-8, if any."""
     with open_binary(path) as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                decode_line(path, lineno, raw)
-            except DataError as e:
-                return e
+        try:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    decode_line(path, lineno, raw)
+                except DataError as e:
+                    return e
+        except READ_ERRORS as e:
+            return DataError(path, f"cannot read: {e}")
     return None
 
 
@@ -440,8 +446,18 @@ def json_objects(path: str | Path) -> Iterator[tuple[int, Any]]:
                     yield lineno, loads(text)
                 except ValueError as e:
                     raise DataError(path, f"line {lineno}: malformed JSON: {e}") from None
-        except (OSError, EOFError, lzma.LZMAError) as e:  # truncated or corrupt compressed file
+        except READ_ERRORS as e:  # truncated or corrupt compressed file
             raise DataError(path, f"cannot read: {e}") from None
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped, so that an error stays one readable line."""
+    return "".join(c if c >= " " or c == "\t" else repr(c)[1:-1] for c in text)
+
+
+def field_list(obj: dict) -> str:
+    """The keys of a parsed JSON object, for an error message ("none" when there are none)."""
+    return ", ".join(printable(str(k)) for k in obj) or "none"
 
 
 def missing_field(path: str | Path, lineno: int, obj: Any, fields: Sequence[str]) -> DataError:
@@ -450,7 +466,8 @@ def missing_field(path: str | Path, lineno: int, obj: Any, fields: Sequence[str]
         return DataError(path, f"line {lineno}: expected a JSON object, got {type(obj).__name__}")
     absent = [f for f in fields if f not in obj]
     return DataError(
-        path, f"line {lineno}: missing field {absent[0]!r} (fields present: {', '.join(obj)})"
+        path,
+        f"line {lineno}: missing field {absent[0]!r} (fields present: {field_list(obj)})",
     )
 
 
@@ -514,7 +531,7 @@ def _csv_error(
                 )
                 for _ in reader:
                     pass
-        except (pa.ArrowInvalid, OSError, EOFError) as again:
+        except (pa.ArrowInvalid, *READ_ERRORS) as again:
             msg = str(again)
     m = _ARROW_ROW.search(msg)
     if m:
@@ -522,6 +539,10 @@ def _csv_error(
         row = int(m.group(1)) - (1 if header else 0)
         msg = f"row {row}: " + _ARROW_ROW.sub("", msg, count=1)
     msg = msg.replace("CSV parse error: ", "")
+    # pyarrow quotes the offending row, which may hold line breaks or other control
+    # characters: they are escaped so that the report stays one line.
+    msg = printable(msg)
+    msg = msg if len(msg) <= 300 else msg[:300] + "..."
     if "Empty CSV file" in msg:
         return DataError(path, "no lines to read")
     return DataError(path, f"cannot parse as CSV (delimiter {delimiter!r}): {msg}")
@@ -539,7 +560,7 @@ def csv_names(path: str | Path, delimiter: str, header: bool) -> list[str]:
                 read_options=pa_csv.ReadOptions(autogenerate_column_names=not header),
                 parse_options=pa_csv.ParseOptions(delimiter=delimiter),
             )
-        except (pa.ArrowInvalid, OSError, EOFError) as e:
+        except (pa.ArrowInvalid, *READ_ERRORS) as e:
             raise _csv_error(path, e, delimiter, header, None) from None
         names = list(reader.schema.names)
     seen: set[str] = set()
@@ -582,7 +603,7 @@ def csv_text_batches(
         for batch in rechunk(reader, chunk_rows):
             yield batch, start
             start += batch.num_rows
-    except (pa.ArrowInvalid, OSError, EOFError, lzma.LZMAError) as e:
+    except (pa.ArrowInvalid, *READ_ERRORS) as e:
         raise _csv_error(path, e, delimiter, header, columns) from None
     finally:
         stream.close()

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 from sml_torchrec.data.errors import DataError
 from sml_torchrec.data.sources._common import (
     DEFAULT_CHUNK_ROWS,
+    READ_ERRORS,
     Batches,
     csv_names,
     csv_text_batches,
@@ -70,7 +71,7 @@ def _layout(path: Path) -> tuple[str, bool, list[int]]:
     with open_binary(path) as f:
         try:
             first = next((line for line in f if line.strip()), b"")
-        except (OSError, EOFError) as e:
+        except READ_ERRORS as e:
             raise DataError(path, f"cannot read: {e}") from None
     if not first:
         raise DataError(path, "holds only blank lines")
