@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 from catn.data.documents import build_documents, match_auxiliary_reviews
 from catn.data.errors import DataError, SplitError
 from sml_torchrec.data.output import DatasetLayout, check_output_dir, write_dataset_dir
+from sml_torchrec.data.sources import PARQUET_ERRORS, reason
 
 ROLE_SOURCE_ONLY = 0
 ROLE_TARGET_ONLY = 1
@@ -382,12 +383,42 @@ def _read_parquet(path: Path, columns: Sequence[str]) -> pa.Table:
                               "`catn-data build`")
     try:
         t = pq.read_table(path)
-    except (OSError, pa.ArrowException) as e:
-        raise DataError(path, f"unreadable parquet file (truncated or corrupt?): {e}") from None
+        # Damaged pages or names (text that is not UTF-8) fail here, not at first use.
+        t.validate(full=True)
+        _ = t.column_names
+    except PARQUET_ERRORS as e:
+        raise DataError(
+            path, f"unreadable parquet file (truncated or corrupt?): {reason(e)}"
+        ) from None
     for col in columns:
         if col not in t.column_names:
             raise DataError(path, f"missing column {col!r} (has {', '.join(t.column_names)})")
     return t
+
+
+def _check_meta(meta_path: Path, meta: dict) -> None:
+    """The fields of ``meta.json`` that loading relies on have the types the build writes."""
+
+    def is_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_number(v: object) -> bool:
+        return (is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+    for key in ("num_users", "num_items_source", "num_items_target", "vocab_size"):
+        if key in meta and not (is_int(meta[key]) and meta[key] >= 0):
+            raise DataError(meta_path, f"{key} is {meta[key]!r}, expected an integer >= 0")
+    if "rating_range" in meta:
+        r = meta["rating_range"]
+        if not (isinstance(r, list) and len(r) == 2 and all(map(is_number, r)) and r[0] < r[1]):
+            raise DataError(meta_path, f"rating_range is {r!r}, expected [lo, hi] with lo < hi")
+    prebuilt = meta.get("prebuilt", [])
+    if not isinstance(prebuilt, list) or not all(
+        isinstance(p, dict) and is_number(p.get("eta")) and is_int(p.get("doc_len"))
+        and is_int(p.get("seed")) for p in prebuilt
+    ):
+        raise DataError(meta_path, f"prebuilt is {prebuilt!r}, expected a list of "
+                                   "{eta, doc_len, seed} objects")
 
 
 def load_corpus(path: str | Path) -> CrossDomainCorpus:
@@ -409,16 +440,17 @@ def load_corpus(path: str | Path) -> CrossDomainCorpus:
     except json.JSONDecodeError as e:
         raise DataError(meta_path, f"line {e.lineno}: invalid JSON: {e.msg}") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(meta_path, f"unreadable: {e}") from None
+        raise DataError(meta_path, f"unreadable: {reason(e)}") from None
     if not isinstance(meta, dict):
         raise DataError(meta_path, f"expected a JSON object, got {type(meta).__name__}")
+    _check_meta(meta_path, meta)
     vocab_path = path / "vocab.txt"
     try:
         vocab = vocab_path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise DataError(vocab_path, "missing: the dataset is incomplete; rebuild it") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(vocab_path, f"unreadable: {e}") from None
+        raise DataError(vocab_path, f"unreadable: {reason(e)}") from None
     users = _read_parquet(path / "users.parquet", ("name", "role", "common_rank"))
     names_s = _read_parquet(path / "items_source.parquet", ("name",)).column("name").to_pylist()
     names_t = _read_parquet(path / "items_target.parquet", ("name",)).column("name").to_pylist()
@@ -431,13 +463,19 @@ def load_corpus(path: str | Path) -> CrossDomainCorpus:
                             ("vocab_size", len(vocab), "vocab.txt lines")):
         if key in meta and meta[key] != have:
             raise DataError(meta_path, f"{key} is {meta[key]!r} but there are {have} {what}")
-    role = users.column("role").to_numpy(zero_copy_only=False)
+    for col in ("role", "common_rank"):
+        col_type = users.schema.field(col).type
+        if not pa.types.is_integer(col_type) or users.column(col).null_count:
+            raise DataError(path / "users.parquet", f"column {col!r} has type {col_type} or "
+                                                     "missing values, expected integers")
+    role = users.column("role").to_numpy()
     known_roles = (ROLE_SOURCE_ONLY, ROLE_TARGET_ONLY, ROLE_COLD_VAL, ROLE_COLD_TEST,
                    ROLE_COMMON)
     if role.size and not np.isin(role, known_roles).all():
-        raise DataError(path / "users.parquet", f"column 'role' holds {int(role.max())}, not "
-                                                 "a user role (0..4)")
-    lo, hi = meta.get("rating_range", (-np.inf, np.inf))
+        k = int(np.argmax(~np.isin(role, known_roles)))
+        raise DataError(path / "users.parquet", f"row {k + 1}: column 'role' holds "
+                                                 f"{int(role[k])}, not a user role (0..4)")
+    lo, hi = meta.get("rating_range", (-math.inf, math.inf))
     for fname, d in (("reviews_source.parquet", src), ("reviews_target.parquet", tgt)):
         if len(d) and (d.user.min() < 0 or d.user.max() >= nu):
             raise DataError(path / fname, f"user id {int(d.user.max())} out of range of "
@@ -457,12 +495,12 @@ def load_corpus(path: str | Path) -> CrossDomainCorpus:
     try:
         vectors = np.load(wv) if wv.exists() else None
     except (OSError, ValueError) as e:
-        raise DataError(wv, f"unreadable: {e}") from None
+        raise DataError(wv, f"unreadable: {reason(e)}") from None
     if vectors is not None and (vectors.ndim != 2 or vectors.shape[0] != len(vocab) + 1):
         raise DataError(wv, f"shape {vectors.shape}, expected ({len(vocab) + 1}, d): one row "
                             "per word of vocab.txt plus padding")
     for p in meta.get("prebuilt", []):
-        f = path / _eta_file(p.get("eta", 0)).format(p.get("doc_len"))
+        f = path / _eta_file(p["eta"]).format(p["doc_len"])
         if not f.is_file():
             raise DataError(meta_path, f"lists prebuilt documents {f.name}, which is missing")
     return CrossDomainCorpus(
@@ -495,7 +533,9 @@ def load_eta(
     try:
         z = np.load(f)
     except unreadable as e:
-        raise DataError(f, f"unreadable prebuilt documents (truncated or corrupt?): {e}") from None
+        raise DataError(
+            f, f"unreadable prebuilt documents (truncated or corrupt?): {reason(e)}"
+        ) from None
     with z:
         for k in _DOC_KEYS:
             if k not in z.files:
@@ -503,8 +543,9 @@ def load_eta(
             try:
                 docs = z[k]
             except unreadable as e:
-                raise DataError(f, f"array {k!r} is unreadable (truncated or corrupt?): {e}") \
-                    from None
+                raise DataError(
+                    f, f"array {k!r} is unreadable (truncated or corrupt?): {reason(e)}"
+                ) from None
             rows = corpus.num_users if k.startswith(("user", "aux")) else (
                 corpus.source.num_items if k.endswith("_s") else corpus.target.num_items)
             if docs.shape != (rows, doc_len):

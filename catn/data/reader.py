@@ -30,6 +30,7 @@ from sml_torchrec.data.sources import (
     decode_line,
     field_list,
     open_binary,
+    reason,
 )
 
 REQUIRED_FIELDS = ("reviewerID", "asin", "overall")
@@ -132,7 +133,7 @@ def iter_reviews(
         try:
             yield from _reviews(path, f, rating_range)
         except READ_ERRORS as e:  # truncated or corrupt compressed file
-            raise DataError(path, f"cannot read: {e}") from None
+            raise DataError(path, f"cannot read: {reason(e)}") from None
 
 
 def _reviews(

@@ -102,7 +102,7 @@ def load_word_vectors(path: str, words: list[str], dim: int | None = None) -> np
     that are not UTF-8, naming the line.
     """
     from catn.data.errors import DataError
-    from sml_torchrec.data.sources import READ_ERRORS, decode_line, open_binary
+    from sml_torchrec.data.sources import READ_ERRORS, decode_line, open_binary, reason
 
     want = {w: j + 1 for j, w in enumerate(words)}
     table: np.ndarray | None = None
@@ -113,7 +113,7 @@ def load_word_vectors(path: str, words: list[str], dim: int | None = None) -> np
             try:
                 yield from enumerate(f, start=1)
             except READ_ERRORS as e:  # truncated or corrupt compressed file
-                raise DataError(path, f"cannot read: {e}") from None
+                raise DataError(path, f"cannot read: {reason(e)}") from None
 
     for lineno, raw in numbered_lines():
         parts = decode_line(path, lineno, raw).rstrip().split(" ")

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from sml_torchrec.data.errors import DataError
 from sml_torchrec.data.output import DatasetLayout, check_output_dir, write_dataset_dir
+from sml_torchrec.data.sources._common import PARQUET_ERRORS, reason
 
 FORMAT_VERSION = 1
 SCHEMA = pa.schema(
@@ -152,7 +153,7 @@ def read_metadata(meta_path: Path) -> PeriodMetadata:
     except json.JSONDecodeError as e:
         raise DataError(meta_path, f"line {e.lineno}: invalid JSON: {e.msg}") from None
     except (UnicodeDecodeError, OSError) as e:
-        raise DataError(meta_path, f"unreadable: {e}") from None
+        raise DataError(meta_path, f"unreadable: {reason(e)}") from None
     if not isinstance(raw, dict):
         raise DataError(meta_path, f"expected a JSON object, got {type(raw).__name__}")
     version = raw.get("format_version")
@@ -311,12 +312,12 @@ def write_period_dataset(
 class PeriodDataset:
     """Reads a period dataset directory; ``dataset[t]`` is period t's :class:`Interactions`.
 
-    On open, ``metadata.json`` is checked field by field and held against every file's parquet
-    footer (schema, row count, min/max of ids, timestamps and period): the number of period
-    files, ``period_counts``, ``period_start``/``period_end``, ``users_upto``/``items_upto``,
+    On open, ``metadata.json`` is checked field by field and held against every file (schema,
+    row count, ranges of ids, timestamps and period): the number of period files,
+    ``period_counts``, ``period_start``/``period_end``, ``users_upto``/``items_upto``,
     ``num_users``/``num_items`` and the id maps must all agree, or a DataError names
-    ``metadata.json`` (or the file) and the field. No data is read until a period is asked for;
-    each period is then read from its own file with the same checks on the values themselves.
+    ``metadata.json`` (or the file) and the field. Each file is read once for that and not
+    kept; ``dataset[t]`` then reads period t from its own file, with the same checks.
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -337,9 +338,8 @@ class PeriodDataset:
         return self.meta.num_periods
 
     def _check_files(self) -> None:
-        """Hold every file against metadata.json, from the parquet footers only (row counts and
-        column statistics), so a dataset that disagrees with its metadata is refused on open
-        rather than producing wrong counts later."""
+        """Hold every file against metadata.json, so a dataset that disagrees with its metadata
+        is refused on open rather than producing wrong counts later."""
         m, meta_path = self.meta, self.root / "metadata.json"
         periods_dir = self.root / "periods"
         present = sorted(p.name for p in periods_dir.glob("period=*.parquet"))
@@ -353,10 +353,11 @@ class PeriodDataset:
             )
         user_hi = item_hi = -1
         for t in range(m.num_periods):
-            path = self.root / period_file_name(t)
-            lo_hi = self._footer(path, t)
-            user_hi = max(user_hi, lo_hi["user_id"][1])
-            item_hi = max(item_hi, lo_hi["item_id"][1])
+            # Every file is read once (and dropped): pyarrow reports a corrupt file cleanly
+            # when reading it, whereas inspecting a damaged footer's statistics can abort.
+            d = self._read(t)
+            user_hi = max(user_hi, int(d.user_id.max()))
+            item_hi = max(item_hi, int(d.item_id.max()))
             for field_name, upto, hi in (("users_upto", m.users_upto, user_hi),
                                          ("items_upto", m.items_upto, item_hi)):
                 if upto[t] != hi + 1:
@@ -366,7 +367,7 @@ class PeriodDataset:
                         f"{field_name}[{t}] is {upto[t]} but periods 0..{t} hold {what[:-1]} ids "
                         f"0..{hi}, i.e. {hi + 1} {what}",
                     )
-            ts_lo, ts_hi = lo_hi["timestamp"]
+            ts_lo, ts_hi = int(d.timestamp.min()), int(d.timestamp.max())
             if (ts_lo, ts_hi) != (m.period_start[t], m.period_end[t]):
                 raise DataError(
                     meta_path,
@@ -379,49 +380,14 @@ class PeriodDataset:
                 rows = pq.ParquetFile(path).metadata.num_rows
             except FileNotFoundError:
                 raise DataError(path, "missing: the dataset is incomplete; rebuild it") from None
-            except (pa.ArrowException, OSError) as e:
-                raise DataError(path, f"unreadable id map (truncated or corrupt?): {e}") from None
+            except PARQUET_ERRORS as e:
+                raise DataError(
+                    path, f"unreadable id map (truncated or corrupt?): {reason(e)}"
+                ) from None
             if rows != count:
                 raise DataError(
                     meta_path, f"num_{kind}s is {count} but {path.name} maps {rows} {kind}s"
                 )
-
-    def _footer(self, path: Path, t: int) -> dict[str, tuple[int, int]]:
-        """(min, max) of each column of period ``t``'s file, checked against metadata.json.
-
-        Statistics come from the footer; a file without them is read (two columns) instead.
-        """
-        if not path.is_file():
-            raise DataError(path, f"missing file for period {t}")
-        try:
-            pf = pq.ParquetFile(path)
-            md = pf.metadata
-        except (pa.ArrowException, OSError) as e:
-            raise DataError(path, f"unreadable parquet file (truncated or corrupt?): {e}") from e
-        _check_schema(path, pf.schema_arrow)
-        if md.num_rows != self.meta.period_counts[t]:
-            raise DataError(
-                path, f"has {md.num_rows} rows, metadata.json says {self.meta.period_counts[t]}"
-            )
-        out: dict[str, tuple[int, int]] = {}
-        names = [md.schema.column(j).name for j in range(md.num_columns)]
-        for f in SCHEMA:
-            j = names.index(f.name)
-            stats = [md.row_group(g).column(j).statistics for g in range(md.num_row_groups)]
-            if all(st is not None and st.has_min_max for st in stats) and stats:
-                out[f.name] = (min(st.min for st in stats), max(st.max for st in stats))
-            else:
-                try:
-                    col = pq.read_table(path, columns=[f.name]).column(0).to_numpy()
-                except (pa.ArrowException, OSError) as e:
-                    raise DataError(path, f"unreadable parquet file: {e}") from e
-                out[f.name] = (int(col.min()), int(col.max()))
-        _check_ids(path, "user_id", np.array(out["user_id"]), self.num_users)
-        _check_ids(path, "item_id", np.array(out["item_id"]), self.num_items)
-        if out["period"] != (t, t):
-            bad = out["period"][0] if out["period"][0] != t else out["period"][1]
-            raise DataError(path, f"column 'period' holds {bad}, not {t}")
-        return out
 
     @property
     def num_users(self) -> int:
@@ -462,8 +428,13 @@ class PeriodDataset:
             raise DataError(path, f"missing file for period {t}")
         try:
             table = pq.read_table(path)
-        except (pa.ArrowException, OSError) as e:
-            raise DataError(path, f"unreadable parquet file (truncated or corrupt?): {e}") from e
+            # Damaged pages or names (text that is not UTF-8) fail here, not at first use.
+            table.validate(full=True)
+            _ = table.column_names
+        except PARQUET_ERRORS as e:
+            raise DataError(
+                path, f"unreadable parquet file (truncated or corrupt?): {reason(e)}"
+            ) from e
         _check_schema(path, table.schema)
         if table.num_rows != self.meta.period_counts[t]:
             raise DataError(
@@ -487,9 +458,17 @@ class PeriodDataset:
         path = self.root / f"{kind}_map.parquet"
         try:
             table = pq.read_table(path)
-        except (pa.ArrowException, OSError) as e:
-            raise DataError(path, f"unreadable id map: {e}") from e
-        ids = table.column("id").to_numpy()
+            # Damaged pages or names (text that is not UTF-8) fail here, not at first use.
+            table.validate(full=True)
+            _ = table.column_names
+        except PARQUET_ERRORS as e:
+            raise DataError(path, f"unreadable id map: {reason(e)}") from e
+        for col in ("raw_id", "id"):
+            if col not in table.column_names:
+                raise DataError(
+                    path, f"missing column {col!r} (has {', '.join(table.column_names)})"
+                )
+        ids = table.column("id").to_numpy(zero_copy_only=False)
         if not np.array_equal(ids, np.arange(len(ids))):
             raise DataError(path, "column 'id' is not 0..n-1 in order")
         return table.column("raw_id").combine_chunks()

@@ -210,7 +210,14 @@ def _bad_rating(ds):
                    ds / "reviews_target.parquet")
 
 
+def _names_not_utf8(ds):
+    t = pq.read_table(ds / "users.parquet")
+    bad = pa.array([b"\xff\xfe"] * t.num_rows, pa.binary()).view(pa.string())
+    pq.write_table(t.set_column(t.column_names.index("name"), "name", bad), ds / "users.parquet")
+
+
 DAMAGE = [
+    ("names-not-utf8", _names_not_utf8, "users.parquet: unreadable parquet file"),
     ("missing-users", lambda ds: (ds / "users.parquet").unlink(), "users.parquet: missing"),
     ("missing-vocab", lambda ds: (ds / "vocab.txt").unlink(), "vocab.txt: missing"),
     ("corrupt-reviews", lambda ds: (ds / "reviews_source.parquet").write_bytes(b"PAR1xx"),

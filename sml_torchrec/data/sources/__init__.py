@@ -22,6 +22,7 @@ from typing import Any
 from sml_torchrec.data.sources import adressa, csv, movielens, yelp
 from sml_torchrec.data.sources._common import (
     NULL_TOKENS,
+    PARQUET_ERRORS,
     READ_ERRORS,
     Batches,
     check_input_path,
@@ -30,6 +31,7 @@ from sml_torchrec.data.sources._common import (
     field_list,
     open_binary,
     printable,
+    reason,
 )
 
 # name -> read function; each also has `.options`, the tuple of keyword options it accepts.
@@ -54,6 +56,7 @@ def read_source(name: str, path: str | Path, **options: Any) -> Batches:
 
 __all__ = [
     "NULL_TOKENS",
+    "PARQUET_ERRORS",
     "READ_ERRORS",
     "SOURCES",
     "Batches",
@@ -63,5 +66,6 @@ __all__ = [
     "field_list",
     "open_binary",
     "printable",
+    "reason",
     "read_source",
 ]

@@ -339,6 +339,8 @@ _OPENERS: dict[str, Callable[..., IO[bytes]]] = {
 UTF8_BOM = b"\xef\xbb\xbf"
 # What reading a truncated or corrupt (compressed) file raises, depending on the codec.
 READ_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error)
+# What pyarrow raises for a corrupt parquet file (a damaged footer can even fail to decode).
+PARQUET_ERRORS = (pa.ArrowException, OSError, ValueError)
 
 
 def _kind(head: bytes) -> str:
@@ -388,7 +390,7 @@ def check_text_file(path: str | Path) -> str:
             with _OPENERS[kind](path, "rb") as f:
                 inner = _kind(f.read(8192))
         except READ_ERRORS as e:
-            raise DataError(path, f"cannot read: {kind} data is corrupt ({e})") from None
+            raise DataError(path, f"cannot read: {kind} data is corrupt ({reason(e)})") from None
         if inner == "empty":
             raise DataError(path, f"empty file ({kind}-compressed)")
         if inner in _REFUSED:
@@ -429,7 +431,7 @@ def first_non_utf8_line(path: str | Path) -> DataError | None:
                 except DataError as e:
                     return e
         except READ_ERRORS as e:
-            return DataError(path, f"cannot read: {e}")
+            return DataError(path, f"cannot read: {reason(e)}")
     return None
 
 
@@ -445,14 +447,20 @@ def json_objects(path: str | Path) -> Iterator[tuple[int, Any]]:
                 try:
                     yield lineno, loads(text)
                 except ValueError as e:
-                    raise DataError(path, f"line {lineno}: malformed JSON: {e}") from None
+                    raise DataError(path, f"line {lineno}: malformed JSON: {reason(e)}") from None
         except READ_ERRORS as e:  # truncated or corrupt compressed file
-            raise DataError(path, f"cannot read: {e}") from None
+            raise DataError(path, f"cannot read: {reason(e)}") from None
 
 
 def printable(text: str) -> str:
     """``text`` with control characters escaped, so that an error stays one readable line."""
     return "".join(c if c >= " " or c == "\t" else repr(c)[1:-1] for c in text)
+
+
+def reason(e: BaseException) -> str:
+    """A library's exception text for an error message: one line, control characters escaped
+    (pyarrow's messages span lines)."""
+    return printable(str(e))
 
 
 def field_list(obj: dict) -> str:

@@ -34,12 +34,14 @@ import pyarrow.parquet as pq
 from sml_torchrec.data.errors import DataError
 from sml_torchrec.data.sources._common import (
     DEFAULT_CHUNK_ROWS,
+    PARQUET_ERRORS,
     Batches,
     csv_names,
     csv_text_batches,
     files_in,
     log,
     output_schema,
+    reason,
     row_locator,
     sniff,
     source_reader,
@@ -178,8 +180,10 @@ def _iter_parquet(
             batch = next(it)
         except StopIteration:
             return
-        except (pa.ArrowException, OSError) as e:
-            raise DataError(file, f"cannot read as parquet (truncated or corrupt?): {e}") from None
+        except PARQUET_ERRORS as e:
+            raise DataError(
+                file, f"cannot read as parquet (truncated or corrupt?): {reason(e)}"
+            ) from None
         yield batch
 
 
@@ -204,8 +208,9 @@ def _parquet(
     for file in files_in(path, PARQUET_SUFFIXES):
         try:
             pf = pq.ParquetFile(file)
-        except (pa.ArrowInvalid, OSError) as e:
-            raise DataError(file, f"cannot read as parquet: {e}") from None
+            _ = pf.schema_arrow.names  # names that are not UTF-8 fail here, not at first use
+        except PARQUET_ERRORS as e:
+            raise DataError(file, f"cannot read as parquet: {reason(e)}") from None
         file_schema = pf.schema_arrow
         user, item, ts = _resolve(file, cols, file_schema.names, "parquet file")
         # One schema for the whole read: id types come from the first file (or id_type), and a

@@ -35,6 +35,7 @@ from sml_torchrec.data.sources._common import (
     log,
     open_binary,
     output_schema,
+    reason,
     row_locator,
     source_reader,
     to_float64,
@@ -72,7 +73,7 @@ def _layout(path: Path) -> tuple[str, bool, list[int]]:
         try:
             first = next((line for line in f if line.strip()), b"")
         except READ_ERRORS as e:
-            raise DataError(path, f"cannot read: {e}") from None
+            raise DataError(path, f"cannot read: {reason(e)}") from None
     if not first:
         raise DataError(path, "holds only blank lines")
     text = first.decode("utf-8", errors="replace").strip()
