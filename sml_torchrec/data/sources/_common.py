@@ -570,7 +570,10 @@ def csv_names(path: str | Path, delimiter: str, header: bool) -> list[str]:
             )
         except (pa.ArrowInvalid, *READ_ERRORS) as e:
             raise _csv_error(path, e, delimiter, header, None) from None
-        names = list(reader.schema.names)
+        try:
+            names = list(reader.schema.names)
+        except UnicodeDecodeError:  # the header line is not UTF-8
+            raise first_non_utf8_line(path) or DataError(path, "line 1: not UTF-8") from None
     seen: set[str] = set()
     for n in names:
         if n in seen:

@@ -149,6 +149,8 @@ BAD_BUILDS = [
     ("binary", _w("log.csv", b"\x00\x01\x02binary" * 10), "csv", [], "is a binary file"),
     ("not-utf8", _w("log.csv", f"{HEADER}\nu1,i1,5\nu\xe9,i2,6\n".encode("latin-1")), "csv", [],
      "line 3: byte 0xe9 at column 2 is not UTF-8"),
+    ("header-not-utf8", _w("log.csv", b"user_id,item_id,tim\xe7stamp\nu1,i1,5\n"), "csv", [],
+     "log.csv: line 1: byte 0xe7 at column 20 is not UTF-8"),
     ("empty-file", _w("log.csv", b""), "csv", [], "log.csv: empty file"),
     ("header-only", _rows(), "csv", [], "no records: the log has no data rows"),
     ("missing-column", _rows("u1,i1,5", header="uid,item_id,timestamp"), "csv", [],
