@@ -178,6 +178,7 @@ def _iter_parquet(
     while True:
         try:
             batch = next(it)
+            batch.validate(full=True)  # a damaged page can decode to text that is not UTF-8
         except StopIteration:
             return
         except PARQUET_ERRORS as e:
