@@ -197,6 +197,9 @@ BAD_BUILDS = [
     ("parquet-truncated", lambda t: _w("log.parquet", _parquet(
         t / "full.parquet", user_id=[1, 2], item_id=[3, 4], timestamp=[5, 6]
     ).read_bytes()[:40])(t), "csv", [], "log.parquet: cannot read as parquet"),
+    ("parquet-not-utf8", lambda t: _parquet(
+        t / "log.parquet", user_id=pa.array([b"a", b"\xff"], pa.binary()).view(pa.string()),
+        item_id=[1, 2], timestamp=[5, 6]), "csv", [], "log.parquet: cannot read as parquet"),
     ("parquet-list-ids", lambda t: _parquet(t / "log.parquet", user_id=[1, 2],
                                             item_id=[[1], [2]], timestamp=[5, 6]),
      "csv", [], "column 'item_id': has type list<element: int64>, expected integer or string"),
