@@ -52,9 +52,9 @@ _USER_FIXABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EP
 class OutputError(UserError):
     """An output directory a build must not write to; the message names the directory."""
 
-    def __init__(self, path: str | Path, message: str, flag: str = "--out") -> None:
+    def __init__(self, path: str | Path, message: str, flag: str | None = "--out") -> None:
         self.path = str(path)
-        super().__init__(f"{flag} {path}: {message}")
+        super().__init__(f"{flag} {path}: {message}" if flag else f"{path}: {message}")
 
 
 @dataclass(frozen=True)
@@ -116,11 +116,12 @@ def check_output_dir(
     *,
     overwrite: bool,
     inputs: Iterable[str | Path | None] = (),
-    flag: str = "--out",
+    flag: str | None = "--out",
 ) -> None:
     """Raise :class:`OutputError` unless a build of ``layout``'s kind may write to ``out``.
 
-    See the module docstring for the rules. Cheap (one directory listing), so commands call it
+    See the module docstring for the rules. ``flag`` is how the command's user named ``out``
+    (None: not by a flag, e.g. a library call). Cheap (one directory listing), so commands call it
     before reading any input, and the writer calls it again just before writing.
     """
     target = _resolve(out)
@@ -163,7 +164,7 @@ def check_output_dir(
                               flag)
         return
     if not target.is_dir():
-        raise OutputError(out, "exists and is not a directory; choose another --out", flag)
+        raise OutputError(out, "exists and is not a directory; choose another directory", flag)
     # A temporary directory left by a killed build holds an incomplete new dataset, never
     # anything of the user's nor the previous dataset: it does not count, and is cleared.
     names = sorted(n for n in os.listdir(target)
@@ -210,14 +211,16 @@ def write_dataset_dir(
     created is removed again) and the error propagates.
     """
     inputs = list(inputs)
-    check_output_dir(out, layout, overwrite=overwrite, inputs=inputs)
+    # Commands check with their flag's name before reading anything; this check is for calls
+    # from code, and for anything that appeared in the directory since.
+    check_output_dir(out, layout, overwrite=overwrite, inputs=inputs, flag=None)
     target = Path(os.path.abspath(out))
     created = not target.exists()
     try:
         target.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=target))
     except OSError as e:
-        raise OutputError(out, f"cannot be written: {e.strerror or e}") from e
+        raise OutputError(out, f"cannot be written: {e.strerror or e}", None) from e
     try:
         result = fill(tmp)
         if layout.marker not in os.listdir(tmp):
@@ -232,8 +235,9 @@ def write_dataset_dir(
                 pass
         if isinstance(e, OSError) and e.errno in _USER_FIXABLE:
             # A full disk or a read-only mount is the user's to fix, not a bug of ours.
-            raise OutputError(out, f"cannot be written: {e.strerror}; nothing was changed") \
-                from e
+            raise OutputError(
+                out, f"cannot be written: {e.strerror}; nothing was changed", None
+            ) from e
         raise
     return result
 
