@@ -625,3 +625,15 @@ def test_leftovers_of_a_killed_build(tmp_path, capsys):
     rc, _, err = _run(_build_csv(log, out, "--periods", "2", "--overwrite"), capsys)
     assert rc == 0 and PeriodDataset(out).num_periods == 2
     assert not [n for n in os.listdir(out) if n.startswith(".")]
+
+
+def test_library_calls_are_guarded_too(tmp_path):
+    from sml_torchrec.data.output import OutputError
+    from sml_torchrec.data.synthetic import SyntheticConfig, build_synthetic
+
+    mine = _user_dir(tmp_path / "mine")
+    before = _tree(mine)
+    with pytest.raises(OutputError) as e:
+        build_synthetic(mine, SyntheticConfig(num_users=30, periods=2))
+    assert str(e.value).startswith(f"{mine}: is not empty and is not a period dataset")
+    assert _tree(mine) == before
