@@ -1,4 +1,4 @@
-"""``catn-data``: build a cross-domain dataset directory, or describe one.
+"""`catn-data`: build a cross-domain dataset directory, or describe one.
 
     catn-data build --source Books_5.json.gz --target Movies_and_TV_5.json.gz --out DIR
     catn-data info DIR
@@ -6,7 +6,7 @@
 Safety: `build` writes only to a new or empty directory, or over a CATN dataset when given
 --overwrite; it never writes into, over or around its inputs. A mistake in the arguments or the
 data is reported as one line `catn-data: error: ...` (exit code 2); --debug (or
-SML_TORCHREC_DEBUG=1) adds the traceback.
+SML_TORCHREC_DEBUG=1) adds the traceback. A bug of ours keeps its traceback (exit code 1).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
 Safety: `build` writes only to a new or empty directory, or over a period dataset when given
 --overwrite; it never writes into, over or around its input. A mistake in the arguments or the
 data is reported as one line `sml-data: error: ...` (exit code 2); --debug (or
-SML_TORCHREC_DEBUG=1) adds the traceback.
+SML_TORCHREC_DEBUG=1) adds the traceback. A bug of ours keeps its traceback (exit code 1).
 """
 
 from __future__ import annotations
