@@ -3,6 +3,14 @@
 Steps, in order: read the source in chunks -> drop exact nothing (duplicates are kept: a re-click
 is an interaction) -> optional k-core filter -> sort by time -> cut into periods -> number users
 and items 0..n-1 by first appearance -> write atomically (see ``period_dataset``).
+
+Nothing questionable passes silently: missing or spelled-out-missing ids (``NaN``, ``null``),
+negative timestamps, a k-core filter that removes everything, and more periods than the log can
+fill (fewer distinct timestamps than ``--periods`` under ``--cut time``, fewer interactions under
+``--cut count``, or an empty time span) are DataErrors with the counts. Under ``--cut count``
+periods have exactly equal sizes, so one timestamp's interactions may straddle a boundary: that
+is allowed but warned about (one line, with how many timestamps straddle), because cutting only
+where the timestamp changes would make the periods of a log with many ties very uneven.
 """
 
 from __future__ import annotations
