@@ -8,6 +8,7 @@ with fewer than ``min_user_reviews`` reviews (counted after the item filter).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from catn.data.dataset import CrossDomainCorpus, DomainReviews, assign_roles
-from catn.data.errors import FilterError
-from catn.data.reader import RatingScan, iter_texts, scan_ratings
+from catn.data.errors import DataError, FilterError
+from catn.data.reader import DEFAULT_RATING_RANGE, RatingScan, iter_texts, scan_ratings
 from catn.data.text import Tokenizer, load_word_vectors, remap_tokens, select_vocabulary
 
 
@@ -33,6 +34,24 @@ class BuildConfig:
     word_vectors: str | None = None
     etas: tuple[float, ...] = (1.0, 0.5, 0.2, 0.1, 0.05)
     min_overlap: int = 4
+    # the ratings' scale (inclusive); a rating outside it is an error naming its line
+    rating_range: tuple[float, float] = DEFAULT_RATING_RANGE
+
+    def __post_init__(self) -> None:
+        for name in ("min_item_reviews", "min_user_reviews", "min_overlap"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("vocab_size", "doc_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.max_df <= 1:
+            raise ValueError(f"max_df must be in (0, 1], got {self.max_df}")
+        if any(not 0 < e <= 1 for e in self.etas):
+            raise ValueError(f"every eta must be in (0, 1], got {self.etas}")
+        lo, hi = self.rating_range
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"rating_range must be two finite numbers lo < hi, got "
+                             f"{self.rating_range}")
 
 
 def _filter(scan: RatingScan, min_item: int, min_user: int) -> tuple[np.ndarray, dict]:
@@ -111,7 +130,8 @@ def corpus_from_rows(
     wv = load_word_vectors(cfg.word_vectors, vocab) if cfg.word_vectors else None
     m = dict(meta or {})
     m.update(seed=cfg.seed, min_item_reviews=cfg.min_item_reviews,
-             min_user_reviews=cfg.min_user_reviews, max_df=cfg.max_df)
+             min_user_reviews=cfg.min_user_reviews, max_df=cfg.max_df,
+             rating_range=list(cfg.rating_range))
     return CrossDomainCorpus(
         source=src, target=tgt, num_users=len(names), vocab=vocab, role=role,
         common_rank=rank, meta=m, user_names=list(names), item_names_source=names_s,
@@ -132,7 +152,11 @@ def build_from_files(
     Raises FilterError (with the count after each filter step and suggested thresholds) when
     the filters leave fewer than ``cfg.min_overlap`` overlapping users.
     """
-    s, t = scan_ratings(source_path), scan_ratings(target_path)
+    if Path(source_path).resolve() == Path(target_path).resolve():
+        raise DataError(source_path, "is both the source and the target domain; a cross-domain "
+                                     "dataset needs two different review files")
+    s = scan_ratings(source_path, cfg.rating_range)
+    t = scan_ratings(target_path, cfg.rating_range)
     ks, rep_s = _filter(s, cfg.min_item_reviews, cfg.min_user_reviews)
     kt, rep_t = _filter(t, cfg.min_item_reviews, cfg.min_user_reviews)
     n_over = _overlap(s, t, ks, kt)

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
+import zipfile
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +38,8 @@ import pyarrow.parquet as pq
 
 from catn.data.documents import build_documents, match_auxiliary_reviews
 from catn.data.errors import DataError, SplitError
+from sml_torchrec.data.output import DatasetLayout, check_output_dir, write_dataset_dir
+from sml_torchrec.data.sources import PARQUET_ERRORS, reason
 
 ROLE_SOURCE_ONLY = 0
 ROLE_TARGET_ONLY = 1
@@ -275,14 +277,21 @@ def _reviews_table(d: DomainReviews) -> pa.Table:
 
 
 def _read_reviews(path: Path, num_items: int) -> DomainReviews:
-    try:
-        t = pq.read_table(path)
-    except (OSError, pa.ArrowException) as e:
-        raise DataError(path, f"cannot read parquet: {e}") from None
-    for col in ("user", "item", "rating", "time", "tokens"):
-        if col not in t.column_names:
-            raise DataError(path, f"missing column {col!r}")
+    t = _read_parquet(path, ("user", "item", "rating", "time", "tokens"))
     tok = t.column("tokens").combine_chunks()
+    if not (pa.types.is_list(tok.type) or pa.types.is_large_list(tok.type)) or not \
+            pa.types.is_integer(tok.type.value_type):
+        raise DataError(path, f"column 'tokens' has type {tok.type}, expected lists of word ids")
+    for col in ("user", "item", "time"):
+        if not pa.types.is_integer(t.schema.field(col).type):
+            raise DataError(path, f"column {col!r} has type {t.schema.field(col).type}, "
+                                  "expected integers")
+    if not (pa.types.is_floating(t.schema.field("rating").type)
+            or pa.types.is_integer(t.schema.field("rating").type)):
+        raise DataError(path, f"column 'rating' has type {t.schema.field('rating').type}, "
+                              "expected numbers")
+    if t.column("tokens").null_count or t.column("rating").null_count:
+        raise DataError(path, "missing values in column 'tokens' or 'rating'")
     if isinstance(tok, pa.ListArray):
         tok = tok.cast(pa.large_list(pa.int32()))
     offsets = tok.offsets.to_numpy().astype(np.int64)
@@ -299,19 +308,43 @@ def _read_reviews(path: Path, num_items: int) -> DomainReviews:
     )
 
 
+LAYOUT = DatasetLayout(
+    kind="CATN dataset",
+    marker="meta.json",
+    marker_keys=("format", "num_users", "vocab_size"),
+    entries=("meta.json", "vocab.txt", "users.parquet", "items_source.parquet",
+             "items_target.parquet", "reviews_source.parquet", "reviews_target.parquet",
+             "docs_eta_*_len*.npz", "word_vectors.npy"),
+)
+
+
+def check_corpus_output(
+    out: str | Path, *, overwrite: bool, inputs: Sequence[str | Path | None] = ()
+) -> None:
+    """Refuse (:class:`~sml_torchrec.data.output.OutputError`) an ``out`` a build must not
+    write to; ``catn-data build`` calls this before reading its inputs."""
+    check_output_dir(out, LAYOUT, overwrite=overwrite, inputs=inputs)
+
+
+def documents_bytes(corpus: CrossDomainCorpus, doc_len: int) -> int:
+    """Memory the documents of one η take (int32): four per-user and two per-item matrices."""
+    rows = 4 * corpus.num_users + corpus.source.num_items + corpus.target.num_items
+    return 4 * doc_len * rows
+
+
 def save_corpus(
     corpus: CrossDomainCorpus, out: str | Path, etas: tuple[float, ...] = (), doc_len: int = 500,
-    seed: int = 0,
+    seed: int = 0, *, overwrite: bool = False, inputs: Sequence[str | Path | None] = (),
 ) -> Path:
     """Write ``corpus`` (and documents for each η in ``etas``) to ``out`` atomically.
 
-    Everything goes to a temporary directory beside ``out`` that replaces it by rename only
-    once complete, so a failed build leaves any previous dataset untouched.
+    ``out`` must be new, empty, or (with ``overwrite``) a CATN dataset, and must not be or hold
+    any of ``inputs`` (see :mod:`sml_torchrec.data.output`). Everything is written to a
+    temporary directory first and swapped in only once complete, so a failed build leaves any
+    previous dataset untouched.
     """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         meta = dict(corpus.meta)
         meta.update(num_users=corpus.num_users, num_items_source=corpus.source.num_items,
                     num_items_target=corpus.target.num_items, vocab_size=len(corpus.vocab),
@@ -336,52 +369,147 @@ def save_corpus(
             np.savez_compressed(tmp / _eta_file(eta).format(doc_len),
                                 **{k: getattr(data, k) for k in _DOC_KEYS})
             meta["prebuilt"].append({"eta": eta, "doc_len": doc_len, "seed": seed})
+        # meta.json last: a directory without it is never a dataset.
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, old / "d")
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    write_dataset_dir(out, LAYOUT, fill, overwrite=overwrite, inputs=inputs)
+    return Path(out)
+
+
+def _read_parquet(path: Path, columns: Sequence[str]) -> pa.Table:
+    """A table of the dataset, or a DataError naming the file (missing, corrupt, no column)."""
+    if not path.is_file():
+        raise DataError(path, "missing: the dataset is incomplete; rebuild it with "
+                              "`catn-data build`")
+    try:
+        t = pq.read_table(path)
+        # Damaged pages or names (text that is not UTF-8) fail here, not at first use.
+        t.validate(full=True)
+        _ = t.column_names
+    except PARQUET_ERRORS as e:
+        raise DataError(
+            path, f"unreadable parquet file (truncated or corrupt?): {reason(e)}"
+        ) from None
+    for col in columns:
+        if col not in t.column_names:
+            raise DataError(path, f"missing column {col!r} (has {', '.join(t.column_names)})")
+    return t
+
+
+def _check_meta(meta_path: Path, meta: dict) -> None:
+    """The fields of ``meta.json`` that loading relies on have the types the build writes."""
+
+    def is_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_number(v: object) -> bool:
+        return (is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+    for key in ("num_users", "num_items_source", "num_items_target", "vocab_size"):
+        if key in meta and not (is_int(meta[key]) and meta[key] >= 0):
+            raise DataError(meta_path, f"{key} is {meta[key]!r}, expected an integer >= 0")
+    if "rating_range" in meta:
+        r = meta["rating_range"]
+        if not (isinstance(r, list) and len(r) == 2 and all(map(is_number, r)) and r[0] < r[1]):
+            raise DataError(meta_path, f"rating_range is {r!r}, expected [lo, hi] with lo < hi")
+    prebuilt = meta.get("prebuilt", [])
+    if not isinstance(prebuilt, list) or not all(
+        isinstance(p, dict) and is_number(p.get("eta")) and is_int(p.get("doc_len"))
+        and is_int(p.get("seed")) for p in prebuilt
+    ):
+        raise DataError(meta_path, f"prebuilt is {prebuilt!r}, expected a list of "
+                                   "{eta, doc_len, seed} objects")
 
 
 def load_corpus(path: str | Path) -> CrossDomainCorpus:
-    """Read a directory written by :func:`save_corpus` (DataError names the file at fault)."""
+    """Read a directory written by :func:`save_corpus`.
+
+    Every file is checked against ``meta.json`` and the others (counts, id ranges, word ids,
+    roles, the rating range), so a damaged or hand-edited dataset is a DataError naming the
+    file at fault instead of a traceback or wrong numbers.
+    """
     path = Path(path)
+    if not path.is_dir():
+        raise DataError(path, "not a directory (build a CATN dataset with `catn-data build`)")
     meta_path = path / "meta.json"
     if not meta_path.exists():
         raise DataError(path, "not a CATN dataset directory (no meta.json); build one with "
                               "`catn-data build`")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DataError(meta_path, f"line {e.lineno}: invalid JSON: {e.msg}") from None
-    vocab = (path / "vocab.txt").read_text(encoding="utf-8").splitlines()
-    users = pq.read_table(path / "users.parquet")
-    names_s = pq.read_table(path / "items_source.parquet").column("name").to_pylist()
-    names_t = pq.read_table(path / "items_target.parquet").column("name").to_pylist()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(meta_path, f"unreadable: {reason(e)}") from None
+    if not isinstance(meta, dict):
+        raise DataError(meta_path, f"expected a JSON object, got {type(meta).__name__}")
+    _check_meta(meta_path, meta)
+    vocab_path = path / "vocab.txt"
+    try:
+        vocab = vocab_path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(vocab_path, "missing: the dataset is incomplete; rebuild it") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(vocab_path, f"unreadable: {reason(e)}") from None
+    users = _read_parquet(path / "users.parquet", ("name", "role", "common_rank"))
+    names_s = _read_parquet(path / "items_source.parquet", ("name",)).column("name").to_pylist()
+    names_t = _read_parquet(path / "items_target.parquet", ("name",)).column("name").to_pylist()
     src = _read_reviews(path / "reviews_source.parquet", len(names_s))
     tgt = _read_reviews(path / "reviews_target.parquet", len(names_t))
     nu = users.num_rows
+    for key, have, what in (("num_users", nu, "users.parquet rows"),
+                            ("num_items_source", len(names_s), "items_source.parquet rows"),
+                            ("num_items_target", len(names_t), "items_target.parquet rows"),
+                            ("vocab_size", len(vocab), "vocab.txt lines")):
+        if key in meta and meta[key] != have:
+            raise DataError(meta_path, f"{key} is {meta[key]!r} but there are {have} {what}")
+    for col in ("role", "common_rank"):
+        col_type = users.schema.field(col).type
+        if not pa.types.is_integer(col_type) or users.column(col).null_count:
+            raise DataError(path / "users.parquet", f"column {col!r} has type {col_type} or "
+                                                     "missing values, expected integers")
+    role = users.column("role").to_numpy()
+    known_roles = (ROLE_SOURCE_ONLY, ROLE_TARGET_ONLY, ROLE_COLD_VAL, ROLE_COLD_TEST,
+                   ROLE_COMMON)
+    if role.size and not np.isin(role, known_roles).all():
+        k = int(np.argmax(~np.isin(role, known_roles)))
+        raise DataError(path / "users.parquet", f"row {k + 1}: column 'role' holds "
+                                                 f"{int(role[k])}, not a user role (0..4)")
+    lo, hi = meta.get("rating_range", (-math.inf, math.inf))
     for fname, d in (("reviews_source.parquet", src), ("reviews_target.parquet", tgt)):
-        if len(d) and (d.user.max() >= nu or d.item.max() >= d.num_items):
-            raise DataError(path / fname, "user or item id out of range of users/items tables")
-        if d.tokens.size and d.tokens.max() > len(vocab):
+        if len(d) and (d.user.min() < 0 or d.user.max() >= nu):
+            raise DataError(path / fname, f"user id {int(d.user.max())} out of range of "
+                                          f"users.parquet ({nu} users)")
+        if len(d) and (d.item.min() < 0 or d.item.max() >= d.num_items):
+            raise DataError(path / fname, f"item id {int(d.item.max())} out of range of the "
+                                          f"items table ({d.num_items} items)")
+        if d.tokens.size and (d.tokens.min() < 0 or d.tokens.max() > len(vocab)):
             raise DataError(path / fname, f"word id {int(d.tokens.max())} beyond vocab.txt "
                                           f"({len(vocab)} words)")
+        bad = ~((d.rating >= lo) & (d.rating <= hi))
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise DataError(path / fname, f"row {k + 1}: rating {d.rating[k]:g} outside the "
+                                          f"rating range {lo:g}..{hi:g} of meta.json")
     wv = path / "word_vectors.npy"
+    try:
+        vectors = np.load(wv) if wv.exists() else None
+    except (OSError, ValueError) as e:
+        raise DataError(wv, f"unreadable: {reason(e)}") from None
+    if vectors is not None and (vectors.ndim != 2 or vectors.shape[0] != len(vocab) + 1):
+        raise DataError(wv, f"shape {vectors.shape}, expected ({len(vocab) + 1}, d): one row "
+                            "per word of vocab.txt plus padding")
+    for p in meta.get("prebuilt", []):
+        f = path / _eta_file(p["eta"]).format(p["doc_len"])
+        if not f.is_file():
+            raise DataError(meta_path, f"lists prebuilt documents {f.name}, which is missing")
     return CrossDomainCorpus(
         source=src, target=tgt, num_users=nu, vocab=vocab,
-        role=users.column("role").to_numpy().astype(np.int8),
+        role=role.astype(np.int8),
         common_rank=users.column("common_rank").to_numpy().astype(np.int64),
         meta=meta, user_names=users.column("name").to_pylist(),
         item_names_source=names_s, item_names_target=names_t,
-        word_vectors=np.load(wv) if wv.exists() else None,
+        word_vectors=vectors,
     )
 
 
@@ -401,7 +529,27 @@ def load_eta(
     data = prepare_eta(CrossDomainCorpus(
         source=corpus.source, target=corpus.target, num_users=corpus.num_users,
         vocab=corpus.vocab, role=corpus.role, common_rank=corpus.common_rank), eta, 1, seed)
-    with np.load(f) as z:
+    unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+    try:
+        z = np.load(f)
+    except unreadable as e:
+        raise DataError(
+            f, f"unreadable prebuilt documents (truncated or corrupt?): {reason(e)}"
+        ) from None
+    with z:
         for k in _DOC_KEYS:
-            setattr(data, k, z[k])
+            if k not in z.files:
+                raise DataError(f, f"missing array {k!r}; rebuild the dataset")
+            try:
+                docs = z[k]
+            except unreadable as e:
+                raise DataError(
+                    f, f"array {k!r} is unreadable (truncated or corrupt?): {reason(e)}"
+                ) from None
+            rows = corpus.num_users if k.startswith(("user", "aux")) else (
+                corpus.source.num_items if k.endswith("_s") else corpus.target.num_items)
+            if docs.shape != (rows, doc_len):
+                raise DataError(f, f"array {k!r} has shape {docs.shape}, expected "
+                                   f"({rows}, {doc_len})")
+            setattr(data, k, docs)
     return data

@@ -5,21 +5,33 @@ Both published styles are accepted: the 2018 files hold strict JSON, while some 
 a time, so a multi-GB category never has to fit in memory; :func:`scan_ratings` keeps only the
 integer-coded ids, ratings and times, and the text is read in a second pass for the rows that
 survive the filters (:func:`iter_texts`).
+
+Nothing is accepted silently: a line that is not UTF-8, JSON or a dict literal, a missing
+required field, a null id or one spelling a missing value (``"NaN"``, ``"null"``), a rating
+outside the data's scale (``rating_range``, 1..5 by default) and a negative time are each a
+:class:`DataError` naming the file and the line.
 """
 
 from __future__ import annotations
 
 import ast
-import gzip
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 
 from catn.data.errors import DataError
+from sml_torchrec.data.sources import (
+    NULL_TOKENS,
+    READ_ERRORS,
+    decode_line,
+    field_list,
+    open_binary,
+    reason,
+)
 
 REQUIRED_FIELDS = ("reviewerID", "asin", "overall")
 
@@ -36,17 +48,14 @@ class Review:
     time: int
 
 
-def _open(path: Path) -> IO[bytes]:
-    with open(path, "rb") as f:
-        magic = f.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+DEFAULT_RATING_RANGE = (1.0, 5.0)
 
 
 def _parse(path: Path, lineno: int, raw: bytes) -> dict | None:
     line = raw.strip()
     if not line:
         return None
-    text = line.decode("utf-8", errors="replace")
+    text = decode_line(path, lineno, line)
     try:
         obj = json.loads(text)
     except json.JSONDecodeError:
@@ -61,53 +70,103 @@ def _parse(path: Path, lineno: int, raw: bytes) -> dict | None:
         raise DataError(path, f"line {lineno}: expected an object, got {type(obj).__name__}")
     missing = [f for f in REQUIRED_FIELDS if f not in obj]
     if missing:
-        raise DataError(path, f"line {lineno}: missing field(s) {', '.join(missing)}")
+        raise DataError(
+            path,
+            f"line {lineno}: missing field(s) {', '.join(missing)} (fields present: "
+            f"{field_list(obj)})",
+        )
     return obj
 
 
-def _rating(path: Path, lineno: int, value: object) -> float:
+def _id(path: Path, lineno: int, obj: dict, name: str) -> str:
+    """A review's user or item id as text; null, empty or a spelled-out missing value is an
+    error (it would merge every such review into one user or item)."""
+    value = obj[name]
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        shown = "null" if value is None else f"{value!r}"
+        raise DataError(path, f"line {lineno}: field {name!r} is {shown}, expected a string id")
+    text = str(value)
+    if text.strip().lower() in NULL_TOKENS:
+        raise DataError(
+            path, f"line {lineno}: field {name!r} is {value!r}, a missing value, not an id"
+        )
+    return text
+
+
+def _rating(
+    path: Path, lineno: int, value: object, rating_range: tuple[float, float] | None
+) -> float:
+    if isinstance(value, bool):
+        value = repr(value)  # True would otherwise read as 1.0
     try:
         r = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise DataError(
             path, f"line {lineno}: field 'overall' is not a number: {value!r}"
         ) from None
-    if not np.isfinite(r):
+    if not math.isfinite(r):
         raise DataError(path, f"line {lineno}: field 'overall' is not finite: {value!r}")
+    if rating_range is not None and not rating_range[0] <= r <= rating_range[1]:
+        lo, hi = rating_range
+        raise DataError(
+            path,
+            f"line {lineno}: rating (field 'overall') {r:g} is outside the rating range "
+            f"{lo:g}..{hi:g}; fix the line or pass --rating-range",
+        )
     return r
 
 
-def iter_reviews(path: str | Path) -> Iterator[Review]:
+def iter_reviews(
+    path: str | Path, rating_range: tuple[float, float] | None = DEFAULT_RATING_RANGE
+) -> Iterator[Review]:
     """Yield every review of ``path`` in file order (blank lines are skipped).
 
-    Raises :class:`DataError` naming the line for malformed lines, missing required fields
-    (reviewerID, asin, overall) or a non-numeric rating. ``reviewText`` and ``unixReviewTime``
-    are optional (some 2018 reviews have no text): they default to "" and 0.
+    Raises :class:`DataError` naming the line for malformed lines (not JSON, not UTF-8),
+    missing required fields (reviewerID, asin, overall), a null or missing-value id, a
+    non-numeric rating or one outside ``rating_range`` (inclusive; None: no check), or a
+    negative time. ``reviewText`` and ``unixReviewTime`` are optional (some 2018 reviews have
+    no text): they default to "" and 0. The file may be gzip/bz2/xz-compressed, whatever its
+    name; archives, binary files and empty files are refused.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(path, "file not found")
-    with _open(path) as f:
-        for lineno, raw in enumerate(f, start=1):
-            obj = _parse(path, lineno, raw)
-            if obj is None:
-                continue
-            text = obj.get("reviewText") or ""
-            if not isinstance(text, str):
-                raise DataError(path, f"line {lineno}: field 'reviewText' is not a string")
-            try:
-                t = int(obj.get("unixReviewTime") or 0)
-            except (TypeError, ValueError):
-                raise DataError(path, f"line {lineno}: field 'unixReviewTime' is not an integer") \
-                    from None
-            yield Review(
-                line=lineno,
-                user=str(obj["reviewerID"]),
-                item=str(obj["asin"]),
-                rating=_rating(path, lineno, obj["overall"]),
-                text=text,
-                time=t,
-            )
+    with open_binary(path) as f:
+        try:
+            yield from _reviews(path, f, rating_range)
+        except READ_ERRORS as e:  # truncated or corrupt compressed file
+            raise DataError(path, f"cannot read: {reason(e)}") from None
+
+
+def _reviews(
+    path: Path, f: Iterator[bytes], rating_range: tuple[float, float] | None
+) -> Iterator[Review]:
+    for lineno, raw in enumerate(f, start=1):
+        obj = _parse(path, lineno, raw)
+        if obj is None:
+            continue
+        text = obj.get("reviewText") or ""
+        if not isinstance(text, str):
+            raise DataError(path, f"line {lineno}: field 'reviewText' is not a string")
+        raw_time = obj.get("unixReviewTime") or 0
+        if isinstance(raw_time, float) and raw_time.is_integer():
+            raw_time = int(raw_time)
+        if isinstance(raw_time, (bool, float)) or not isinstance(raw_time, (int, str)):
+            raise DataError(path, f"line {lineno}: field 'unixReviewTime' is {raw_time!r}, "
+                                  "expected an integer")
+        try:
+            t = int(raw_time)
+        except ValueError:
+            raise DataError(path, f"line {lineno}: field 'unixReviewTime' is {raw_time!r}, "
+                                  "expected an integer") from None
+        if t < 0:
+            raise DataError(path, f"line {lineno}: field 'unixReviewTime' is {t}, negative")
+        yield Review(
+            line=lineno,
+            user=_id(path, lineno, obj, "reviewerID"),
+            item=_id(path, lineno, obj, "asin"),
+            rating=_rating(path, lineno, obj["overall"], rating_range),
+            text=text,
+            time=t,
+        )
 
 
 @dataclass
@@ -130,14 +189,18 @@ class RatingScan:
         return int(self.user.shape[0])
 
 
-def scan_ratings(path: str | Path) -> RatingScan:
-    """First pass over a review file: ids, ratings, times, line numbers; text is discarded."""
+def scan_ratings(
+    path: str | Path, rating_range: tuple[float, float] | None = DEFAULT_RATING_RANGE
+) -> RatingScan:
+    """First pass over a review file: ids, ratings, times, line numbers; text is discarded.
+
+    Ratings outside ``rating_range`` (inclusive) are errors naming the line."""
     from array import array
 
     users: dict[str, int] = {}
     items: dict[str, int] = {}
     u, i, r, t, ln = array("q"), array("q"), array("f"), array("q"), array("q")
-    for rev in iter_reviews(path):
+    for rev in iter_reviews(path, rating_range):
         u.append(users.setdefault(rev.user, len(users)))
         i.append(items.setdefault(rev.item, len(items)))
         r.append(rev.rating)
@@ -162,7 +225,7 @@ def iter_texts(path: str | Path, lines: np.ndarray) -> Iterator[str]:
     if wanted.size and np.any(np.diff(wanted) <= 0):
         raise ValueError("line numbers must be strictly ascending")
     k = 0
-    for rev in iter_reviews(path):
+    for rev in iter_reviews(path, rating_range=None):
         if k >= wanted.size:
             break
         if rev.line == wanted[k]:

@@ -8,7 +8,7 @@ review ``r`` being ``tokens[offsets[r]:offsets[r + 1]]``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -98,38 +98,47 @@ def load_word_vectors(path: str, words: list[str], dim: int | None = None) -> np
     """Rows for ``words`` (id order, row 0 = padding) from a word2vec/GloVe text file.
 
     Words absent from the file get small random vectors; a word2vec header line
-    ("count dim") is skipped. Raises DataError on a ragged line.
+    ("count dim") is skipped. Raises DataError on a ragged line, a non-numeric value or bytes
+    that are not UTF-8, naming the line.
     """
     from catn.data.errors import DataError
+    from sml_torchrec.data.sources import READ_ERRORS, decode_line, open_binary, reason
 
     want = {w: j + 1 for j, w in enumerate(words)}
     table: np.ndarray | None = None
     found = 0
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, start=1):
-            parts = line.rstrip().split(" ")
-            if lineno == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
-                continue
-            if len(parts) < 2:
-                continue
-            if table is None:
-                d = len(parts) - 1
-                if dim is not None and d != dim:
-                    raise DataError(path, f"line {lineno}: vectors have {d} dims, expected {dim}")
-                rng = np.random.default_rng(0)
-                table = rng.normal(0, 0.1, size=(len(words) + 1, d)).astype(np.float32)
-                table[0] = 0
-            if len(parts) - 1 != table.shape[1]:
-                raise DataError(
-                    path, f"line {lineno}: {len(parts) - 1} values, expected {table.shape[1]}"
-                )
-            j = want.get(parts[0])
-            if j is not None:
-                try:
-                    table[j] = np.asarray(parts[1:], dtype=np.float32)
-                except ValueError:
-                    raise DataError(path, f"line {lineno}: non-numeric vector value") from None
-                found += 1
+
+    def numbered_lines() -> Iterator[tuple[int, bytes]]:
+        with open_binary(path) as f:  # plain, gzip, bz2 or xz, recognised by content
+            try:
+                yield from enumerate(f, start=1)
+            except READ_ERRORS as e:  # truncated or corrupt compressed file
+                raise DataError(path, f"cannot read: {reason(e)}") from None
+
+    for lineno, raw in numbered_lines():
+        parts = decode_line(path, lineno, raw).rstrip().split(" ")
+        if lineno == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
+            continue
+        if len(parts) < 2:
+            continue
+        if table is None:
+            d = len(parts) - 1
+            if dim is not None and d != dim:
+                raise DataError(path, f"line {lineno}: vectors have {d} dims, expected {dim}")
+            rng = np.random.default_rng(0)
+            table = rng.normal(0, 0.1, size=(len(words) + 1, d)).astype(np.float32)
+            table[0] = 0
+        if len(parts) - 1 != table.shape[1]:
+            raise DataError(
+                path, f"line {lineno}: {len(parts) - 1} values, expected {table.shape[1]}"
+            )
+        j = want.get(parts[0])
+        if j is not None:
+            try:
+                table[j] = np.asarray(parts[1:], dtype=np.float32)
+            except ValueError:
+                raise DataError(path, f"line {lineno}: non-numeric vector value") from None
+            found += 1
     if table is None:
         raise DataError(path, "no word vectors in file")
     return table

@@ -3,13 +3,21 @@
 Steps, in order: read the source in chunks -> drop exact nothing (duplicates are kept: a re-click
 is an interaction) -> optional k-core filter -> sort by time -> cut into periods -> number users
 and items 0..n-1 by first appearance -> write atomically (see ``period_dataset``).
+
+Nothing questionable passes silently: missing or spelled-out-missing ids (``NaN``, ``null``),
+negative timestamps, a k-core filter that removes everything, and more periods than the log can
+fill (fewer distinct timestamps than ``--periods`` under ``--cut time``, fewer interactions under
+``--cut count``, or an empty time span) are DataErrors with the counts. Under ``--cut count``
+periods have exactly equal sizes, so one timestamp's interactions may straddle a boundary: that
+is allowed but warned about (one line, with how many timestamps straddle), because cutting only
+where the timestamp changes would make the periods of a log with many ties very uneven.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +27,7 @@ import pyarrow.compute as pc
 
 from sml_torchrec.data.errors import DataError
 from sml_torchrec.data.period_dataset import PeriodMetadata, write_period_dataset
+from sml_torchrec.data.sources._common import check_id_text, row_locator
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +36,12 @@ log = logging.getLogger(__name__)
 class BuildConfig:
     """How raw records become periods.
 
-    ``cut="time"`` splits [first, last] timestamp into ``periods`` equal spans; ``cut="count"``
-    into ``periods`` chunks of equal interaction count (ties in time may straddle a boundary).
+    ``cut="time"`` splits [first, last] timestamp into ``periods`` equal spans, each of which
+    must hold an interaction (a log with fewer distinct timestamps than periods is refused);
+    ``cut="count"`` into ``periods`` chunks of equal interaction count. Equal counts are kept
+    exact, so interactions sharing one timestamp may straddle a boundary; the build warns with
+    how many timestamps do (cutting only at timestamp changes would make periods of a log with
+    many ties, e.g. daily dates, very uneven).
     ``kcore`` > 0 keeps only users and items with at least ``kcore`` interactions, repeated until
     stable.
     """
@@ -59,7 +72,10 @@ def collect(batches: Iterable[pa.RecordBatch], source: str = "input") -> pa.Tabl
             log.info("read %s rows from %s", f"{rows:,}", source)
             last = time.monotonic()
     if not chunks:
-        raise DataError(source, "no records")
+        raise DataError(
+            source,
+            "no records: the log has no data rows, or a filter (--min-rating) dropped them all",
+        )
     return pa.Table.from_batches(chunks)
 
 
@@ -94,6 +110,8 @@ def _codes(column: pa.ChunkedArray, name: str, source: str) -> tuple[np.ndarray,
     """Dense codes 0..n-1 for a raw id column plus the raw id of each code."""
     if column.null_count:
         raise DataError(source, f"column {name!r} has {column.null_count} missing ids")
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        check_id_text(column.combine_chunks(), source, f"column {name!r}", row_locator(0))
     if pa.types.is_integer(column.type):
         lo = pc.min(column).as_py()
         if lo is not None and lo < 0:
@@ -112,9 +130,25 @@ def renumber_by_first_appearance(codes: np.ndarray, num: int) -> tuple[np.ndarra
 
 
 def build_period_dataset(
-    table: pa.Table, out_dir: str | Path, config: BuildConfig, source: str = "input"
+    table: pa.Table,
+    out_dir: str | Path,
+    config: BuildConfig,
+    source: str = "input",
+    *,
+    overwrite: bool = False,
+    inputs: Sequence[str | Path | None] = (),
+    culprit: str | Path | None = None,
 ) -> PeriodMetadata:
-    """Cut, filter, renumber and write ``table`` (columns user, item, timestamp) to ``out_dir``."""
+    """Cut, filter, renumber and write ``table`` (columns user, item, timestamp) to ``out_dir``.
+
+    ``out_dir`` must be new, empty, or (with ``overwrite``) a period dataset, and must not be or
+    hold any of ``inputs`` (see :mod:`sml_torchrec.data.output`). Under ``cut="count"`` the
+    number of timestamps whose interactions straddle a period boundary is logged as a warning
+    and stored as ``build["straddling_timestamps"]``. Errors name ``culprit`` (default:
+    ``source``), the file the records came from.
+    """
+    origin = source
+    source = str(culprit) if culprit is not None else source
     ts_col = table.column("timestamp")
     if not pa.types.is_integer(ts_col.type):
         raise DataError(source, f"column 'timestamp' has type {ts_col.type}, expected integers")
@@ -123,22 +157,70 @@ def build_period_dataset(
     user, user_raw = _codes(table.column("user"), "user", source)
     item, item_raw = _codes(table.column("item"), "item", source)
     ts = ts_col.to_numpy().astype(np.int64)
-    n_raw = len(ts)
-
-    keep = kcore_filter(user, item, config.kcore)
-    user, item, ts = user[keep], item[keep], ts[keep]
-    if len(ts) == 0:
+    if len(ts) and ts.min() < 0:
+        k = int(np.argmax(ts < 0))
         raise DataError(
             source,
-            f"the {config.kcore}-core filter removed all {n_raw:,} interactions; "
-            "use a smaller --kcore",
+            f"column 'timestamp': row {k + 1}: {int(ts[k])} is negative; timestamps are unix "
+            "seconds (or any non-negative clock)",
         )
+    n_raw = len(ts)
+    if n_raw == 0:
+        raise DataError(source, "no interactions")
+
+    keep = kcore_filter(user, item, config.kcore)
+    if not keep.any():
+        users_n, items_n = np.bincount(user), np.bincount(item)
+        raise DataError(
+            source,
+            f"--kcore {config.kcore} removed all {n_raw:,} interactions (of "
+            f"{int((users_n > 0).sum()):,} users and {int((items_n > 0).sum()):,} items; the "
+            f"most active user has {int(users_n.max()):,} interactions, the most popular item "
+            f"{int(items_n.max()):,}); use a smaller --kcore",
+        )
+    user, item, ts = user[keep], item[keep], ts[keep]
     order = np.argsort(ts, kind="stable")
     user, item, ts = user[order], item[order], ts[order]
+    after = "" if config.kcore <= 1 else f" left by --kcore {config.kcore}"
+    if config.cut == "count" and len(ts) < config.periods:
+        raise DataError(
+            source,
+            f"--periods {config.periods} with --cut count needs at least {config.periods} "
+            f"interactions, the log has {len(ts):,}{after}; use fewer --periods",
+        )
+    distinct = 1 + int(np.count_nonzero(np.diff(ts)))
+    if config.cut == "time" and distinct < config.periods:
+        raise DataError(
+            source,
+            f"--periods {config.periods} with --cut time needs at least {config.periods} "
+            f"distinct timestamps, the log has {distinct:,}{after} (from {int(ts[0])} to "
+            f"{int(ts[-1])}); use --periods {distinct} or fewer",
+        )
     period = cut_periods(ts, config.periods, config.cut)
+    counts = np.bincount(period, minlength=config.periods)
+    empty = np.flatnonzero(counts == 0)
+    if len(empty):
+        span = (int(ts[-1]) - int(ts[0]) + 1) / config.periods
+        raise DataError(
+            source,
+            f"with --cut time, period(s) {_few(empty.tolist())} of {config.periods} would be "
+            f"empty: the log has no interactions in those spans of {span:,.0f} time units; "
+            "use fewer --periods or --cut count",
+        )
+    straddling = int(np.count_nonzero((np.diff(period) != 0) & (np.diff(ts) == 0)))
+    if straddling:
+        log.warning(
+            "--cut count: %d timestamp(s) straddle a period boundary (their interactions are "
+            "split between two periods); use --cut time to cut on time only",
+            straddling,
+        )
     user, user_old = renumber_by_first_appearance(user, len(user_raw))
     item, item_old = renumber_by_first_appearance(item, len(item_raw))
-    build = asdict(config) | {"raw_interactions": n_raw, "kept_interactions": int(len(ts))}
+    build = asdict(config) | {
+        "raw_interactions": n_raw,
+        "kept_interactions": int(len(ts)),
+        "straddling_timestamps": straddling,
+    }
     return write_period_dataset(
         out_dir,
         user,
@@ -148,6 +230,13 @@ def build_period_dataset(
         cut=config.cut,
         user_raw_ids=user_raw.take(pa.array(user_old)),
         item_raw_ids=item_raw.take(pa.array(item_old)),
-        source=source,
+        source=origin,
         build=build,
+        overwrite=overwrite,
+        inputs=inputs,
     )
+
+
+def _few(values: list[int], limit: int = 8) -> str:
+    shown = ", ".join(str(v) for v in values[:limit])
+    return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")

@@ -15,16 +15,16 @@ table. Ids are contiguous and numbered by first appearance, so the items that ex
 period t are exactly ``range(items_upto[t])``.
 
 Directories are written atomically (:func:`write_period_dataset`): everything goes to a
-temporary sibling directory that is renamed into place only when complete, so a failed build
-never leaves a half-written dataset and never destroys the previous one.
+temporary directory that is swapped into place only when complete, so a failed build never
+leaves a half-written dataset and never destroys the previous one. A build writes only to a
+new or empty directory, or over a period dataset when asked to (``overwrite``); see
+:mod:`sml_torchrec.data.output`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sml_torchrec.data.errors import DataError
+from sml_torchrec.data.output import DatasetLayout, check_output_dir, write_dataset_dir
+from sml_torchrec.data.sources._common import PARQUET_ERRORS, reason
 
 FORMAT_VERSION = 1
 SCHEMA = pa.schema(
@@ -43,6 +45,23 @@ SCHEMA = pa.schema(
         ("period", pa.int32()),
     ]
 )
+
+
+LAYOUT = DatasetLayout(
+    kind="period dataset",
+    marker="metadata.json",
+    marker_keys=("format_version", "num_periods", "period_counts"),
+    entries=("metadata.json", "user_map.parquet", "item_map.parquet", "periods"),
+    subdirs={"periods": "period=*.parquet"},
+)
+
+
+def check_period_output(
+    out_dir: str | Path, *, overwrite: bool, inputs: Sequence[str | Path | None] = ()
+) -> None:
+    """Refuse (:class:`~sml_torchrec.data.output.OutputError`) an ``out_dir`` a build must not
+    write to; commands call this before reading their input."""
+    check_output_dir(out_dir, LAYOUT, overwrite=overwrite, inputs=inputs)
 
 
 def period_file_name(t: int) -> str:
@@ -111,6 +130,84 @@ def _check_ids(path: Path, name: str, ids: np.ndarray, upper: int) -> None:
         )
 
 
+def _check_schema(path: Path, schema: pa.Schema) -> None:
+    for f in SCHEMA:
+        if f.name not in schema.names:
+            raise DataError(path, f"missing column {f.name!r} (has {', '.join(schema.names)})")
+        if schema.field(f.name).type != f.type:
+            raise DataError(
+                path,
+                f"column {f.name!r} has type {schema.field(f.name).type}, expected {f.type}",
+            )
+
+
+_INT_FIELDS = ("num_users", "num_items", "num_periods", "format_version")
+_LIST_FIELDS = ("period_counts", "period_start", "period_end", "users_upto", "items_upto")
+
+
+def read_metadata(meta_path: Path) -> PeriodMetadata:
+    """Parse and check a dataset's ``metadata.json``; every inconsistency is a DataError naming
+    the file and the field (the period files are checked by :class:`PeriodDataset`)."""
+    try:
+        raw = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(meta_path, f"line {e.lineno}: invalid JSON: {e.msg}") from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise DataError(meta_path, f"unreadable: {reason(e)}") from None
+    if not isinstance(raw, dict):
+        raise DataError(meta_path, f"expected a JSON object, got {type(raw).__name__}")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise DataError(meta_path, f"format_version is {version!r}, this library reads "
+                                   f"{FORMAT_VERSION}")
+    known = set(PeriodMetadata.__dataclass_fields__)
+    required = set(_INT_FIELDS + _LIST_FIELDS + ("cut",))
+    missing = sorted(required - set(raw))
+    if missing:
+        raise DataError(meta_path, f"missing field(s) {', '.join(missing)}")
+    # Fields this version does not know are ignored: a later writer may add some.
+    raw = {k: v for k, v in raw.items() if k in known}
+
+    def is_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for name in _INT_FIELDS:
+        if not is_int(raw[name]) or raw[name] < 1:
+            raise DataError(meta_path, f"{name} is {raw[name]!r}, expected an integer >= 1")
+    n = raw["num_periods"]
+    for name in _LIST_FIELDS:
+        v = raw[name]
+        if not isinstance(v, list) or len(v) != n or not all(is_int(x) for x in v):
+            got = f"{len(v)} values" if isinstance(v, list) else repr(v)
+            raise DataError(meta_path, f"{name} must be {n} integers (num_periods), got {got}")
+    if raw["cut"] not in ("time", "count", "given"):
+        raise DataError(meta_path, f"cut is {raw['cut']!r}, expected time, count or given")
+    if not isinstance(raw.get("source", ""), str) or not isinstance(raw.get("build", {}), dict):
+        raise DataError(meta_path, "source must be a string and build an object")
+    m = PeriodMetadata(**raw)
+    for t in range(n):
+        if m.period_counts[t] < 1:
+            raise DataError(meta_path, f"period_counts[{t}] is {m.period_counts[t]}: period {t} "
+                                       "is empty")
+        if m.period_start[t] > m.period_end[t]:
+            raise DataError(meta_path, f"period_start[{t}] {m.period_start[t]} is after "
+                                       f"period_end[{t}] {m.period_end[t]}")
+        if t and m.period_start[t] < m.period_end[t - 1]:
+            raise DataError(meta_path, f"period_start[{t}] {m.period_start[t]} is before "
+                                       f"period_end[{t - 1}] {m.period_end[t - 1]}")
+        for name, upto in (("users_upto", m.users_upto), ("items_upto", m.items_upto)):
+            if upto[t] < 1 or (t and upto[t] < upto[t - 1]):
+                raise DataError(meta_path, f"{name}[{t}] is {upto[t]}: counts of ids seen so far "
+                                           "must be >= 1 and never decrease")
+    for name, upto, total in (("users_upto", m.users_upto, m.num_users),
+                              ("items_upto", m.items_upto, m.num_items)):
+        if upto[-1] != total:
+            field_name = "num_users" if name == "users_upto" else "num_items"
+            raise DataError(meta_path, f"{name}[{n - 1}] is {upto[-1]} but {field_name} is "
+                                       f"{total}")
+    return m
+
+
 def write_period_dataset(
     out_dir: str | Path,
     user_id: np.ndarray,
@@ -122,8 +219,14 @@ def write_period_dataset(
     item_raw_ids: pa.Array | None = None,
     source: str = "",
     build: dict | None = None,
+    *,
+    overwrite: bool = False,
+    inputs: Sequence[str | Path | None] = (),
 ) -> PeriodMetadata:
     """Write a period dataset atomically; ids must already be contiguous from 0.
+
+    ``out_dir`` must be new, empty, or (with ``overwrite``) a period dataset, and must not be or
+    hold any of ``inputs``: see :mod:`sml_torchrec.data.output`, which also does the swap.
 
     ``user_raw_ids[k]`` is the raw id of contiguous user ``k`` (same for items); when omitted the
     map is the identity. Every period in ``range(period.max() + 1)`` must be non-empty.
@@ -174,10 +277,8 @@ def write_period_dataset(
         build=build or {},
     )
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        (tmp / "periods").mkdir(parents=True)
+    def fill(tmp: Path) -> None:
+        (tmp / "periods").mkdir()
         for t in range(num_periods):
             sl = slice(bounds[t], bounds[t + 1])
             table = pa.table(
@@ -203,34 +304,20 @@ def write_period_dataset(
             )
         # metadata.json last: a directory without it is never a dataset.
         (tmp / "metadata.json").write_text(meta.to_json())
-        _replace_dir(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    write_dataset_dir(out_dir, LAYOUT, fill, overwrite=overwrite, inputs=inputs)
     return meta
-
-
-def _replace_dir(new: Path, dest: Path) -> None:
-    """Move ``new`` to ``dest``; an existing ``dest`` is removed only after the move succeeded."""
-    if not dest.exists():
-        os.rename(new, dest)
-        return
-    old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(dest, old)
-    try:
-        os.rename(new, dest)
-    except BaseException:
-        os.rename(old, dest)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 class PeriodDataset:
     """Reads a period dataset directory; ``dataset[t]`` is period t's :class:`Interactions`.
 
-    Only ``metadata.json`` is read on open; each period is read from its own file on demand, with
-    its schema, row count and id ranges checked, so a truncated or foreign file is reported by
-    name instead of producing silent garbage.
+    On open, ``metadata.json`` is checked field by field and held against every file (schema,
+    row count, ranges of ids, timestamps and period): the number of period files,
+    ``period_counts``, ``period_start``/``period_end``, ``users_upto``/``items_upto``,
+    ``num_users``/``num_items`` and the id maps must all agree, or a DataError names
+    ``metadata.json`` (or the file) and the field. Each file is read once for that and not
+    kept; ``dataset[t]`` then reads period t from its own file, with the same checks.
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -242,21 +329,65 @@ class PeriodDataset:
             raise DataError(
                 meta_path, "missing: not a period dataset, or its build did not complete"
             )
-        try:
-            raw = json.loads(meta_path.read_text())
-            self.meta = PeriodMetadata(**raw)
-        except (json.JSONDecodeError, TypeError) as e:
-            raise DataError(meta_path, f"unreadable metadata: {e}") from e
-        if self.meta.format_version != FORMAT_VERSION:
-            raise DataError(
-                meta_path,
-                f"format version {self.meta.format_version}, this library reads {FORMAT_VERSION}",
-            )
+        self.meta = read_metadata(meta_path)
+        self._check_files()
         self._cache: dict[int, Interactions] = {}
 
     @property
     def num_periods(self) -> int:
         return self.meta.num_periods
+
+    def _check_files(self) -> None:
+        """Hold every file against metadata.json, so a dataset that disagrees with its metadata
+        is refused on open rather than producing wrong counts later."""
+        m, meta_path = self.meta, self.root / "metadata.json"
+        periods_dir = self.root / "periods"
+        present = sorted(p.name for p in periods_dir.glob("period=*.parquet"))
+        expected = [Path(period_file_name(t)).name for t in range(m.num_periods)]
+        extra = sorted(set(present) - set(expected))
+        if extra:
+            raise DataError(
+                meta_path,
+                f"num_periods is {m.num_periods} but periods/ also holds {', '.join(extra[:3])}"
+                + (f" and {len(extra) - 3} more" if len(extra) > 3 else ""),
+            )
+        user_hi = item_hi = -1
+        for t in range(m.num_periods):
+            # Every file is read once (and dropped): pyarrow reports a corrupt file cleanly
+            # when reading it, whereas inspecting a damaged footer's statistics can abort.
+            d = self._read(t)
+            user_hi = max(user_hi, int(d.user_id.max()))
+            item_hi = max(item_hi, int(d.item_id.max()))
+            for field_name, upto, hi in (("users_upto", m.users_upto, user_hi),
+                                         ("items_upto", m.items_upto, item_hi)):
+                if upto[t] != hi + 1:
+                    what = field_name.split("_")[0]
+                    raise DataError(
+                        meta_path,
+                        f"{field_name}[{t}] is {upto[t]} but periods 0..{t} hold {what[:-1]} ids "
+                        f"0..{hi}, i.e. {hi + 1} {what}",
+                    )
+            ts_lo, ts_hi = int(d.timestamp.min()), int(d.timestamp.max())
+            if (ts_lo, ts_hi) != (m.period_start[t], m.period_end[t]):
+                raise DataError(
+                    meta_path,
+                    f"period {t} spans timestamps {m.period_start[t]}..{m.period_end[t]} "
+                    f"(period_start/period_end) but {period_file_name(t)} holds {ts_lo}..{ts_hi}",
+                )
+        for kind, count in (("user", m.num_users), ("item", m.num_items)):
+            path = self.root / f"{kind}_map.parquet"
+            try:
+                rows = pq.ParquetFile(path).metadata.num_rows
+            except FileNotFoundError:
+                raise DataError(path, "missing: the dataset is incomplete; rebuild it") from None
+            except PARQUET_ERRORS as e:
+                raise DataError(
+                    path, f"unreadable id map (truncated or corrupt?): {reason(e)}"
+                ) from None
+            if rows != count:
+                raise DataError(
+                    meta_path, f"num_{kind}s is {count} but {path.name} maps {rows} {kind}s"
+                )
 
     @property
     def num_users(self) -> int:
@@ -297,19 +428,14 @@ class PeriodDataset:
             raise DataError(path, f"missing file for period {t}")
         try:
             table = pq.read_table(path)
-        except (pa.ArrowException, OSError) as e:
-            raise DataError(path, f"unreadable parquet file (truncated or corrupt?): {e}") from e
-        for f in SCHEMA:
-            if f.name not in table.column_names:
-                raise DataError(
-                    path, f"missing column {f.name!r} (has {', '.join(table.column_names)})"
-                )
-            if table.schema.field(f.name).type != f.type:
-                raise DataError(
-                    path,
-                    f"column {f.name!r} has type {table.schema.field(f.name).type}, "
-                    f"expected {f.type}",
-                )
+            # Damaged pages or names (text that is not UTF-8) fail here, not at first use.
+            table.validate(full=True)
+            _ = table.column_names
+        except PARQUET_ERRORS as e:
+            raise DataError(
+                path, f"unreadable parquet file (truncated or corrupt?): {reason(e)}"
+            ) from e
+        _check_schema(path, table.schema)
         if table.num_rows != self.meta.period_counts[t]:
             raise DataError(
                 path,
@@ -332,9 +458,17 @@ class PeriodDataset:
         path = self.root / f"{kind}_map.parquet"
         try:
             table = pq.read_table(path)
-        except (pa.ArrowException, OSError) as e:
-            raise DataError(path, f"unreadable id map: {e}") from e
-        ids = table.column("id").to_numpy()
+            # Damaged pages or names (text that is not UTF-8) fail here, not at first use.
+            table.validate(full=True)
+            _ = table.column_names
+        except PARQUET_ERRORS as e:
+            raise DataError(path, f"unreadable id map: {reason(e)}") from e
+        for col in ("raw_id", "id"):
+            if col not in table.column_names:
+                raise DataError(
+                    path, f"missing column {col!r} (has {', '.join(table.column_names)})"
+                )
+        ids = table.column("id").to_numpy(zero_copy_only=False)
         if not np.array_equal(ids, np.arange(len(ids))):
             raise DataError(path, "column 'id' is not 0..n-1 in order")
         return table.column("raw_id").combine_chunks()

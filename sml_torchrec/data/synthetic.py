@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from sml_torchrec.data.build import renumber_by_first_appearance
+from sml_torchrec.data.errors import DataError
 from sml_torchrec.data.period_dataset import PeriodMetadata, write_period_dataset
 
 
@@ -46,6 +47,14 @@ class SyntheticConfig:
     period_seconds: int = 86_400
     start_timestamp: int = 1_600_000_000
     seed: int = 0
+
+
+def peak_bytes(config: SyntheticConfig) -> int:
+    """Rough peak memory of :func:`generate`: the last period's logits, Gumbel noise and their
+    sum over active users x living items, in float64."""
+    c = config
+    items = c.initial_items + c.new_items_per_period * max(c.periods - 1, 0)
+    return int(4 * 8 * max(c.active_prob, 0.01) * c.num_users * items)
 
 
 @dataclass
@@ -105,15 +114,31 @@ def generate(config: SyntheticConfig) -> SyntheticLog:
         offset = rng.integers(0, c.period_seconds, len(users))
         ts = c.start_timestamp + t * c.period_seconds + offset
         parts.append((users, items, ts, np.full(len(users), t, dtype=np.int32)))
+    if not parts:
+        raise DataError(None, f"synthetic log: no interactions with {c.num_users} users; use "
+                              "more users (--num-users)")
     user, item, ts, period = (np.concatenate(x) for x in zip(*parts))
     order = np.argsort(ts, kind="stable")
     return SyntheticLog(user[order], item[order], ts[order], period[order], item_birth)
 
 
-def build_synthetic(out_dir: str | Path, config: SyntheticConfig | None = None) -> PeriodMetadata:
-    """Generate the synthetic log and write it as a period dataset (periods as generated)."""
+def build_synthetic(
+    out_dir: str | Path, config: SyntheticConfig | None = None, *, overwrite: bool = False
+) -> PeriodMetadata:
+    """Generate the synthetic log and write it as a period dataset (periods as generated).
+
+    ``out_dir`` must be new, empty or (with ``overwrite``) a period dataset. A configuration
+    under which some period gets no interaction (too few users) is a DataError saying so.
+    """
     config = config or SyntheticConfig()
     g = generate(config)
+    empty = sorted(set(range(config.periods)) - set(np.unique(g.period).tolist()))
+    if empty:
+        raise DataError(
+            None,
+            f"synthetic log: period(s) {', '.join(map(str, empty[:8]))} of {config.periods} got "
+            f"no interactions with {config.num_users} users; use more users (--num-users)",
+        )
     user, user_old = renumber_by_first_appearance(g.user, config.num_users)
     item, item_old = renumber_by_first_appearance(g.item, len(g.item_birth))
     return write_period_dataset(
@@ -127,4 +152,5 @@ def build_synthetic(out_dir: str | Path, config: SyntheticConfig | None = None) 
         item_raw_ids=pa.array(item_old),
         source="synthetic",
         build={"synthetic": asdict(config)},
+        overwrite=overwrite,
     )

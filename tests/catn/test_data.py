@@ -191,7 +191,7 @@ def test_build_save_load_roundtrip_and_atomic(tmp_path):
     bad = c2
     bad.meta = {"x": object()}  # not JSON-serialisable: fails at the end of the write
     with pytest.raises(TypeError):
-        save_corpus(bad, out, etas=(1.0,), doc_len=20)
+        save_corpus(bad, out, etas=(1.0,), doc_len=20, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ds")] == []
 

@@ -20,7 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from sml_torchrec.data.sources import adressa, csv, movielens, yelp
-from sml_torchrec.data.sources._common import Batches
+from sml_torchrec.data.sources._common import (
+    NULL_TOKENS,
+    PARQUET_ERRORS,
+    READ_ERRORS,
+    Batches,
+    check_input_path,
+    check_text_file,
+    decode_line,
+    field_list,
+    open_binary,
+    printable,
+    reason,
+)
 
 # name -> read function; each also has `.options`, the tuple of keyword options it accepts.
 SOURCES: dict[str, Callable[..., Batches]] = {
@@ -42,4 +54,18 @@ def read_source(name: str, path: str | Path, **options: Any) -> Batches:
     return reader(path, **options)
 
 
-__all__ = ["SOURCES", "Batches", "read_source"]
+__all__ = [
+    "NULL_TOKENS",
+    "PARQUET_ERRORS",
+    "READ_ERRORS",
+    "SOURCES",
+    "Batches",
+    "check_input_path",
+    "check_text_file",
+    "decode_line",
+    "field_list",
+    "open_binary",
+    "printable",
+    "reason",
+    "read_source",
+]

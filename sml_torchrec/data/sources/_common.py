@@ -3,11 +3,16 @@ with its counters, value conversion with row-precise errors, and streaming line/
 
 from __future__ import annotations
 
+import bz2
 import functools
 import gzip
 import inspect
 import json
 import logging
+import lzma
+import os
+import re
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -74,8 +79,7 @@ def source_reader(name: str) -> Callable[[Callable[..., Batches]], Callable[...,
                 raise ValueError(
                     f"source {name!r}: chunk_rows must be an int >= 1, got {chunk_rows!r}"
                 )
-            if not Path(path).exists():
-                raise DataError(path, "no such file or directory")
+            check_input_path(path)
             return fn(path, **options)
 
         read.options = accepted  # type: ignore[attr-defined]
@@ -89,6 +93,56 @@ def source_reader(name: str) -> Callable[[Callable[..., Batches]], Callable[...,
 
 def first_null(arr: pa.Array) -> int:
     return pc.index(pc.is_null(arr), True).as_py()
+
+
+# Text that stands for a missing value in exported tables (pandas, R, SQL dumps, spreadsheets);
+# as an id it would silently become one user or item shared by every such row.
+NULL_TOKENS = ("", "nan", "-nan", "null", "none", "na", "n/a", "<na>", "#n/a", "#na", "nil")
+
+
+def _rows(mask: pa.Array, where: Callable[[int], str], limit: int = 3) -> str:
+    """'row 4' or 'row 4 (also 9, 12 and 5 more)': the first places where ``mask`` holds."""
+    idx = pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist()
+    if len(idx) == 1:
+        return where(idx[0])
+    more = f" and {len(idx) - limit} more" if len(idx) > limit else ""
+    rest = ", ".join(where(k).split(" ", 1)[-1] for k in idx[1:limit])
+    return f"{where(idx[0])} (also {rest}{more})"
+
+
+def check_id_text(arr: pa.Array, path: str | Path, what: str, where: Callable[[int], str]) -> None:
+    """Refuse text ids that are written-out missing values (``NaN``, ``null``, ``None``, ...)."""
+    lowered = pc.utf8_lower(pc.utf8_trim_whitespace(arr))
+    bad = pc.is_in(lowered, value_set=pa.array(NULL_TOKENS))
+    if pc.any(bad).as_py():
+        k = pc.index(bad, True).as_py()
+        raise DataError(
+            path,
+            f"{what}: {_rows(bad, where)}: {arr[k].as_py()!r} is a missing value, not an id; "
+            "remove or fill in those rows",
+        )
+
+
+def check_timestamps(
+    arr: pa.Array, path: str | Path, what: str, where: Callable[[int], str]
+) -> pa.Array:
+    """``arr`` (int64) unchanged, or an error naming the first negative timestamps."""
+    neg = pc.less(arr, 0)
+    if pc.any(neg).as_py():
+        k = pc.index(neg, True).as_py()
+        raise DataError(
+            path,
+            f"{what}: {_rows(neg, where)}: timestamp {arr[k].as_py()} is negative; "
+            "timestamps are unix seconds (or any other non-negative clock)",
+        )
+    return arr
+
+
+def to_timestamp(
+    arr: pa.Array, path: str | Path, what: str, where: Callable[[int], str]
+) -> pa.Array:
+    """:func:`to_int64` for a time column: also refuses negative values."""
+    return check_timestamps(to_int64(arr, path, what, where), path, what, where)
 
 
 def row_locator(first_row: int) -> Callable[[int], str]:
@@ -117,7 +171,7 @@ def to_int64(arr: pa.Array, path: str | Path, what: str, where: Callable[[int], 
     ``arr`` into "row 12" or "line 12" so the message points into the file.
     """
     if arr.null_count:
-        raise DataError(path, f"{what}: {where(first_null(arr))}: missing value")
+        raise DataError(path, f"{what}: {_rows(pc.is_null(arr), where)}: missing value")
     t = arr.type
 
     def cast(values: pa.Array) -> pa.Array:
@@ -130,6 +184,9 @@ def to_int64(arr: pa.Array, path: str | Path, what: str, where: Callable[[int], 
     if pa.types.is_integer(t):
         return cast(arr)
     if pa.types.is_floating(t):
+        nan = pc.is_nan(arr)
+        if pc.any(nan).as_py():
+            raise DataError(path, f"{what}: {_rows(nan, where)}: missing value (NaN)")
         # A whole-valued float column (e.g. written by pandas after a NaN) loses nothing; a
         # fraction means the column is not unix seconds at all, so it is refused, not rounded.
         bad = pc.fill_null(pc.not_equal(arr, pc.floor(arr)), True)
@@ -143,7 +200,11 @@ def to_int64(arr: pa.Array, path: str | Path, what: str, where: Callable[[int], 
         is_int = pc.match_substring_regex(text, r"^-?[0-9]+$")
         if not pc.all(is_int).as_py():
             k = pc.index(is_int, False).as_py()
-            raise DataError(path, f"{what}: {where(k)}: {arr[k].as_py()!r} is not an integer")
+            value = arr[k].as_py()
+            hint = ""
+            if what.endswith(f"{value.strip()!r}") or what.endswith(f"({value.strip()})"):
+                hint = " (a repeated header line? were several files concatenated?)"
+            raise DataError(path, f"{what}: {where(k)}: {value!r} is not an integer{hint}")
         return cast(text)
     if pa.types.is_timestamp(t):
         per_second = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[t.unit]
@@ -175,7 +236,16 @@ def to_ids(
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
     if arr.null_count:
-        raise DataError(path, f"{what}: {where(first_null(arr))}: missing id")
+        raise DataError(path, f"{what}: {_rows(pc.is_null(arr), where)}: missing id")
+    if _is_text(arr.type):
+        check_id_text(arr, path, what, where)
+    if pa.types.is_floating(arr.type):
+        # pandas writes an integer id column holding a NaN as float64.
+        nan = pc.is_nan(arr)
+        if pc.any(nan).as_py():
+            raise DataError(path, f"{what}: {_rows(nan, where)}: missing id (NaN)")
+        if id_type == pa.int64():
+            return to_int64(arr, path, what, where)
     if id_type == pa.int64():
         if not (pa.types.is_integer(arr.type) or _is_text(arr.type)):
             raise DataError(path, f"{what}: has type {arr.type}, expected integer ids")
@@ -237,13 +307,132 @@ def _json_fits(v: Any, type_: pa.DataType) -> bool:
 # ---------------------------------------------------------------------------------- streaming input
 
 
+# Leading bytes of the formats a log is mistaken for. Compressed text is read transparently
+# whatever the file is called; the rest is refused with what the file is.
+_MAGIC = (
+    (b"\x1f\x8b", "gzip"),
+    (b"BZh", "bz2"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"\x04\x22\x4d\x18", "lz4"),
+    (b"PK\x03\x04", "zip"),
+    (b"7z\xbc\xaf\x27\x1c", "7z"),
+    (b"PAR1", "parquet"),
+    (b"\xff\xfe", "utf-16"),
+    (b"\xfe\xff", "utf-16"),
+)
+_REFUSED = {
+    "zstd": "is zstd-compressed; decompress it first (zstd -d)",
+    "lz4": "is lz4-compressed; decompress it first (lz4 -d)",
+    "zip": "is a zip archive; unzip it and give the file inside",
+    "7z": "is a 7z archive; extract it and give the file inside",
+    "parquet": "is a parquet file, not text; --source csv reads parquet",
+    "utf-16": "is UTF-16 text; save it as UTF-8",
+    "binary": "is a binary file, not text (it holds NUL bytes)",
+    "tar": "is a tar archive; extract it and give the file inside",
+}
+_OPENERS: dict[str, Callable[..., IO[bytes]]] = {
+    "gzip": gzip.open,
+    "bz2": bz2.open,
+    "xz": lzma.open,
+}
+UTF8_BOM = b"\xef\xbb\xbf"
+# What reading a truncated or corrupt (compressed) file raises, depending on the codec.
+READ_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error)
+# What pyarrow raises for a corrupt parquet file (a damaged footer can even fail to decode).
+PARQUET_ERRORS = (pa.ArrowException, OSError, ValueError)
+
+
+def _kind(head: bytes) -> str:
+    if not head:
+        return "empty"
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    if head[257:262] == b"ustar":
+        return "tar"
+    return "binary" if b"\x00" in head else "text"
+
+
+def sniff(path: str | Path) -> str:
+    """What a file holds, from its first bytes: a key of ``_MAGIC``, "tar", "empty", "binary"
+    or "text"."""
+    with open(path, "rb") as f:
+        return _kind(f.read(8192))
+
+
+def check_input_path(path: str | Path, what: str = "") -> None:
+    """A clear DataError for an input that is missing, unreadable or not a file or directory."""
+    p = Path(path)
+    label = f" ({what})" if what else ""
+    if not p.exists():
+        raise DataError(path, f"no such file or directory{label}")
+    if not (p.is_file() or p.is_dir()):
+        raise DataError(path, f"is not a regular file or directory{label}")
+    if not os.access(p, os.R_OK) or (p.is_dir() and not os.access(p, os.X_OK)):
+        raise DataError(path, f"permission denied{label}")
+
+
+def check_text_file(path: str | Path) -> str:
+    """The compression of a text input ("gzip", "bz2", "xz" or "text"); anything else (an empty
+    file, a directory, an archive, a binary or UTF-16 file) is a DataError saying what it is."""
+    check_input_path(path)
+    if Path(path).is_dir():
+        raise DataError(path, "is a directory; give the file to read")
+    kind = sniff(path)
+    if kind == "empty":
+        raise DataError(path, "empty file")
+    if kind in _REFUSED:
+        raise DataError(path, _REFUSED[kind])
+    if kind in _OPENERS:
+        # What is inside counts too: a .tar.gz or a compressed binary is no more a log.
+        try:
+            with _OPENERS[kind](path, "rb") as f:
+                inner = _kind(f.read(8192))
+        except READ_ERRORS as e:
+            raise DataError(path, f"cannot read: {kind} data is corrupt ({reason(e)})") from None
+        if inner == "empty":
+            raise DataError(path, f"empty file ({kind}-compressed)")
+        if inner in _REFUSED:
+            raise DataError(path, f"{kind}-compressed, and {_REFUSED[inner].removeprefix('is ')}")
+    return kind
+
+
 def open_binary(path: str | Path) -> IO[bytes]:
-    """Open for reading bytes, decompressing gzip (recognised by its magic bytes, not the name)."""
-    f = open(path, "rb")  # the caller closes it
-    if f.peek(2)[:2] == b"\x1f\x8b":
-        f.close()
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    return f
+    """Open a text input for reading bytes, decompressing gzip, bz2 or xz (recognised by their
+    magic bytes, not by the name); see :func:`check_text_file` for what is refused."""
+    kind = check_text_file(path)
+    if kind in _OPENERS:
+        return _OPENERS[kind](path, "rb")
+    return open(path, "rb")  # the caller closes it
+
+
+def decode_line(path: str | Path, lineno: int, raw: bytes) -> str:
+    """``raw`` as UTF-8 text, or an error naming the line and the offending byte."""
+    if lineno == 1 and raw.startswith(UTF8_BOM):
+        raw = raw[len(UTF8_BOM):]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            path,
+            f"line {lineno}: byte 0x{raw[e.start]:02x} at column {e.start + 1} is not UTF-8; "
+            "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
+        ) from None
+
+
+def first_non_utf8_line(path: str | Path) -> DataError | None:
+    """The :func:`decode_line` error of the first line of ``path`` that is not UTF-8, if any."""
+    with open_binary(path) as f:
+        try:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    decode_line(path, lineno, raw)
+                except DataError as e:
+                    return e
+        except READ_ERRORS as e:
+            return DataError(path, f"cannot read: {reason(e)}")
+    return None
 
 
 def json_objects(path: str | Path) -> Iterator[tuple[int, Any]]:
@@ -254,12 +443,29 @@ def json_objects(path: str | Path) -> Iterator[tuple[int, Any]]:
             for lineno, line in enumerate(f, 1):
                 if line.isspace() or not line:
                     continue
+                text = decode_line(path, lineno, line)
                 try:
-                    yield lineno, loads(line)
-                except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
-                    raise DataError(path, f"line {lineno}: malformed JSON: {e}") from None
-        except (OSError, EOFError) as e:  # truncated or corrupt gzip
-            raise DataError(path, f"cannot read: {e}") from None
+                    yield lineno, loads(text)
+                except ValueError as e:
+                    raise DataError(path, f"line {lineno}: malformed JSON: {reason(e)}") from None
+        except READ_ERRORS as e:  # truncated or corrupt compressed file
+            raise DataError(path, f"cannot read: {reason(e)}") from None
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped, so that an error stays one readable line."""
+    return "".join(c if c >= " " or c == "\t" else repr(c)[1:-1] for c in text)
+
+
+def reason(e: BaseException) -> str:
+    """A library's exception text for an error message: one line, control characters escaped
+    (pyarrow's messages span lines)."""
+    return printable(str(e))
+
+
+def field_list(obj: dict) -> str:
+    """The keys of a parsed JSON object, for an error message ("none" when there are none)."""
+    return ", ".join(printable(str(k)) for k in obj) or "none"
 
 
 def missing_field(path: str | Path, lineno: int, obj: Any, fields: Sequence[str]) -> DataError:
@@ -268,7 +474,8 @@ def missing_field(path: str | Path, lineno: int, obj: Any, fields: Sequence[str]
         return DataError(path, f"line {lineno}: expected a JSON object, got {type(obj).__name__}")
     absent = [f for f in fields if f not in obj]
     return DataError(
-        path, f"line {lineno}: missing field {absent[0]!r} (fields present: {', '.join(obj)})"
+        path,
+        f"line {lineno}: missing field {absent[0]!r} (fields present: {field_list(obj)})",
     )
 
 
@@ -290,17 +497,89 @@ def files_in(path: str | Path, suffixes: tuple[str, ...] | None = None) -> list[
     return files
 
 
+def _csv_stream(path: str | Path) -> pa.NativeFile:
+    """The CSV's bytes, decompressed by content: pyarrow would go by the file name only."""
+    kind = check_text_file(path)
+    if kind in ("gzip", "bz2") and pa.Codec.is_available(kind):
+        return pa.input_stream(str(path), compression=kind)
+    if kind in _OPENERS:
+        return pa.PythonFile(_OPENERS[kind](path, "rb"), mode="r")
+    return pa.input_stream(str(path), compression=None)
+
+
+_ARROW_ROW = re.compile(r"Row #(\d+): ")
+
+
+def _csv_error(
+    path: str | Path, e: Exception, delimiter: str, header: bool, columns: Sequence[str] | None
+) -> DataError:
+    """A DataError locating a pyarrow CSV failure: non-UTF-8 bytes by line, parse errors by row.
+
+    pyarrow's threaded reader reports no position, so on failure the file is read again
+    serially (which does) to find it; that cost is only ever paid on the error path.
+    """
+    msg = str(e)
+    if "utf8" in msg.lower():
+        located = first_non_utf8_line(path)
+        if located is not None:
+            return located
+    if not _ARROW_ROW.search(msg):
+        try:
+            with _csv_stream(path) as stream:
+                reader = pa_csv.open_csv(
+                    stream,
+                    read_options=pa_csv.ReadOptions(
+                        autogenerate_column_names=not header, use_threads=False
+                    ),
+                    parse_options=pa_csv.ParseOptions(delimiter=delimiter),
+                    convert_options=pa_csv.ConvertOptions(
+                        include_columns=list(columns or []),
+                        column_types={c: pa.string() for c in columns or []},
+                    ),
+                )
+                for _ in reader:
+                    pass
+        except (pa.ArrowInvalid, *READ_ERRORS) as again:
+            msg = str(again)
+    m = _ARROW_ROW.search(msg)
+    if m:
+        # pyarrow counts the header as row 1; our rows are data rows, as everywhere else.
+        row = int(m.group(1)) - (1 if header else 0)
+        msg = f"row {row}: " + _ARROW_ROW.sub("", msg, count=1)
+    msg = msg.replace("CSV parse error: ", "")
+    # pyarrow quotes the offending row, which may hold line breaks or other control
+    # characters: they are escaped so that the report stays one line.
+    msg = printable(msg)
+    msg = msg if len(msg) <= 300 else msg[:300] + "..."
+    if "Empty CSV file" in msg:
+        return DataError(path, "no lines to read")
+    return DataError(path, f"cannot parse as CSV (delimiter {delimiter!r}): {msg}")
+
+
 def csv_names(path: str | Path, delimiter: str, header: bool) -> list[str]:
-    """Column names of a CSV as pyarrow will see them (autogenerated f0, f1, ... without header)."""
-    reader = pa_csv.open_csv(
-        path,
-        read_options=pa_csv.ReadOptions(autogenerate_column_names=not header),
-        parse_options=pa_csv.ParseOptions(delimiter=delimiter),
-    )
-    try:
-        return list(reader.schema.names)
-    finally:
-        reader.close()
+    """Column names of a CSV as pyarrow will see them (autogenerated f0, f1, ... without header).
+
+    A header naming a column twice is an error: which of the two is meant would be a guess.
+    """
+    with _csv_stream(path) as stream:
+        try:
+            reader = pa_csv.open_csv(
+                stream,
+                read_options=pa_csv.ReadOptions(autogenerate_column_names=not header),
+                parse_options=pa_csv.ParseOptions(delimiter=delimiter),
+            )
+        except (pa.ArrowInvalid, *READ_ERRORS) as e:
+            raise _csv_error(path, e, delimiter, header, None) from None
+        try:
+            names = list(reader.schema.names)
+        except UnicodeDecodeError:  # the header line is not UTF-8
+            raise first_non_utf8_line(path) or DataError(path, "line 1: not UTF-8") from None
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise DataError(path, f"the CSV header names column {n!r} twice: {', '.join(names)}")
+        seen.add(n)
+    return names
 
 
 def csv_text_batches(
@@ -311,7 +590,8 @@ def csv_text_batches(
 
     Everything is read as text and converted by the caller: pyarrow's own typed conversion
     reports neither the row nor, in streaming mode, anything that locates the bad value.
-    Empty fields become nulls so that "missing" is one check.
+    Empty fields become nulls so that "missing" is one check. The file is decompressed by its
+    content (gzip, bz2, xz), whatever its name.
     """
     reader_opts = pa_csv.ReadOptions(
         block_size=16 << 20, autogenerate_column_names=not header, use_threads=True
@@ -322,9 +602,10 @@ def csv_text_batches(
         null_values=[""],
         strings_can_be_null=True,
     )
+    stream = _csv_stream(path)
     try:
         reader = pa_csv.open_csv(
-            path,
+            stream,
             read_options=reader_opts,
             parse_options=pa_csv.ParseOptions(delimiter=delimiter),
             convert_options=convert,
@@ -333,8 +614,10 @@ def csv_text_batches(
         for batch in rechunk(reader, chunk_rows):
             yield batch, start
             start += batch.num_rows
-    except (pa.ArrowInvalid, OSError, EOFError) as e:
-        raise DataError(path, f"cannot parse as CSV: {e}") from None
+    except (pa.ArrowInvalid, *READ_ERRORS) as e:
+        raise _csv_error(path, e, delimiter, header, columns) from None
+    finally:
+        stream.close()
 
 
 def rechunk(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:

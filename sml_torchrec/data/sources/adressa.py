@@ -29,8 +29,11 @@ import pyarrow as pa
 from sml_torchrec.data.sources._common import (
     DEFAULT_CHUNK_ROWS,
     Batches,
+    check_id_text,
+    check_timestamps,
     files_in,
     json_objects,
+    line_locator,
     log,
     missing_field,
     output_schema,
@@ -90,11 +93,11 @@ def _read(
 def _batch(
     file: Path, users: list[Any], items: list[Any], times: list[Any], lines: list[int]
 ) -> pa.RecordBatch:
-    return pa.RecordBatch.from_arrays(
-        [
-            pylist_to_array(users, pa.string(), file, "userId", lines),
-            pylist_to_array(items, pa.string(), file, "id", lines),
-            pylist_to_array(times, pa.int64(), file, "time", lines),
-        ],
-        schema=SCHEMA,
-    )
+    where = line_locator(lines)
+    user = pylist_to_array(users, pa.string(), file, "userId", lines)
+    item = pylist_to_array(items, pa.string(), file, "id", lines)
+    check_id_text(user, file, "userId", where)
+    check_id_text(item, file, "id", where)
+    time = check_timestamps(pylist_to_array(times, pa.int64(), file, "time", lines), file,
+                            "time", where)
+    return pa.RecordBatch.from_arrays([user, item, time], schema=SCHEMA)

@@ -24,6 +24,7 @@ otherwise (integer types become int64).
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,16 +34,19 @@ import pyarrow.parquet as pq
 from sml_torchrec.data.errors import DataError
 from sml_torchrec.data.sources._common import (
     DEFAULT_CHUNK_ROWS,
+    PARQUET_ERRORS,
     Batches,
     csv_names,
     csv_text_batches,
     files_in,
     log,
     output_schema,
+    reason,
     row_locator,
+    sniff,
     source_reader,
     to_ids,
-    to_int64,
+    to_timestamp,
 )
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -76,6 +80,8 @@ def read(
     if format is None:
         p = Path(path)
         format = "parquet" if p.is_dir() or p.name.lower().endswith(PARQUET_SUFFIXES) else "csv"
+        if format == "csv" and sniff(p) == "parquet":  # a parquet file under another name
+            format = "parquet"
     if format == "parquet":
         forced = None if id_type is None else ID_TYPES[id_type]
         return Batches(lambda stats: _parquet(path, cols, forced, chunk_rows, stats))
@@ -91,10 +97,7 @@ def read(
         )
     ids = ID_TYPES[id_type or "string"]
     # Columns are resolved now, so a wrong column name fails at the call, not mid-pipeline.
-    try:
-        names = csv_names(path, delimiter, header)
-    except (pa.ArrowInvalid, OSError, EOFError) as e:
-        raise DataError(path, f"cannot parse as CSV: {e}") from None
+    names = csv_names(path, delimiter, header)
     resolved = _resolve(path, cols, names, "CSV header" if header else "CSV file")
     return Batches(lambda stats: _csv(path, resolved, delimiter, header, ids, chunk_rows))
 
@@ -113,13 +116,36 @@ def _resolve(path: str | Path, cols: list[str | int], names: list[str], what: st
             out.append(names[c])
         elif c not in names:
             raise DataError(
-                path, f"missing {role} column {c!r}; the {what} has columns: {', '.join(names)}"
+                path,
+                f"missing {role} column {c!r}; the {what} has columns: {', '.join(names)}"
+                + (_delimiter_hint(names) or _name_hint(c, names)),
             )
         else:
             out.append(c)
     if len(set(out)) != 3:
         raise ValueError(f"user, item and time columns must differ, got {out} in {path}")
     return out
+
+
+def _delimiter_hint(names: list[str]) -> str:
+    """When the whole header came out as one column, the delimiter is the likely mistake."""
+    if len(names) != 1:
+        return ""
+    for d in (",", ";", "\t", "|", " ", ":"):
+        if d in names[0]:
+            return f" (one column only: is the delimiter {d!r}? pass --delimiter {d!r})"
+    return " (one column only: is the delimiter right?)"
+
+
+def _name_hint(wanted: str, names: list[str]) -> str:
+    """A near miss: the same name with spaces around it or in another case, or a close one."""
+    for n in names:
+        if n.strip() == wanted:
+            return f" (column {n!r} has spaces around its name)"
+        if n.strip().lower() == wanted.lower():
+            return f" (did you mean {n!r}? names are case-sensitive)"
+    close = difflib.get_close_matches(wanted, names, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _csv(
@@ -138,16 +164,36 @@ def _csv(
             [
                 to_ids(batch.column(user), ids, path, f"column {user!r}", where),
                 to_ids(batch.column(item), ids, path, f"column {item!r}", where),
-                to_int64(batch.column(ts), path, f"column {ts!r}", where),
+                to_timestamp(batch.column(ts), path, f"column {ts!r}", where),
             ],
             schema=schema,
         )
 
 
+def _iter_parquet(
+    file: Path, pf: pq.ParquetFile, chunk_rows: int, columns: list[str]
+) -> Iterator[pa.RecordBatch]:
+    """``pf``'s batches; a corrupt page part-way through is a DataError naming the file."""
+    it = pf.iter_batches(batch_size=chunk_rows, columns=columns)
+    while True:
+        try:
+            batch = next(it)
+            batch.validate(full=True)  # a damaged page can decode to text that is not UTF-8
+        except StopIteration:
+            return
+        except PARQUET_ERRORS as e:
+            raise DataError(
+                file, f"cannot read as parquet (truncated or corrupt?): {reason(e)}"
+            ) from None
+        yield batch
+
+
 def _parquet_id_type(t: pa.DataType) -> pa.DataType:
     if pa.types.is_dictionary(t):
         t = t.value_type
-    return pa.int64() if pa.types.is_integer(t) else pa.string()
+    # Float ids are what pandas makes of an integer column with a NaN: read as integers, so
+    # that the NaN and any fraction are reported by row.
+    return pa.int64() if pa.types.is_integer(t) or pa.types.is_floating(t) else pa.string()
 
 
 def _parquet(
@@ -163,8 +209,9 @@ def _parquet(
     for file in files_in(path, PARQUET_SUFFIXES):
         try:
             pf = pq.ParquetFile(file)
-        except (pa.ArrowInvalid, OSError) as e:
-            raise DataError(file, f"cannot read as parquet: {e}") from None
+            _ = pf.schema_arrow.names  # names that are not UTF-8 fail here, not at first use
+        except PARQUET_ERRORS as e:
+            raise DataError(file, f"cannot read as parquet: {reason(e)}") from None
         file_schema = pf.schema_arrow
         user, item, ts = _resolve(file, cols, file_schema.names, "parquet file")
         # One schema for the whole read: id types come from the first file (or id_type), and a
@@ -181,13 +228,13 @@ def _parquet(
                 )
         stats["files"] += 1
         start = 0
-        for batch in pf.iter_batches(batch_size=chunk_rows, columns=[user, item, ts]):
+        for batch in _iter_parquet(file, pf, chunk_rows, [user, item, ts]):
             where = row_locator(start)
             yield pa.RecordBatch.from_arrays(
                 [
                     to_ids(batch.column(user), types[0], file, f"column {user!r}", where),
                     to_ids(batch.column(item), types[1], file, f"column {item!r}", where),
-                    to_int64(batch.column(ts), file, f"column {ts!r}", where),
+                    to_timestamp(batch.column(ts), file, f"column {ts!r}", where),
                 ],
                 schema=schema,
             )

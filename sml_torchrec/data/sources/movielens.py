@@ -28,17 +28,19 @@ import pyarrow.compute as pc
 from sml_torchrec.data.errors import DataError
 from sml_torchrec.data.sources._common import (
     DEFAULT_CHUNK_ROWS,
+    READ_ERRORS,
     Batches,
     csv_names,
     csv_text_batches,
     log,
     open_binary,
     output_schema,
+    reason,
     row_locator,
     source_reader,
     to_float64,
     to_ids,
-    to_int64,
+    to_timestamp,
 )
 
 FILE_NAMES = ("ratings.csv", "ratings.dat", "u.data")
@@ -70,8 +72,10 @@ def _layout(path: Path) -> tuple[str, bool, list[int]]:
     with open_binary(path) as f:
         try:
             first = next((line for line in f if line.strip()), b"")
-        except (OSError, EOFError) as e:
-            raise DataError(path, f"cannot read: {e}") from None
+        except READ_ERRORS as e:
+            raise DataError(path, f"cannot read: {reason(e)}") from None
+    if not first:
+        raise DataError(path, "holds only blank lines")
     text = first.decode("utf-8", errors="replace").strip()
     if "::" in text:
         # pyarrow's CSV reader takes one-character delimiters: split on ':' and keep every
@@ -97,10 +101,7 @@ def _read(
     chunk_rows: int,
     stats: dict[str, int],
 ) -> Iterator[pa.RecordBatch]:
-    try:
-        names = csv_names(path, delimiter, header)
-    except (pa.ArrowInvalid, OSError, EOFError) as e:
-        raise DataError(path, f"cannot parse ratings: {e}") from None
+    names = csv_names(path, delimiter, header)
     if len(names) <= positions[-1]:
         raise DataError(
             path, f"expected at least 4 ratings columns, found {len(names)}: {', '.join(names)}"
@@ -126,7 +127,7 @@ def _read(
             [
                 to_ids(batch.column(user), pa.int64(), path, label[user], where),
                 to_ids(batch.column(item), pa.int64(), path, label[item], where),
-                to_int64(batch.column(ts), path, label[ts], where),
+                to_timestamp(batch.column(ts), path, label[ts], where),
             ],
             schema=schema,
         )

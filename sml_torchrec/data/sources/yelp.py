@@ -13,8 +13,9 @@ JSON lines, one review object per line, e.g.::
 fewer stars are dropped, counted in ``stats["filtered"]``). Blank lines are skipped; a ``.gz``
 file is decompressed on the fly.
 
-A malformed line, a missing or null field, a non-string id, or an unparseable date is a
-DataError naming the file and the 1-based line number.
+A malformed line, a missing or null field, a non-string id or one that spells a missing value
+(``"NaN"``, ``"null"``, ...), a date that does not parse or lies before 1970 is a DataError
+naming the file and the 1-based line number.
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ from sml_torchrec.data.errors import DataError
 from sml_torchrec.data.sources._common import (
     DEFAULT_CHUNK_ROWS,
     Batches,
+    check_id_text,
+    check_timestamps,
     first_null,
     json_objects,
+    line_locator,
     log,
     missing_field,
     output_schema,
@@ -97,13 +101,14 @@ def _batch(
 ) -> Iterator[pa.RecordBatch]:
     # A line whose fields were appended only in part (error mid-line) never reaches here: the
     # error is raised first, so the lists stay aligned with `lines`.
+    where = line_locator(lines)
+    user = pylist_to_array(users, pa.string(), path, "user_id", lines)
+    item = pylist_to_array(items, pa.string(), path, "business_id", lines)
+    check_id_text(user, path, "user_id", where)
+    check_id_text(item, path, "business_id", where)
+    ts = parse_dates(pylist_to_array(dates, pa.string(), path, "date", lines), path, lines)
     batch = pa.RecordBatch.from_arrays(
-        [
-            pylist_to_array(users, pa.string(), path, "user_id", lines),
-            pylist_to_array(items, pa.string(), path, "business_id", lines),
-            parse_dates(pylist_to_array(dates, pa.string(), path, "date", lines), path, lines),
-        ],
-        schema=SCHEMA,
+        [user, item, check_timestamps(ts, path, "date", where)], schema=SCHEMA
     )
     if min_stars is not None:
         keep = pc.greater_equal(

@@ -11,6 +11,7 @@ from sml_torchrec.data.build import (
     renumber_by_first_appearance,
 )
 from sml_torchrec.data.errors import DataError
+from sml_torchrec.data.output import OutputError
 from sml_torchrec.data.period_dataset import PeriodDataset, period_file_name
 
 
@@ -83,7 +84,7 @@ def test_non_integer_timestamp_is_named(tmp_path):
 
 
 def test_empty_time_period_is_an_error_naming_it(tmp_path):
-    with pytest.raises(DataError, match=r"period\(s\) \[1\] would be empty"):
+    with pytest.raises(DataError, match=r"period\(s\) 1 of 3 would be empty"):
         build_period_dataset(
             _table([1, 2, 3], [1, 2, 3], [0, 1, 99]), tmp_path / "ds", BuildConfig(periods=3)
         )
@@ -94,7 +95,8 @@ def test_failed_rebuild_keeps_existing_dataset(tmp_path):
     build_period_dataset(_table([1, 2, 3, 4], [1, 2, 3, 4], [0, 1, 2, 3]), out, BuildConfig(2))
     before = sorted(p.name for p in out.rglob("*"))
     with pytest.raises(DataError):
-        build_period_dataset(_table([1, 2, 3], [1, 2, 3], [0, 1, 99]), out, BuildConfig(3))
+        build_period_dataset(_table([1, 2, 3], [1, 2, 3], [0, 1, 99]), out, BuildConfig(3),
+                             overwrite=True)
     assert sorted(p.name for p in out.rglob("*")) == before
     assert PeriodDataset(out).periods(0, 2).user_id.tolist() == [0, 1, 2, 3]
     # No temporary directories are left beside it.
@@ -104,13 +106,18 @@ def test_failed_rebuild_keeps_existing_dataset(tmp_path):
 def test_successful_rebuild_replaces_dataset(tmp_path):
     out = tmp_path / "ds"
     build_period_dataset(_table([1, 2], [1, 2], [0, 1]), out, BuildConfig(1))
-    build_period_dataset(_table([1, 2, 3, 4], [1, 2, 3, 4], [0, 1, 2, 3]), out, BuildConfig(2))
+    with pytest.raises(OutputError, match="pass --overwrite"):
+        build_period_dataset(_table([1, 2, 3, 4], [1, 2, 3, 4], [0, 1, 2, 3]), out,
+                             BuildConfig(2))
+    assert PeriodDataset(out).meta.period_counts == [2]
+    build_period_dataset(_table([1, 2, 3, 4], [1, 2, 3, 4], [0, 1, 2, 3]), out, BuildConfig(2),
+                         overwrite=True)
     assert PeriodDataset(out).meta.period_counts == [2, 2]
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]
 
 
 def test_kcore_that_removes_everything_says_so(tmp_path):
-    with pytest.raises(DataError, match="5-core filter removed all 3"):
+    with pytest.raises(DataError, match="--kcore 5 removed all 3 interactions"):
         build_period_dataset(
             _table([1, 2, 3], [1, 2, 3], [0, 1, 2]), tmp_path / "ds", BuildConfig(1, kcore=5)
         )
