@@ -122,7 +122,7 @@ def check_inputs(cfg: RetrainConfig) -> None:
     if cfg.data:
         from sml_torchrec.data.period_dataset import PeriodDataset
 
-        ds = PeriodDataset(cfg.data)  # reads metadata.json only; names it if broken
+        ds = PeriodDataset(cfg.data)  # checks metadata.json against the files; names what is broken
         periods, where = ds.num_periods, f"{cfg.data} ({ds.root / 'metadata.json'})"
     else:
         syn = _synthetic_config(cfg)

@@ -99,8 +99,8 @@ def test_bad_arguments_are_one_line_before_any_work(tiny, tmp_path, capsys, case
 @pytest.mark.parametrize("nproc", ["1", "2"])
 @pytest.mark.parametrize("text,fragment", [
     (None, "metadata.json: missing"),
-    ("{not json", "metadata.json: unreadable metadata"),
-    ('{"num_users": 3}', "metadata.json: unreadable metadata"),
+    ("{not json", "metadata.json: line 1: invalid JSON"),
+    ('{"num_users": 3}', "metadata.json: format_version is None"),
 ])
 def test_missing_or_corrupt_metadata_is_named(tiny, tmp_path, capsys, text, fragment, nproc):
     rc, err = call([*_bad_metadata(tmp_path, tiny, text), *FLAGS, "--nproc", nproc,
@@ -192,7 +192,7 @@ def test_overwrite_run_then_checkpoints_of_another_run_are_refused(tiny, tmp_pat
 
     # Same shape, other contents: the old checkpoints must not resume (a fresh --out, so
     # that results.json is not what stops it).
-    build_synthetic(data, SyntheticConfig(**{**TINY.__dict__, "seed": 4}))
+    build_synthetic(data, SyntheticConfig(**{**TINY.__dict__, "seed": 4}), overwrite=True)
     snapshot = tree(earlier_run)
     other = ["--out", str(tmp_path / "other")]
     rc, err = call([*args, *other], capsys)
@@ -200,7 +200,7 @@ def test_overwrite_run_then_checkpoints_of_another_run_are_refused(tiny, tmp_pat
                     "metadata.json, periods/period=00000.parquet, periods/period=00001.parquet "
                     "and 5 more)")
     assert "pass --overwrite to delete them" in err and "another --checkpoint-dir" in err
-    build_synthetic(data, TINY)  # the original data again, but another flag
+    build_synthetic(data, TINY, overwrite=True)  # the original data again, but another flag
     rc, err = call([*args, *other, "--dim", "16"], capsys)
     assert_one_line(rc, err, "dim: 8 -> 16")
     rc, err = call([*args, *other, "--no-resume"], capsys)

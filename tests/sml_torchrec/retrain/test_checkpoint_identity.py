@@ -33,7 +33,8 @@ def test_fingerprint_sees_a_rebuild_with_the_same_shape(tmp_path):
     build_synthetic(tmp_path / "d", TINY)
     before = checkpoint.dataset_fingerprint(tmp_path / "d")
     assert "metadata.json" in before and "periods/period=00004.parquet" in before
-    build_synthetic(tmp_path / "d", SyntheticConfig(**{**TINY.__dict__, "seed": 4}))
+    build_synthetic(tmp_path / "d", SyntheticConfig(**{**TINY.__dict__, "seed": 4}),
+                    overwrite=True)
     after = checkpoint.dataset_fingerprint(tmp_path / "d")
     assert set(after) == set(before) and after != before
     assert checkpoint.dataset_fingerprint(tmp_path / "d") == after  # deterministic
