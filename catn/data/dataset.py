@@ -47,8 +47,6 @@ ROLE_COLD_VAL = 2
 ROLE_COLD_TEST = 3
 ROLE_COMMON = 4
 
-ETAS = (1.0, 0.5, 0.2, 0.1, 0.05)
-
 
 @dataclass
 class DomainReviews:
@@ -169,9 +167,17 @@ class EtaData:
     global_mean_t: float
     item_mean_s: np.ndarray  # (num_items_s,) float32; global mean where an item has no rating
     item_mean_t: np.ndarray
-    user_offset: np.ndarray  # (num_users,) float32; shrunk mean residual vs item means
-    user_source_offset: np.ndarray  # (num_users,) from source reviews only
+    # (num_users,) float32: a user's shrunk mean residual against item means, from their
+    # visible reviews of one domain (none: 0)
+    user_source_offset: np.ndarray
+    user_target_offset: np.ndarray
     num_training_users: int
+
+    def user_prior(self) -> np.ndarray:
+        """(2, num_users) float32 rating prior of a user scored from their document of each
+        domain: row 0 from the source reviews (all a cold-start user has), row 1 from the
+        target reviews (only training users are scored from a target document)."""
+        return np.stack([self.user_source_offset, self.user_target_offset])
 
 
 def _item_means(item: np.ndarray, rating: np.ndarray, num_items: int) -> tuple[np.ndarray, float]:
@@ -184,12 +190,11 @@ def _item_means(item: np.ndarray, rating: np.ndarray, num_items: int) -> tuple[n
 
 
 def _user_offset(
-    users: list[np.ndarray], residuals: list[np.ndarray], num_users: int, shrink: float
+    users: np.ndarray, residuals: np.ndarray, num_users: int, shrink: float
 ) -> np.ndarray:
-    u = np.concatenate(users) if users else np.zeros(0, dtype=np.int64)
-    res = np.concatenate(residuals) if residuals else np.zeros(0)
-    cnt = np.bincount(u, minlength=num_users)
-    tot = np.bincount(u, weights=res, minlength=num_users)
+    """(num_users,) float32: per user, the sum of ``residuals`` over (count + ``shrink``)."""
+    cnt = np.bincount(users, minlength=num_users)
+    tot = np.bincount(users, weights=residuals, minlength=num_users)
     return (tot / (cnt + shrink)).astype(np.float32)
 
 
@@ -227,8 +232,8 @@ def prepare_eta(
     item_mean_t, glob_t = _item_means(it, rt, T.num_items)
     res_s = rs - item_mean_s[is_]
     res_t = rt - item_mean_t[it]
-    user_offset = _user_offset([us, ut], [res_s, res_t], nu, shrink)
-    user_source_offset = _user_offset([us], [res_s], nu, shrink)
+    user_source_offset = _user_offset(us, res_s, nu, shrink)
+    user_target_offset = _user_offset(ut, res_t, nu, shrink)
 
     def pairs(u, i, r, mask):
         return u[mask].astype(np.int64), i[mask].astype(np.int64), r[mask].astype(np.float32)
@@ -253,15 +258,16 @@ def prepare_eta(
         global_mean_t=glob_t,
         item_mean_s=item_mean_s,
         item_mean_t=item_mean_t,
-        user_offset=user_offset,
         user_source_offset=user_source_offset,
+        user_target_offset=user_target_offset,
         num_training_users=n_train,
     )
 
 
 # --------------------------------------------------------------------------- on-disk format
 
-_DOC_KEYS = ("user_docs_s", "user_docs_t", "aux_docs_s", "aux_docs_t", "item_docs_s",
+# the EtaData fields that hold documents, (N, doc_len) int32 each
+DOC_KEYS = ("user_docs_s", "user_docs_t", "aux_docs_s", "aux_docs_t", "item_docs_s",
              "item_docs_t")
 
 
@@ -367,7 +373,7 @@ def save_corpus(
                 meta.setdefault("skipped_etas", {})[f"{eta:g}"] = str(e)
                 continue
             np.savez_compressed(tmp / _eta_file(eta).format(doc_len),
-                                **{k: getattr(data, k) for k in _DOC_KEYS})
+                                **{k: getattr(data, k) for k in DOC_KEYS})
             meta["prebuilt"].append({"eta": eta, "doc_len": doc_len, "seed": seed})
         # meta.json last: a directory without it is never a dataset.
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -537,7 +543,7 @@ def load_eta(
             f, f"unreadable prebuilt documents (truncated or corrupt?): {reason(e)}"
         ) from None
     with z:
-        for k in _DOC_KEYS:
+        for k in DOC_KEYS:
             if k not in z.files:
                 raise DataError(f, f"missing array {k!r}; rebuild the dataset")
             try:
