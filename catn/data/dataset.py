@@ -198,6 +198,20 @@ def _user_offset(
     return (tot / (cnt + shrink)).astype(np.float32)
 
 
+def _documents(
+    d: DomainReviews, rows: np.ndarray, u: np.ndarray, i: np.ndarray, r: np.ndarray,
+    t: np.ndarray, num_users: int, doc_len: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user, item, auxiliary) documents of one domain from its visible reviews ``rows``."""
+    user_docs = build_documents(u, t, rows, d.tokens, d.offsets, num_users, doc_len)
+    item_docs = build_documents(i, t, rows, d.tokens, d.offsets, d.num_items, doc_len)
+    m = match_auxiliary_reviews(u, i, r, seed)
+    ok = m >= 0
+    aux_docs = build_documents(u[ok], t[ok], rows[m[ok]], d.tokens, d.offsets, num_users,
+                               doc_len)
+    return user_docs, item_docs, aux_docs
+
+
 def prepare_eta(
     corpus: CrossDomainCorpus, eta: float, doc_len: int, seed: int = 0, shrink: float = 3.0
 ) -> EtaData:
@@ -214,19 +228,10 @@ def prepare_eta(
     rows_s, us, is_, rs, ts = S.subset(vis_s)
     rows_t, ut, it, rt, tt = T.subset(vis_t)
     nu = corpus.num_users
-    user_docs_s = build_documents(us, ts, rows_s, S.tokens, S.offsets, nu, doc_len)
-    user_docs_t = build_documents(ut, tt, rows_t, T.tokens, T.offsets, nu, doc_len)
-    item_docs_s = build_documents(is_, ts, rows_s, S.tokens, S.offsets, S.num_items, doc_len)
-    item_docs_t = build_documents(it, tt, rows_t, T.tokens, T.offsets, T.num_items, doc_len)
-    m_s = match_auxiliary_reviews(us, is_, rs, seed)
-    m_t = match_auxiliary_reviews(ut, it, rt, seed + 1)
-    ok_s, ok_t = m_s >= 0, m_t >= 0
-    aux_docs_s = build_documents(
-        us[ok_s], ts[ok_s], rows_s[m_s[ok_s]], S.tokens, S.offsets, nu, doc_len
-    )
-    aux_docs_t = build_documents(
-        ut[ok_t], tt[ok_t], rows_t[m_t[ok_t]], T.tokens, T.offsets, nu, doc_len
-    )
+    user_docs_s, item_docs_s, aux_docs_s = _documents(S, rows_s, us, is_, rs, ts, nu, doc_len,
+                                                      seed)
+    user_docs_t, item_docs_t, aux_docs_t = _documents(T, rows_t, ut, it, rt, tt, nu, doc_len,
+                                                      seed + 1)
 
     item_mean_s, glob_s = _item_means(is_, rs, S.num_items)
     item_mean_t, glob_t = _item_means(it, rt, T.num_items)
@@ -427,14 +432,8 @@ def _check_meta(meta_path: Path, meta: dict) -> None:
                                    "{eta, doc_len, seed} objects")
 
 
-def load_corpus(path: str | Path) -> CrossDomainCorpus:
-    """Read a directory written by :func:`save_corpus`.
-
-    Every file is checked against ``meta.json`` and the others (counts, id ranges, word ids,
-    roles, the rating range), so a damaged or hand-edited dataset is a DataError naming the
-    file at fault instead of a traceback or wrong numbers.
-    """
-    path = Path(path)
+def _read_meta(path: Path) -> dict:
+    """The dataset's checked ``meta.json`` (DataError when ``path`` is no CATN dataset)."""
     if not path.is_dir():
         raise DataError(path, "not a directory (build a CATN dataset with `catn-data build`)")
     meta_path = path / "meta.json"
@@ -450,25 +449,21 @@ def load_corpus(path: str | Path) -> CrossDomainCorpus:
     if not isinstance(meta, dict):
         raise DataError(meta_path, f"expected a JSON object, got {type(meta).__name__}")
     _check_meta(meta_path, meta)
+    return meta
+
+
+def _read_vocab(path: Path) -> list[str]:
     vocab_path = path / "vocab.txt"
     try:
-        vocab = vocab_path.read_text(encoding="utf-8").splitlines()
+        return vocab_path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise DataError(vocab_path, "missing: the dataset is incomplete; rebuild it") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(vocab_path, f"unreadable: {reason(e)}") from None
-    users = _read_parquet(path / "users.parquet", ("name", "role", "common_rank"))
-    names_s = _read_parquet(path / "items_source.parquet", ("name",)).column("name").to_pylist()
-    names_t = _read_parquet(path / "items_target.parquet", ("name",)).column("name").to_pylist()
-    src = _read_reviews(path / "reviews_source.parquet", len(names_s))
-    tgt = _read_reviews(path / "reviews_target.parquet", len(names_t))
-    nu = users.num_rows
-    for key, have, what in (("num_users", nu, "users.parquet rows"),
-                            ("num_items_source", len(names_s), "items_source.parquet rows"),
-                            ("num_items_target", len(names_t), "items_target.parquet rows"),
-                            ("vocab_size", len(vocab), "vocab.txt lines")):
-        if key in meta and meta[key] != have:
-            raise DataError(meta_path, f"{key} is {meta[key]!r} but there are {have} {what}")
+
+
+def _user_roles(path: Path, users: pa.Table) -> np.ndarray:
+    """The checked ``role`` column of users.parquet (and a check of ``common_rank``)."""
     for col in ("role", "common_rank"):
         col_type = users.schema.field(col).type
         if not pa.types.is_integer(col_type) or users.column(col).null_count:
@@ -481,30 +476,69 @@ def load_corpus(path: str | Path) -> CrossDomainCorpus:
         k = int(np.argmax(~np.isin(role, known_roles)))
         raise DataError(path / "users.parquet", f"row {k + 1}: column 'role' holds "
                                                  f"{int(role[k])}, not a user role (0..4)")
-    lo, hi = meta.get("rating_range", (-math.inf, math.inf))
-    for fname, d in (("reviews_source.parquet", src), ("reviews_target.parquet", tgt)):
-        if len(d) and (d.user.min() < 0 or d.user.max() >= nu):
-            raise DataError(path / fname, f"user id {int(d.user.max())} out of range of "
-                                          f"users.parquet ({nu} users)")
-        if len(d) and (d.item.min() < 0 or d.item.max() >= d.num_items):
-            raise DataError(path / fname, f"item id {int(d.item.max())} out of range of the "
-                                          f"items table ({d.num_items} items)")
-        if d.tokens.size and (d.tokens.min() < 0 or d.tokens.max() > len(vocab)):
-            raise DataError(path / fname, f"word id {int(d.tokens.max())} beyond vocab.txt "
-                                          f"({len(vocab)} words)")
-        bad = ~((d.rating >= lo) & (d.rating <= hi))
-        if bad.any():
-            k = int(np.argmax(bad))
-            raise DataError(path / fname, f"row {k + 1}: rating {d.rating[k]:g} outside the "
-                                          f"rating range {lo:g}..{hi:g} of meta.json")
+    return role
+
+
+def _check_reviews(file: Path, d: DomainReviews, num_users: int, vocab_size: int,
+                   rating_range: tuple[float, float]) -> None:
+    """Ids within the users, items and vocabulary; ratings within the range of meta.json."""
+    if len(d) and (d.user.min() < 0 or d.user.max() >= num_users):
+        raise DataError(file, f"user id {int(d.user.max())} out of range of users.parquet "
+                              f"({num_users} users)")
+    if len(d) and (d.item.min() < 0 or d.item.max() >= d.num_items):
+        raise DataError(file, f"item id {int(d.item.max())} out of range of the items table "
+                              f"({d.num_items} items)")
+    if d.tokens.size and (d.tokens.min() < 0 or d.tokens.max() > vocab_size):
+        raise DataError(file, f"word id {int(d.tokens.max())} beyond vocab.txt "
+                              f"({vocab_size} words)")
+    lo, hi = rating_range
+    bad = ~((d.rating >= lo) & (d.rating <= hi))
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise DataError(file, f"row {k + 1}: rating {d.rating[k]:g} outside the rating range "
+                              f"{lo:g}..{hi:g} of meta.json")
+
+
+def _read_word_vectors(path: Path, vocab_size: int) -> np.ndarray | None:
     wv = path / "word_vectors.npy"
     try:
         vectors = np.load(wv) if wv.exists() else None
     except (OSError, ValueError) as e:
         raise DataError(wv, f"unreadable: {reason(e)}") from None
-    if vectors is not None and (vectors.ndim != 2 or vectors.shape[0] != len(vocab) + 1):
-        raise DataError(wv, f"shape {vectors.shape}, expected ({len(vocab) + 1}, d): one row "
+    if vectors is not None and (vectors.ndim != 2 or vectors.shape[0] != vocab_size + 1):
+        raise DataError(wv, f"shape {vectors.shape}, expected ({vocab_size + 1}, d): one row "
                             "per word of vocab.txt plus padding")
+    return vectors
+
+
+def load_corpus(path: str | Path) -> CrossDomainCorpus:
+    """Read a directory written by :func:`save_corpus`.
+
+    Every file is checked against ``meta.json`` and the others (counts, id ranges, word ids,
+    roles, the rating range), so a damaged or hand-edited dataset is a DataError naming the
+    file at fault instead of a traceback or wrong numbers.
+    """
+    path = Path(path)
+    meta = _read_meta(path)
+    meta_path = path / "meta.json"
+    vocab = _read_vocab(path)
+    users = _read_parquet(path / "users.parquet", ("name", "role", "common_rank"))
+    names_s = _read_parquet(path / "items_source.parquet", ("name",)).column("name").to_pylist()
+    names_t = _read_parquet(path / "items_target.parquet", ("name",)).column("name").to_pylist()
+    src = _read_reviews(path / "reviews_source.parquet", len(names_s))
+    tgt = _read_reviews(path / "reviews_target.parquet", len(names_t))
+    nu = users.num_rows
+    for key, have, what in (("num_users", nu, "users.parquet rows"),
+                            ("num_items_source", len(names_s), "items_source.parquet rows"),
+                            ("num_items_target", len(names_t), "items_target.parquet rows"),
+                            ("vocab_size", len(vocab), "vocab.txt lines")):
+        if key in meta and meta[key] != have:
+            raise DataError(meta_path, f"{key} is {meta[key]!r} but there are {have} {what}")
+    role = _user_roles(path, users)
+    rating_range = meta.get("rating_range", (-math.inf, math.inf))
+    for fname, d in (("reviews_source.parquet", src), ("reviews_target.parquet", tgt)):
+        _check_reviews(path / fname, d, nu, len(vocab), rating_range)
+    vectors = _read_word_vectors(path, len(vocab))
     for p in meta.get("prebuilt", []):
         f = path / _eta_file(p["eta"]).format(p["doc_len"])
         if not f.is_file():
