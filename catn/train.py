@@ -146,7 +146,7 @@ def train_catn(cfg: TrainConfig, corpus: CrossDomainCorpus, data: EtaData, seed:
             batches, plan.steps, f"eta={data.eta:g} seed={seed} epoch {epoch + 1}",
             cfg.progress and rank == 0), cfg.l2)
         sync_buffers(model)
-        val = evaluate_distributed(model, data, tensors, data.val)
+        val = evaluate_distributed(model, tensors, data.val)
         history.append({"epoch": epoch + 1, "train_mse": train_mse, "val_mse": val["mse"],
                         "val_mae": val["mae"], "seconds": time.perf_counter() - t0})
         improved = val["mse"] < best[0]
@@ -184,7 +184,7 @@ def _eta_results(cfg: TrainConfig, corpus: CrossDomainCorpus, methods: list[Meth
             row.update(_baseline_rows(methods, data))
         if any(m.name == "catn" for m in methods):
             model, info = train_catn(cfg, corpus, data, seed, log)
-            test = evaluate_distributed(model, data, doc_tensors(data), data.test)
+            test = evaluate_distributed(model, doc_tensors(data), data.test)
             info.update(test)
             runs.append(info)
             log(f"  eta={eta:g} seed={seed}: best epoch {info['best_epoch']}, "

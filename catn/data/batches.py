@@ -24,10 +24,11 @@ def doc_tensors(data: EtaData) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.ascontiguousarray(getattr(data, k))) for k in DOC_KEYS}
 
 
-def make_flow_batch(data: EtaData, tensors: dict, user_domain: int, users: torch.Tensor,
+def make_flow_batch(tensors: dict[str, torch.Tensor], user_domain: int, users: torch.Tensor,
                     items: torch.Tensor, ratings: torch.Tensor | None, use_aux: bool
                     ) -> FlowBatch:
-    """Gather the unique documents of a set of pairs into a :class:`FlowBatch`."""
+    """Gather the unique documents (from :func:`doc_tensors`) of a set of pairs into a
+    :class:`FlowBatch`."""
     uq, uidx = torch.unique(users, return_inverse=True)
     iq, iidx = torch.unique(items, return_inverse=True)
     d = "s" if user_domain == SOURCE else "t"
@@ -73,5 +74,5 @@ def training_batches(data: EtaData, tensors: dict, plan: EpochPlan, seed: int, r
     for step in range(plan.steps):
         ks = sh_s[(step * plan.per_step_s + torch.arange(plan.per_step_s)) % len(sh_s)]
         kt = sh_t[(step * plan.per_step_t + torch.arange(plan.per_step_t)) % len(sh_t)]
-        yield (make_flow_batch(data, tensors, TARGET, us[ks], is_[ks], rs[ks], use_aux),
-               make_flow_batch(data, tensors, SOURCE, ut[kt], it[kt], rt[kt], use_aux))
+        yield (make_flow_batch(tensors, TARGET, us[ks], is_[ks], rs[ks], use_aux),
+               make_flow_batch(tensors, SOURCE, ut[kt], it[kt], rt[kt], use_aux))

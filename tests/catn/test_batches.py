@@ -22,13 +22,13 @@ def test_flow_batch_gathers_each_unique_document_once(data):
     tensors = doc_tensors(data)
     users = torch.tensor([5, 3, 5, 7])
     items = torch.tensor([2, 2, 4, 1])
-    b = make_flow_batch(data, tensors, SOURCE, users, items, None, use_aux=True)
+    b = make_flow_batch(tensors, SOURCE, users, items, None, use_aux=True)
     assert b.user_docs.shape == (3, 16) and b.item_docs.shape == (3, 16)
     # the user's source document, the items' target documents
     assert torch.equal(b.user_docs[b.user_index], tensors["user_docs_s"][users].long())
     assert torch.equal(b.item_docs[b.item_index], tensors["item_docs_t"][items].long())
     assert torch.equal(b.aux_docs[b.user_index], tensors["aux_docs_s"][users].long())
-    b = make_flow_batch(data, tensors, TARGET, users, items, None, use_aux=False)
+    b = make_flow_batch(tensors, TARGET, users, items, None, use_aux=False)
     assert b.aux_docs is None
     assert torch.equal(b.item_docs[b.item_index], tensors["item_docs_s"][items].long())
 

@@ -136,7 +136,7 @@ def test_catn_beats_user_mean_item_bias_because_aspects_learn():
     tensors = doc_tensors(data)
     model.eval()
     with torch.no_grad():
-        b = make_flow_batch(data, tensors, SOURCE, torch.as_tensor(u), torch.as_tensor(i),
+        b = make_flow_batch(tensors, SOURCE, torch.as_tensor(u), torch.as_tensor(i),
                             None, True)
         pred = model.score(b)
         inter = pred - model.user_bias[SOURCE][b.users] - model.item_bias[1][b.items]
