@@ -24,6 +24,8 @@ import torchx
 import torchx.specs as specs
 from torchx.components.dist import ddp
 
+from catn.baselines import DEFAULT_METHODS, METHOD_NAMES
+from catn.data.etas import ETAS, format_etas
 from sml_torchrec.retrain.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES
 
 
@@ -118,8 +120,8 @@ sml_retrain.__doc__ = sml_retrain.__doc__.format(strategies=", ".join(STRATEGY_N
 def catn_train(
     *script_args: str,
     data: str = "",
-    methods: str = "catn,global_mean,item_mean,user_mean_item_bias",
-    eta: str = "1,0.5,0.2,0.1,0.05",
+    methods: str = ",".join(DEFAULT_METHODS),
+    eta: str = format_etas(ETAS),
     out: str = "runs/catn-torchx",
     overwrite: bool = False,
     nnodes: int = 1,
@@ -138,8 +140,8 @@ def catn_train(
     Args:
         script_args: further catn-train flags, e.g. ``-- --epochs 20``
         data: dataset directory from ``catn-data build`` (empty: built-in synthetic)
-        methods: comma list of methods (rows of the table)
-        eta: comma list of η shares of overlapping training users
+        methods: comma list of methods (rows of the table), from {methods}
+        eta: comma list of η shares of overlapping training users, each in (0, 1]
         out: output directory (results.json)
         overwrite: replace OUT/results.json of an earlier run
         nnodes: number of nodes
@@ -155,7 +157,7 @@ def catn_train(
     """
     from catn.train import parse_args
 
-    args = ["--methods", methods, "--eta", eta, "--out", out, "--no-progress"]
+    args = ["--methods", methods, "--etas", eta, "--out", out, "--no-progress"]
     if data:
         args += ["--data", data]
     if overwrite:
@@ -165,3 +167,7 @@ def catn_train(
         args, parse_args, "catn.train", "catn_train", nnodes, nproc_per_node, max_restarts,
         image=image, h=h, cpu=cpu, gpu=gpu, memMB=memMB, env=env, rdzv_port=rdzv_port,
     )
+
+
+# The method names come from catn's registry, so the help cannot drift from what runs.
+catn_train.__doc__ = catn_train.__doc__.format(methods=", ".join(METHOD_NAMES))

@@ -145,7 +145,7 @@ def cached_predictor(fit_fn: Callable[[EtaData], Scorer]) -> Callable[
 
 def sizes(data: EtaData) -> tuple[int, int, int]:
     """(num_users, num_items_source, num_items_target)."""
-    return len(data.user_offset), len(data.item_mean_s), len(data.item_mean_t)
+    return len(data.user_source_offset), len(data.item_mean_s), len(data.item_mean_t)
 
 
 def training_users(data: EtaData) -> np.ndarray:

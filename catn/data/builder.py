@@ -17,6 +17,7 @@ import numpy as np
 
 from catn.data.dataset import CrossDomainCorpus, DomainReviews, assign_roles
 from catn.data.errors import DataError, FilterError
+from catn.data.etas import ETAS
 from catn.data.reader import DEFAULT_RATING_RANGE, RatingScan, iter_texts, scan_ratings
 from catn.data.text import Tokenizer, load_word_vectors, remap_tokens, select_vocabulary
 
@@ -32,7 +33,7 @@ class BuildConfig:
     doc_len: int = 500
     seed: int = 666
     word_vectors: str | None = None
-    etas: tuple[float, ...] = (1.0, 0.5, 0.2, 0.1, 0.05)
+    etas: tuple[float, ...] = ETAS
     min_overlap: int = 4
     # the ratings' scale (inclusive); a rating outside it is an error naming its line
     rating_range: tuple[float, float] = DEFAULT_RATING_RANGE

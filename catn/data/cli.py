@@ -18,7 +18,6 @@ import numpy as np
 
 from catn.data.builder import BuildConfig, build_from_files
 from catn.data.dataset import (
-    ETAS,
     ROLE_COLD_TEST,
     ROLE_COLD_VAL,
     ROLE_COMMON,
@@ -30,6 +29,7 @@ from catn.data.dataset import (
     save_corpus,
 )
 from catn.data.errors import DataError
+from catn.data.etas import ETAS, format_etas
 from sml_torchrec.data._cli import (
     HelpFormatter,
     finite_float,
@@ -120,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="words per prebuilt document")
     b.add_argument("--seed", type=nonnegative_int, default=d.seed,
                    help="seed of the cold-start split")
-    b.add_argument("--etas", type=_etas, default=",".join(f"{e:g}" for e in d.etas),
+    b.add_argument("--etas", type=_etas, default=format_etas(d.etas),
                    help="comma-separated shares of training users, each in (0, 1], whose "
                         "documents are prebuilt")
     b.add_argument("--rating-range", type=_rating_range,

@@ -47,8 +47,6 @@ ROLE_COLD_VAL = 2
 ROLE_COLD_TEST = 3
 ROLE_COMMON = 4
 
-ETAS = (1.0, 0.5, 0.2, 0.1, 0.05)
-
 
 @dataclass
 class DomainReviews:
@@ -169,9 +167,17 @@ class EtaData:
     global_mean_t: float
     item_mean_s: np.ndarray  # (num_items_s,) float32; global mean where an item has no rating
     item_mean_t: np.ndarray
-    user_offset: np.ndarray  # (num_users,) float32; shrunk mean residual vs item means
-    user_source_offset: np.ndarray  # (num_users,) from source reviews only
+    # (num_users,) float32: a user's shrunk mean residual against item means, from their
+    # visible reviews of one domain (none: 0)
+    user_source_offset: np.ndarray
+    user_target_offset: np.ndarray
     num_training_users: int
+
+    def user_prior(self) -> np.ndarray:
+        """(2, num_users) float32 rating prior of a user scored from their document of each
+        domain: row 0 from the source reviews (all a cold-start user has), row 1 from the
+        target reviews (only training users are scored from a target document)."""
+        return np.stack([self.user_source_offset, self.user_target_offset])
 
 
 def _item_means(item: np.ndarray, rating: np.ndarray, num_items: int) -> tuple[np.ndarray, float]:
@@ -184,13 +190,26 @@ def _item_means(item: np.ndarray, rating: np.ndarray, num_items: int) -> tuple[n
 
 
 def _user_offset(
-    users: list[np.ndarray], residuals: list[np.ndarray], num_users: int, shrink: float
+    users: np.ndarray, residuals: np.ndarray, num_users: int, shrink: float
 ) -> np.ndarray:
-    u = np.concatenate(users) if users else np.zeros(0, dtype=np.int64)
-    res = np.concatenate(residuals) if residuals else np.zeros(0)
-    cnt = np.bincount(u, minlength=num_users)
-    tot = np.bincount(u, weights=res, minlength=num_users)
+    """(num_users,) float32: per user, the sum of ``residuals`` over (count + ``shrink``)."""
+    cnt = np.bincount(users, minlength=num_users)
+    tot = np.bincount(users, weights=residuals, minlength=num_users)
     return (tot / (cnt + shrink)).astype(np.float32)
+
+
+def _documents(
+    d: DomainReviews, rows: np.ndarray, u: np.ndarray, i: np.ndarray, r: np.ndarray,
+    t: np.ndarray, num_users: int, doc_len: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user, item, auxiliary) documents of one domain from its visible reviews ``rows``."""
+    user_docs = build_documents(u, t, rows, d.tokens, d.offsets, num_users, doc_len)
+    item_docs = build_documents(i, t, rows, d.tokens, d.offsets, d.num_items, doc_len)
+    m = match_auxiliary_reviews(u, i, r, seed)
+    ok = m >= 0
+    aux_docs = build_documents(u[ok], t[ok], rows[m[ok]], d.tokens, d.offsets, num_users,
+                               doc_len)
+    return user_docs, item_docs, aux_docs
 
 
 def prepare_eta(
@@ -209,26 +228,17 @@ def prepare_eta(
     rows_s, us, is_, rs, ts = S.subset(vis_s)
     rows_t, ut, it, rt, tt = T.subset(vis_t)
     nu = corpus.num_users
-    user_docs_s = build_documents(us, ts, rows_s, S.tokens, S.offsets, nu, doc_len)
-    user_docs_t = build_documents(ut, tt, rows_t, T.tokens, T.offsets, nu, doc_len)
-    item_docs_s = build_documents(is_, ts, rows_s, S.tokens, S.offsets, S.num_items, doc_len)
-    item_docs_t = build_documents(it, tt, rows_t, T.tokens, T.offsets, T.num_items, doc_len)
-    m_s = match_auxiliary_reviews(us, is_, rs, seed)
-    m_t = match_auxiliary_reviews(ut, it, rt, seed + 1)
-    ok_s, ok_t = m_s >= 0, m_t >= 0
-    aux_docs_s = build_documents(
-        us[ok_s], ts[ok_s], rows_s[m_s[ok_s]], S.tokens, S.offsets, nu, doc_len
-    )
-    aux_docs_t = build_documents(
-        ut[ok_t], tt[ok_t], rows_t[m_t[ok_t]], T.tokens, T.offsets, nu, doc_len
-    )
+    user_docs_s, item_docs_s, aux_docs_s = _documents(S, rows_s, us, is_, rs, ts, nu, doc_len,
+                                                      seed)
+    user_docs_t, item_docs_t, aux_docs_t = _documents(T, rows_t, ut, it, rt, tt, nu, doc_len,
+                                                      seed + 1)
 
     item_mean_s, glob_s = _item_means(is_, rs, S.num_items)
     item_mean_t, glob_t = _item_means(it, rt, T.num_items)
     res_s = rs - item_mean_s[is_]
     res_t = rt - item_mean_t[it]
-    user_offset = _user_offset([us, ut], [res_s, res_t], nu, shrink)
-    user_source_offset = _user_offset([us], [res_s], nu, shrink)
+    user_source_offset = _user_offset(us, res_s, nu, shrink)
+    user_target_offset = _user_offset(ut, res_t, nu, shrink)
 
     def pairs(u, i, r, mask):
         return u[mask].astype(np.int64), i[mask].astype(np.int64), r[mask].astype(np.float32)
@@ -253,15 +263,16 @@ def prepare_eta(
         global_mean_t=glob_t,
         item_mean_s=item_mean_s,
         item_mean_t=item_mean_t,
-        user_offset=user_offset,
         user_source_offset=user_source_offset,
+        user_target_offset=user_target_offset,
         num_training_users=n_train,
     )
 
 
 # --------------------------------------------------------------------------- on-disk format
 
-_DOC_KEYS = ("user_docs_s", "user_docs_t", "aux_docs_s", "aux_docs_t", "item_docs_s",
+# the EtaData fields that hold documents, (N, doc_len) int32 each
+DOC_KEYS = ("user_docs_s", "user_docs_t", "aux_docs_s", "aux_docs_t", "item_docs_s",
              "item_docs_t")
 
 
@@ -367,7 +378,7 @@ def save_corpus(
                 meta.setdefault("skipped_etas", {})[f"{eta:g}"] = str(e)
                 continue
             np.savez_compressed(tmp / _eta_file(eta).format(doc_len),
-                                **{k: getattr(data, k) for k in _DOC_KEYS})
+                                **{k: getattr(data, k) for k in DOC_KEYS})
             meta["prebuilt"].append({"eta": eta, "doc_len": doc_len, "seed": seed})
         # meta.json last: a directory without it is never a dataset.
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -421,14 +432,8 @@ def _check_meta(meta_path: Path, meta: dict) -> None:
                                    "{eta, doc_len, seed} objects")
 
 
-def load_corpus(path: str | Path) -> CrossDomainCorpus:
-    """Read a directory written by :func:`save_corpus`.
-
-    Every file is checked against ``meta.json`` and the others (counts, id ranges, word ids,
-    roles, the rating range), so a damaged or hand-edited dataset is a DataError naming the
-    file at fault instead of a traceback or wrong numbers.
-    """
-    path = Path(path)
+def _read_meta(path: Path) -> dict:
+    """The dataset's checked ``meta.json`` (DataError when ``path`` is no CATN dataset)."""
     if not path.is_dir():
         raise DataError(path, "not a directory (build a CATN dataset with `catn-data build`)")
     meta_path = path / "meta.json"
@@ -444,25 +449,21 @@ def load_corpus(path: str | Path) -> CrossDomainCorpus:
     if not isinstance(meta, dict):
         raise DataError(meta_path, f"expected a JSON object, got {type(meta).__name__}")
     _check_meta(meta_path, meta)
+    return meta
+
+
+def _read_vocab(path: Path) -> list[str]:
     vocab_path = path / "vocab.txt"
     try:
-        vocab = vocab_path.read_text(encoding="utf-8").splitlines()
+        return vocab_path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise DataError(vocab_path, "missing: the dataset is incomplete; rebuild it") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(vocab_path, f"unreadable: {reason(e)}") from None
-    users = _read_parquet(path / "users.parquet", ("name", "role", "common_rank"))
-    names_s = _read_parquet(path / "items_source.parquet", ("name",)).column("name").to_pylist()
-    names_t = _read_parquet(path / "items_target.parquet", ("name",)).column("name").to_pylist()
-    src = _read_reviews(path / "reviews_source.parquet", len(names_s))
-    tgt = _read_reviews(path / "reviews_target.parquet", len(names_t))
-    nu = users.num_rows
-    for key, have, what in (("num_users", nu, "users.parquet rows"),
-                            ("num_items_source", len(names_s), "items_source.parquet rows"),
-                            ("num_items_target", len(names_t), "items_target.parquet rows"),
-                            ("vocab_size", len(vocab), "vocab.txt lines")):
-        if key in meta and meta[key] != have:
-            raise DataError(meta_path, f"{key} is {meta[key]!r} but there are {have} {what}")
+
+
+def _user_roles(path: Path, users: pa.Table) -> np.ndarray:
+    """The checked ``role`` column of users.parquet (and a check of ``common_rank``)."""
     for col in ("role", "common_rank"):
         col_type = users.schema.field(col).type
         if not pa.types.is_integer(col_type) or users.column(col).null_count:
@@ -475,30 +476,69 @@ def load_corpus(path: str | Path) -> CrossDomainCorpus:
         k = int(np.argmax(~np.isin(role, known_roles)))
         raise DataError(path / "users.parquet", f"row {k + 1}: column 'role' holds "
                                                  f"{int(role[k])}, not a user role (0..4)")
-    lo, hi = meta.get("rating_range", (-math.inf, math.inf))
-    for fname, d in (("reviews_source.parquet", src), ("reviews_target.parquet", tgt)):
-        if len(d) and (d.user.min() < 0 or d.user.max() >= nu):
-            raise DataError(path / fname, f"user id {int(d.user.max())} out of range of "
-                                          f"users.parquet ({nu} users)")
-        if len(d) and (d.item.min() < 0 or d.item.max() >= d.num_items):
-            raise DataError(path / fname, f"item id {int(d.item.max())} out of range of the "
-                                          f"items table ({d.num_items} items)")
-        if d.tokens.size and (d.tokens.min() < 0 or d.tokens.max() > len(vocab)):
-            raise DataError(path / fname, f"word id {int(d.tokens.max())} beyond vocab.txt "
-                                          f"({len(vocab)} words)")
-        bad = ~((d.rating >= lo) & (d.rating <= hi))
-        if bad.any():
-            k = int(np.argmax(bad))
-            raise DataError(path / fname, f"row {k + 1}: rating {d.rating[k]:g} outside the "
-                                          f"rating range {lo:g}..{hi:g} of meta.json")
+    return role
+
+
+def _check_reviews(file: Path, d: DomainReviews, num_users: int, vocab_size: int,
+                   rating_range: tuple[float, float]) -> None:
+    """Ids within the users, items and vocabulary; ratings within the range of meta.json."""
+    if len(d) and (d.user.min() < 0 or d.user.max() >= num_users):
+        raise DataError(file, f"user id {int(d.user.max())} out of range of users.parquet "
+                              f"({num_users} users)")
+    if len(d) and (d.item.min() < 0 or d.item.max() >= d.num_items):
+        raise DataError(file, f"item id {int(d.item.max())} out of range of the items table "
+                              f"({d.num_items} items)")
+    if d.tokens.size and (d.tokens.min() < 0 or d.tokens.max() > vocab_size):
+        raise DataError(file, f"word id {int(d.tokens.max())} beyond vocab.txt "
+                              f"({vocab_size} words)")
+    lo, hi = rating_range
+    bad = ~((d.rating >= lo) & (d.rating <= hi))
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise DataError(file, f"row {k + 1}: rating {d.rating[k]:g} outside the rating range "
+                              f"{lo:g}..{hi:g} of meta.json")
+
+
+def _read_word_vectors(path: Path, vocab_size: int) -> np.ndarray | None:
     wv = path / "word_vectors.npy"
     try:
         vectors = np.load(wv) if wv.exists() else None
     except (OSError, ValueError) as e:
         raise DataError(wv, f"unreadable: {reason(e)}") from None
-    if vectors is not None and (vectors.ndim != 2 or vectors.shape[0] != len(vocab) + 1):
-        raise DataError(wv, f"shape {vectors.shape}, expected ({len(vocab) + 1}, d): one row "
+    if vectors is not None and (vectors.ndim != 2 or vectors.shape[0] != vocab_size + 1):
+        raise DataError(wv, f"shape {vectors.shape}, expected ({vocab_size + 1}, d): one row "
                             "per word of vocab.txt plus padding")
+    return vectors
+
+
+def load_corpus(path: str | Path) -> CrossDomainCorpus:
+    """Read a directory written by :func:`save_corpus`.
+
+    Every file is checked against ``meta.json`` and the others (counts, id ranges, word ids,
+    roles, the rating range), so a damaged or hand-edited dataset is a DataError naming the
+    file at fault instead of a traceback or wrong numbers.
+    """
+    path = Path(path)
+    meta = _read_meta(path)
+    meta_path = path / "meta.json"
+    vocab = _read_vocab(path)
+    users = _read_parquet(path / "users.parquet", ("name", "role", "common_rank"))
+    names_s = _read_parquet(path / "items_source.parquet", ("name",)).column("name").to_pylist()
+    names_t = _read_parquet(path / "items_target.parquet", ("name",)).column("name").to_pylist()
+    src = _read_reviews(path / "reviews_source.parquet", len(names_s))
+    tgt = _read_reviews(path / "reviews_target.parquet", len(names_t))
+    nu = users.num_rows
+    for key, have, what in (("num_users", nu, "users.parquet rows"),
+                            ("num_items_source", len(names_s), "items_source.parquet rows"),
+                            ("num_items_target", len(names_t), "items_target.parquet rows"),
+                            ("vocab_size", len(vocab), "vocab.txt lines")):
+        if key in meta and meta[key] != have:
+            raise DataError(meta_path, f"{key} is {meta[key]!r} but there are {have} {what}")
+    role = _user_roles(path, users)
+    rating_range = meta.get("rating_range", (-math.inf, math.inf))
+    for fname, d in (("reviews_source.parquet", src), ("reviews_target.parquet", tgt)):
+        _check_reviews(path / fname, d, nu, len(vocab), rating_range)
+    vectors = _read_word_vectors(path, len(vocab))
     for p in meta.get("prebuilt", []):
         f = path / _eta_file(p["eta"]).format(p["doc_len"])
         if not f.is_file():
@@ -537,7 +577,7 @@ def load_eta(
             f, f"unreadable prebuilt documents (truncated or corrupt?): {reason(e)}"
         ) from None
     with z:
-        for k in _DOC_KEYS:
+        for k in DOC_KEYS:
             if k not in z.files:
                 raise DataError(f, f"missing array {k!r}; rebuild the dataset")
             try:

@@ -2,7 +2,7 @@
 
 Shapes: B pairs, L words, M aspects, k latent dims. A batch of one *flow* carries its unique
 user and item documents once and index vectors mapping each pair to them, so a user who
-appears in many pairs of the batch is encoded once.
+appears in many pairs of the batch is encoded once (:class:`~catn.batch.FlowBatch`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from catn.batch import SOURCE, TARGET, FlowBatch
 from catn.modules.aspects import AspectExtractor, AuxFusion, RunningCentre, loop_aspects
-
-SOURCE, TARGET = 0, 1
 
 
 @dataclass
@@ -37,33 +36,6 @@ class CATNConfig:
     use_aux: bool = True  # ablation "w/o auxiliary reviews" when False
     use_global_correlation: bool = True  # ablation "w/o S" (plain mean of S_ui) when False
     leaky_slope: float = 0.2
-
-
-@dataclass
-class FlowBatch:
-    """Pairs of one flow: ``user_domain`` is the domain of the user's document.
-
-    user_docs/aux_docs (Uq, L) int64 word ids of the unique users; item_docs (Iq, L) of the
-    unique items (of the *other* domain); user_index (B,) into Uq; item_index (B,) into Iq;
-    users (B,) global user ids; items (B,) item ids; ratings (B,) float or None.
-    """
-
-    user_domain: int
-    user_docs: torch.Tensor
-    aux_docs: torch.Tensor | None
-    item_docs: torch.Tensor
-    user_index: torch.Tensor
-    item_index: torch.Tensor
-    users: torch.Tensor
-    items: torch.Tensor
-    ratings: torch.Tensor | None = None
-
-    def to(self, device: torch.device) -> FlowBatch:
-        def mv(t):
-            return None if t is None else t.to(device, non_blocking=True)
-        return FlowBatch(self.user_domain, *(mv(getattr(self, f)) for f in (
-            "user_docs", "aux_docs", "item_docs", "user_index", "item_index", "users", "items",
-            "ratings")))
 
 
 def _trunc(shape: tuple[int, ...], std: float) -> nn.Parameter:

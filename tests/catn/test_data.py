@@ -155,6 +155,24 @@ def test_unseen_items_get_global_mean_not_zero(corpus):
     assert (d.item_mean_t > 0).all() and (d.item_mean_s > 0).all()
 
 
+def test_user_prior_is_each_domains_shrunk_mean_residual(corpus):
+    """Row 0 (source) is what a cold-start user is scored with; row 1 (target) equals, for
+    every training user, the shrunk mean residual of their training target ratings."""
+    d = prepare_eta(corpus, 0.5, doc_len=10)
+    prior = d.user_prior()
+    assert prior.shape == (2, corpus.num_users) and prior.dtype == np.float32
+    u, i, r = d.train_t
+    res = r - d.item_mean_t[i]
+    want = np.bincount(u, weights=res, minlength=corpus.num_users) / (
+        np.bincount(u, minlength=corpus.num_users) + 3.0)
+    train_users = np.unique(u)
+    np.testing.assert_array_equal(prior[1, train_users],
+                                  want.astype(np.float32)[train_users])
+    cold = (corpus.role == ROLE_COLD_VAL) | (corpus.role == ROLE_COLD_TEST)
+    assert (prior[1, cold] == 0).all()  # their target ratings are labels, never priors
+    assert (prior[0, cold] != 0).any()
+
+
 def _amazon_files(tmp_path, n_users=60, seed=0):
     rng = np.random.default_rng(seed)
     paths = []

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from catn.batch import SOURCE, TARGET, FlowBatch
 from catn.modules.aspects import AspectExtractor, AuxFusion, RunningCentre, loop_aspects
-from catn.modules.model import CATN, SOURCE, TARGET, CATNConfig, FlowBatch
+from catn.modules.model import CATN, CATNConfig
 
 V, L = 50, 12
 

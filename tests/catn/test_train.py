@@ -118,10 +118,10 @@ def test_catn_beats_user_mean_item_bias_because_aspects_learn():
     """On a small synthetic corpus, the trained aspect term carries the user x item signal
     that the best bias-only baseline (user's source mean + item bias) cannot express."""
     from catn.baselines.trivial import user_source_mean_item_bias
+    from catn.batch import SOURCE
+    from catn.data.batches import doc_tensors, make_flow_batch
     from catn.data.dataset import prepare_eta
-    from catn.evaluate import make_flow_batch, mse_mae
-    from catn.modules.model import SOURCE
-    from catn.train import _tensors
+    from catn.evaluate import mse_mae
 
     cfg = TrainConfig(synthetic={"overlap_users": 400, "source_only_users": 40,
                                  "target_only_users": 40, "items_source": 40,
@@ -133,10 +133,10 @@ def test_catn_beats_user_mean_item_bias_because_aspects_learn():
     model, info = train_catn(cfg, corpus, data, seed=0, log=lambda *_: None)
     u, i, r = data.test
     base = mse_mae(user_source_mean_item_bias(data, u, i), r)["mse"]
-    tensors = _tensors(data)
+    tensors = doc_tensors(data)
     model.eval()
     with torch.no_grad():
-        b = make_flow_batch(data, tensors, SOURCE, torch.as_tensor(u), torch.as_tensor(i),
+        b = make_flow_batch(tensors, SOURCE, torch.as_tensor(u), torch.as_tensor(i),
                             None, True)
         pred = model.score(b)
         inter = pred - model.user_bias[SOURCE][b.users] - model.item_bias[1][b.items]

@@ -136,3 +136,29 @@ def test_overwrite_replaces_only_results_json(earlier_run, capsys, monkeypatch):
     after = tree(earlier_run)
     assert after.pop("results.json") != before.pop("results.json")
     assert after == before
+
+
+def test_flags_are_the_config_fields_and_old_spellings_still_work():
+    new = train.parse_args(["--num-aspects", "3", "--etas", "1,0.5", "--timeout-s", "5",
+                            "--no-use-aux", "--no-use-global-correlation",
+                            "--no-centre-aspects", "--no-progress"])
+    old = train.parse_args(["--aspects", "3", "--eta", "1,0.5", "--timeout", "5", "--no-aux",
+                            "--no-global-correlation", "--no-centre-aspects",
+                            "--no-progress"])
+    assert new == old
+    assert (new.num_aspects, new.etas, new.timeout_s) == (3, (1.0, 0.5), 5.0)
+    assert not (new.use_aux or new.use_global_correlation or new.centre_aspects
+                or new.progress)
+
+
+def test_parser_defaults_are_the_configs():
+    assert train.parse_args([]) == train.TrainConfig()
+
+
+def test_every_flag_field_has_a_flag_and_synthetic_has_none():
+    from dataclasses import fields
+
+    flags = {o for a in train._parser()._actions for o in a.option_strings}
+    for f in fields(train.TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        assert (flag in flags) == (f.name != "synthetic"), flag

@@ -81,3 +81,18 @@ def test_torchx_local_run_survives_a_killed_rank(tmp_path):
     assert "resuming from" in log
     r = json.loads((out / "results.json").read_text())
     assert set(r["protocols"]["full"]) == {"sml", "fine_tune"}
+
+
+def test_catn_component_reads_the_default_lists_without_torch():
+    code = ("import sys, inspect; from launch.components import catn_train; "
+            "p = inspect.signature(catn_train).parameters; "
+            "print(p['methods'].default, p['eta'].default, 'torch' in sys.modules); "
+            "print(catn_train.__doc__)")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       check=True)
+    first, doc = p.stdout.split("\n", 1)
+    assert first == "catn,global_mean,item_mean,user_mean_item_bias 1,0.5,0.2,0.1,0.05 False"
+    from catn.baselines import METHOD_NAMES
+
+    assert ", ".join(METHOD_NAMES) in doc
+    assert "--etas 1,0.5 " in catn_train(eta="1,0.5").roles[0].args[-1]

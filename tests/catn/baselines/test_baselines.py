@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from catn.baselines import METHODS, resolve
+from catn.baselines import resolve
 from catn.baselines._common import (
     FitConfig,
     cached_predictor,
@@ -100,7 +100,7 @@ def test_registry_has_every_baseline_with_the_paper_label():
     labels = {m.name: m.label for m in resolve(list(BASELINES))}
     assert labels == {"cmf": "CMF", "emcdr": "EMCDR", "cdlfm": "CDLFM", "dfm": "DFM",
                       "rdfm": "R-DFM", "anr": "ANR"}
-    assert all(METHODS[n].predict is not None for n in BASELINES)
+    assert all(m.predict is not None for m in resolve(BASELINES))
 
 
 def test_visible_ratings_hold_no_cold_start_target_rating(corpus, data):
@@ -115,7 +115,7 @@ def test_visible_ratings_hold_no_cold_start_target_rating(corpus, data):
 def test_baseline_beats_item_mean_on_cold_start_users(name, data):
     u, i, r = data.test
     t0 = time.perf_counter()
-    pred = METHODS[name].predict(data, u, i)
+    pred = resolve([name])[0].predict(data, u, i)
     seconds = time.perf_counter() - t0
     assert pred.shape == (len(u),) and pred.dtype == np.float32
     assert np.isfinite(pred).all()
@@ -144,7 +144,7 @@ def test_predictions_are_cached_per_eta_data_and_deterministic(corpus):
     pred(prepare_eta(corpus, 0.5, doc_len=20), u, i)
     assert calls == [1.0, 0.5]
     # a fresh but equal EtaData refits and, seeded, gives the same predictions
-    cmf = METHODS["cmf"].predict
+    cmf = resolve(["cmf"])[0].predict
     a = cmf(prepare_eta(corpus, 0.5, doc_len=20), u, i)
     b = cmf(prepare_eta(corpus, 0.5, doc_len=20), u, i)
     np.testing.assert_array_equal(a, b)
@@ -155,7 +155,7 @@ def test_small_eta_still_runs(corpus):
     assert d.num_training_users <= 6
     u, i, _ = d.test
     for name in ("emcdr", "cdlfm", "dfm"):
-        pred = METHODS[name].predict(d, u, i)
+        pred = resolve([name])[0].predict(d, u, i)
         assert pred.shape == (len(u),) and np.isfinite(pred).all()
 
 
