@@ -65,10 +65,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from recsys_common.process_group import rank_world, run_local
 from sml_torchrec.data.batching import iterate_batches
 from sml_torchrec.data.period_dataset import Interactions
 from sml_torchrec.data.sampling import sample_negatives
-from sml_torchrec.distributed.process_group import run_local
 from sml_torchrec.modules.mf import ITEM_TABLE, USER_TABLE
 from sml_torchrec.modules.transfer import TransferConfig, transfer_flops_per_row
 from sml_torchrec.retrain.config import RetrainConfig
@@ -164,7 +164,7 @@ def transfer_alone(model: RetrainModel, rows: dict[str, int], steps: int, dim: i
 
 def bench_rank(cfg: dict) -> dict:
     """One rank's part; returns plain Python values."""
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank = rank_world()[0]
     world = dist.get_world_size() if dist.is_initialized() else 1
     users, items, dim, steps = cfg["users"], cfg["items"], cfg["dim"], cfg["steps"]
     torch.manual_seed(0)

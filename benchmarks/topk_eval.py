@@ -22,7 +22,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from sml_torchrec.distributed.process_group import run_local
+from recsys_common.process_group import rank_world, run_local
 from sml_torchrec.distributed.sharded_topk import gather_full_topk, sharded_topk
 from sml_torchrec.metrics import KS, full_ranking_metrics
 
@@ -61,7 +61,7 @@ def _timed(fn, repeats: int, warmup: int) -> tuple[list[float], object]:
 
 def bench_rank(cfg: dict) -> dict:
     """One rank's part; returns plain floats (tensors must not cross the result queue)."""
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank = rank_world()[0]
     world = dist.get_world_size() if dist.is_initialized() else 1
     q, table, eq, ei = make_data(cfg["users"], cfg["items"], cfg["dim"], cfg["history"])
     lo, hi = block_of(cfg["items"], rank, world)

@@ -15,7 +15,7 @@ from typing import Any
 
 from catn.baselines import DEFAULT_METHODS, METHOD_NAMES
 from catn.data.etas import ETAS
-from sml_torchrec.errors import ConfigError
+from recsys_common.errors import ConfigError
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:

@@ -9,6 +9,7 @@ import torch.distributed as dist
 from catn.batch import SOURCE
 from catn.data.batches import make_flow_batch
 from catn.modules.model import CATN
+from recsys_common.process_group import rank_world
 
 
 def mse_mae(pred: np.ndarray, rating: np.ndarray) -> dict[str, float]:
@@ -35,7 +36,7 @@ def predict_cold_start(model: CATN, tensors: dict[str, torch.Tensor], users: np.
 def evaluate_distributed(model: CATN, tensors: dict[str, torch.Tensor],
                          pairs: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, float]:
     """MSE/MAE over ``pairs``; each rank scores a disjoint shard, sums are all-reduced."""
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank = rank_world()[0]
     world = dist.get_world_size() if dist.is_initialized() else 1
     u, i, r = (p[rank::world] for p in pairs)
     pred = predict_cold_start(model, tensors, u, i)

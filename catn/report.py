@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from sml_torchrec.errors import write_json_atomic
+from recsys_common.files import write_json_atomic
 
 
 def format_table(results: dict, metric: str, labels: dict[str, str]) -> str:

@@ -37,8 +37,7 @@ from catn.data.errors import DataError
 from catn.evaluate import evaluate_distributed, mse_mae
 from catn.modules.model import CATN, CATNConfig
 from catn.report import format_table, write_results
-from sml_torchrec.distributed.process_group import max_local_ranks
-from sml_torchrec.errors import (
+from recsys_common.errors import (
     EXIT_CODES_HELP,
     ConfigError,
     Terminated,
@@ -48,14 +47,9 @@ from sml_torchrec.errors import (
     refuse_to_replace,
     run_command,
 )
+from recsys_common.process_group import max_local_ranks, rank_world
 
 PROG = "catn-train"
-
-
-def _rank_world() -> tuple[int, int]:
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def load_data(cfg: TrainConfig) -> CrossDomainCorpus:
@@ -125,7 +119,7 @@ def train_catn(cfg: TrainConfig, corpus: CrossDomainCorpus, data: EtaData, seed:
                log=print) -> tuple[CATN, dict]:
     """Train on this rank's shard (DDP when a process group exists); returns the best model
     (by validation MSE) and its history. Must be called by every rank."""
-    rank, world = _rank_world()
+    rank, world = rank_world()
     if len(data.train_s[0]) == 0 or len(data.train_t[0]) == 0:
         raise DataError(cfg.data, f"eta={data.eta}: training users have no ratings in "
                                   f"{'the source' if len(data.train_s[0]) == 0 else 'the target'}"
@@ -201,7 +195,7 @@ def _eta_results(cfg: TrainConfig, corpus: CrossDomainCorpus, methods: list[Meth
 def run(cfg: TrainConfig) -> dict | None:
     """Every rank runs this; rank 0 returns the results dict (other ranks None)."""
     cfg = cfg.resolved()
-    rank, world = _rank_world()
+    rank, world = rank_world()
     log = print if rank == 0 else (lambda *a, **k: None)
     methods = resolve(list(cfg.methods))
     corpus = load_data(cfg)
@@ -337,7 +331,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 def _body(argv: list[str] | None) -> None:
     cfg = parse_args(argv)
-    from sml_torchrec.distributed.process_group import (
+    from recsys_common.process_group import (
         init_process_group,
         launched_by_torchrun,
         run_local,

@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sml_torchrec.errors import (
+from recsys_common.errors import (
     EXIT_CODES_HELP,
     RunFailed,
     Terminated,
@@ -35,8 +35,8 @@ from sml_torchrec.errors import (
     debug_requested,
     refuse_to_replace,
     run_command,
-    write_json_atomic,
 )
+from recsys_common.files import write_json_atomic
 from sml_torchrec.retrain.config import ConfigError, PeriodRoles, RetrainConfig
 
 if TYPE_CHECKING:  # the CLI imports torch only once the arguments are known to be good
@@ -190,13 +190,13 @@ def run_rank(
     _quiet()
     import torch.distributed as dist
 
+    from recsys_common.process_group import init_process_group
     from sml_torchrec.data.period_dataset import PeriodDataset
-    from sml_torchrec.distributed.process_group import init_process_group
     from sml_torchrec.retrain.loop import run
 
     if "WORLD_SIZE" not in os.environ:
         # A one-rank job still needs a process group: DMP and DCP are collective APIs.
-        from sml_torchrec.distributed.process_group import free_port
+        from recsys_common.process_group import free_port
 
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0",
                           WORLD_SIZE="1", LOCAL_RANK="0")
@@ -228,7 +228,7 @@ def _under_torchrun(cfg: RetrainConfig) -> None:
     # others wait for its verdict, so a user error is reported once and no rank trains.
     import torch.distributed as dist
 
-    from sml_torchrec.distributed.process_group import init_process_group
+    from recsys_common.process_group import init_process_group
 
     init_process_group()
     rank = dist.get_rank()
@@ -261,7 +261,7 @@ def _body(argv: list[str] | None) -> None:
         cfg = _to_config(args)
     except ConfigError as e:
         parser.error(str(e))
-    from sml_torchrec.distributed.process_group import (
+    from recsys_common.process_group import (
         launched_by_torchrun,
         max_local_ranks,
         run_local,

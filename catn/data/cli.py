@@ -30,7 +30,7 @@ from catn.data.dataset import (
 )
 from catn.data.errors import DataError
 from catn.data.etas import ETAS, format_etas
-from sml_torchrec.data._cli import (
+from recsys_common.cli_args import (
     HelpFormatter,
     finite_float,
     fraction,
@@ -38,8 +38,8 @@ from sml_torchrec.data._cli import (
     path_arg,
     positive_int,
 )
-from sml_torchrec.data.sources import check_text_file
-from sml_torchrec.errors import debug_requested, run_command
+from recsys_common.errors import debug_requested, run_command
+from recsys_common.files import check_text_file
 
 PROG = "catn-data"
 MAX_DOCUMENT_BYTES = 16 << 30  # per η; beyond it the build would exhaust the machine's memory

@@ -38,8 +38,8 @@ import pyarrow.parquet as pq
 
 from catn.data.documents import build_documents, match_auxiliary_reviews
 from catn.data.errors import DataError, SplitError
-from sml_torchrec.data.output import DatasetLayout, check_output_dir, write_dataset_dir
-from sml_torchrec.data.sources import PARQUET_ERRORS, reason
+from recsys_common.files import PARQUET_ERRORS, reason
+from recsys_common.output import DatasetLayout, check_output_dir, write_dataset_dir
 
 ROLE_SOURCE_ONLY = 0
 ROLE_TARGET_ONLY = 1
@@ -332,7 +332,7 @@ LAYOUT = DatasetLayout(
 def check_corpus_output(
     out: str | Path, *, overwrite: bool, inputs: Sequence[str | Path | None] = ()
 ) -> None:
-    """Refuse (:class:`~sml_torchrec.data.output.OutputError`) an ``out`` a build must not
+    """Refuse (:class:`~recsys_common.output.OutputError`) an ``out`` a build must not
     write to; ``catn-data build`` calls this before reading its inputs."""
     check_output_dir(out, LAYOUT, overwrite=overwrite, inputs=inputs)
 
@@ -350,7 +350,7 @@ def save_corpus(
     """Write ``corpus`` (and documents for each η in ``etas``) to ``out`` atomically.
 
     ``out`` must be new, empty, or (with ``overwrite``) a CATN dataset, and must not be or hold
-    any of ``inputs`` (see :mod:`sml_torchrec.data.output`). Everything is written to a
+    any of ``inputs`` (see :mod:`recsys_common.output`). Everything is written to a
     temporary directory first and swapped in only once complete, so a failed build leaves any
     previous dataset untouched.
     """

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sml_torchrec.data.errors import DataError
+from recsys_common.errors import DataError
 
 __all__ = ["DataError", "FilterError", "SplitError"]
 

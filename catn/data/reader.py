@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from catn.data.errors import DataError
-from sml_torchrec.data.sources import (
+from recsys_common.files import (
     NULL_TOKENS,
     READ_ERRORS,
     decode_line,

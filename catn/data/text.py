@@ -102,7 +102,7 @@ def load_word_vectors(path: str, words: list[str], dim: int | None = None) -> np
     that are not UTF-8, naming the line.
     """
     from catn.data.errors import DataError
-    from sml_torchrec.data.sources import READ_ERRORS, decode_line, open_binary, reason
+    from recsys_common.files import READ_ERRORS, decode_line, open_binary, reason
 
     want = {w: j + 1 for j, w in enumerate(words)}
     table: np.ndarray | None = None

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sml_torchrec.data.errors import DataError
+from recsys_common.errors import DataError
 from sml_torchrec.data.period_dataset import PeriodMetadata, write_period_dataset
 from sml_torchrec.data.sources._common import check_id_text, row_locator
 
@@ -142,7 +142,7 @@ def build_period_dataset(
     """Cut, filter, renumber and write ``table`` (columns user, item, timestamp) to ``out_dir``.
 
     ``out_dir`` must be new, empty, or (with ``overwrite``) a period dataset, and must not be or
-    hold any of ``inputs`` (see :mod:`sml_torchrec.data.output`). Under ``cut="count"`` the
+    hold any of ``inputs`` (see :mod:`recsys_common.output`). Under ``cut="count"`` the
     number of timestamps whose interactions straddle a period boundary is logged as a warning
     and stored as ``build["straddling_timestamps"]``. Errors name ``culprit`` (default:
     ``source``), the file the records came from.

@@ -16,7 +16,7 @@ import argparse
 import sys
 import time
 
-from sml_torchrec.data._cli import (
+from recsys_common.cli_args import (
     HelpFormatter,
     command_logging,
     finite_float,
@@ -25,11 +25,11 @@ from sml_torchrec.data._cli import (
     path_arg,
     positive_int,
 )
+from recsys_common.errors import debug_requested, run_command
+from recsys_common.files import check_input_path
 from sml_torchrec.data.build import BuildConfig, build_period_dataset, collect
 from sml_torchrec.data.period_dataset import PeriodDataset, check_period_output
-from sml_torchrec.data.sources._common import check_input_path
 from sml_torchrec.data.synthetic import SyntheticConfig, build_synthetic, peak_bytes
-from sml_torchrec.errors import debug_requested, run_command
 
 PROG = "sml-data"
 MAX_SYNTHETIC_BYTES = 16 << 30  # the generator is a toy: refuse what would exhaust a machine

@@ -18,7 +18,7 @@ Directories are written atomically (:func:`write_period_dataset`): everything go
 temporary directory that is swapped into place only when complete, so a failed build never
 leaves a half-written dataset and never destroys the previous one. A build writes only to a
 new or empty directory, or over a period dataset when asked to (``overwrite``); see
-:mod:`sml_torchrec.data.output`.
+:mod:`recsys_common.output`.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sml_torchrec.data.errors import DataError
-from sml_torchrec.data.output import DatasetLayout, check_output_dir, write_dataset_dir
-from sml_torchrec.data.sources._common import PARQUET_ERRORS, reason
+from recsys_common.errors import DataError
+from recsys_common.files import PARQUET_ERRORS, reason
+from recsys_common.output import DatasetLayout, check_output_dir, write_dataset_dir
 
 FORMAT_VERSION = 1
 SCHEMA = pa.schema(
@@ -59,7 +59,7 @@ LAYOUT = DatasetLayout(
 def check_period_output(
     out_dir: str | Path, *, overwrite: bool, inputs: Sequence[str | Path | None] = ()
 ) -> None:
-    """Refuse (:class:`~sml_torchrec.data.output.OutputError`) an ``out_dir`` a build must not
+    """Refuse (:class:`~recsys_common.output.OutputError`) an ``out_dir`` a build must not
     write to; commands call this before reading their input."""
     check_output_dir(out_dir, LAYOUT, overwrite=overwrite, inputs=inputs)
 
@@ -226,7 +226,7 @@ def write_period_dataset(
     """Write a period dataset atomically; ids must already be contiguous from 0.
 
     ``out_dir`` must be new, empty, or (with ``overwrite``) a period dataset, and must not be or
-    hold any of ``inputs``: see :mod:`sml_torchrec.data.output`, which also does the swap.
+    hold any of ``inputs``: see :mod:`recsys_common.output`, which also does the swap.
 
     ``user_raw_ids[k]`` is the raw id of contiguous user ``k`` (same for items); when omitted the
     map is the identity. Every period in ``range(period.max() + 1)`` must be non-empty.

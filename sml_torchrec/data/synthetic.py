@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from recsys_common.errors import DataError
 from sml_torchrec.data.build import renumber_by_first_appearance
-from sml_torchrec.data.errors import DataError
 from sml_torchrec.data.period_dataset import PeriodMetadata, write_period_dataset
 
 

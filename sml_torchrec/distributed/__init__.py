@@ -1,4 +1,5 @@
-"""How modules are sharded and run across ranks: process groups, sharding plans, shard-local ops."""
+"""How modules are sharded across ranks: the transfer collection's sharder, sharding plans,
+shard-local ops, sharded top-K."""
 
 from sml_torchrec.distributed.transfer_embedding import (
     ShardedTransferEmbeddingBagCollection,

@@ -44,7 +44,8 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
-from sml_torchrec.errors import RunFailed, UserError
+from recsys_common.errors import RunFailed, UserError
+from recsys_common.process_group import rank_world
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,6 @@ class CheckpointWriteError(RunFailed, RuntimeError):
 class CheckpointMismatch(UserError, ValueError):
     """A checkpoint does not fit this model (another model or an older layout)."""
 
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
 
 
 def _barrier() -> None:
@@ -135,7 +133,7 @@ def latest_valid(root: str | Path, report: bool = True) -> Path | None:
         if report:
             msg = f"checkpoint {d} is damaged ({problem}); falling back to an older one"
             log.warning(msg)
-            if _rank() == 0:
+            if rank_world()[0] == 0:
                 print(msg, flush=True)
     return None
 
@@ -292,7 +290,7 @@ def save(
     # Every phase ends in a collective vote, so a failure on one rank never leaves the others
     # waiting in a different collective.
     try:
-        if _rank() == 0:
+        if rank_world()[0] == 0:
             tmp.mkdir(parents=True)
     except OSError as e:
         error = e
@@ -301,7 +299,7 @@ def save(
             dcp.save(state, storage_writer=dcp.FileSystemWriter(str(tmp)))
         except (Exception, CheckpointException) as e:  # raised on every rank if any failed
             error = e
-    if error is None and _rank() == 0:
+    if error is None and rank_world()[0] == 0:
         try:
             torch.save(extra, tmp / "extra.pt")
             marker = {"step": step, "files": _manifest(tmp)}
@@ -322,13 +320,13 @@ def save(
         except OSError as e:
             error = e
     if not _all_ok(error is None):
-        if _rank() == 0:
+        if rank_world()[0] == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointWriteError(
             f"writing checkpoint {final} failed ({error or 'on another rank'}); "
             f"the previous checkpoints in {root} are untouched"
         ) from error
-    if _rank() == 0 and keep > 0:
+    if rank_world()[0] == 0 and keep > 0:
         mine = [d for d in list_checkpoints(root) if identity is None
                 or (identity_of(d) or {}).get("run_id") == identity.run_id]
         for old in mine[:-keep]:

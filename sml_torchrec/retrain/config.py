@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sml_torchrec.errors import ConfigError
+from recsys_common.errors import ConfigError
 from sml_torchrec.retrain.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES
 
 # The keys of sml_torchrec.distributed.sharding.SHARDING_TYPES, named here so that checking

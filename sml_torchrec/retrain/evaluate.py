@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from recsys_common.process_group import rank_world
 from sml_torchrec.data.period_dataset import Interactions, PeriodDataset
 from sml_torchrec.distributed.sharded_topk import sharded_topk
 from sml_torchrec.metrics import (
@@ -28,7 +29,7 @@ from sml_torchrec.metrics import (
     sample_eval_negatives,
     sampled_ranking_metrics,
 )
-from sml_torchrec.retrain.model import RetrainModel, world
+from sml_torchrec.retrain.model import RetrainModel
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def prepare_test(
             hist.user_id, hist.item_id, d.user_id, d.item_id, d.timestamp,
             num_items=ds.num_items, num_negatives=num_negatives, seed=seed + s,
         )
-        if candidates.short_pools and world()[0] == 0:
+        if candidates.short_pools and rank_world()[0] == 0:
             log.warning(
                 "period %d: %d of %d test interactions had fewer than %d candidate negatives; "
                 "used the whole pool", s, candidates.short_pools, len(d), num_negatives,
@@ -92,7 +93,7 @@ def evaluate(model: RetrainModel, test: PeriodTest, protocols: list[str]) -> dic
         out["full"]["users"] = len(test.users)
     if "sampled" in protocols and test.candidates is not None:
         items = model.item_table()
-        rank, world_size = world()
+        rank, world_size = rank_world()
         n = len(test.data)
         per = -(-n // world_size)
         sl = slice(rank * per, min(n, (rank + 1) * per))

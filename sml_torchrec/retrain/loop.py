@@ -16,12 +16,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from recsys_common.process_group import rank_world
 from sml_torchrec.data.period_dataset import PeriodDataset
 from sml_torchrec.metrics import KS
 from sml_torchrec.retrain import checkpoint
 from sml_torchrec.retrain.config import RUN_ONLY_FIELDS, PeriodRoles, RetrainConfig
 from sml_torchrec.retrain.evaluate import PeriodTest, evaluate, prepare_test
-from sml_torchrec.retrain.model import RetrainModel, world
+from sml_torchrec.retrain.model import RetrainModel
 from sml_torchrec.retrain.strategies import strategy_class
 from sml_torchrec.retrain.strategies.base import Strategy
 
@@ -48,7 +49,7 @@ def train_initial(
 
 
 def _print(msg: str) -> None:
-    if world()[0] == 0:
+    if rank_world()[0] == 0:
         print(msg, flush=True)
 
 
@@ -149,7 +150,7 @@ def run(
         f"{dataset_name}: {ds.num_periods} periods, {ds.num_users:,} users, {ds.num_items:,} "
         f"items; init 0..{roles.init - 1}, offline {roles.init}..{roles.last_offline}, "
         f"val {roles.first_online}..{roles.first_test - 1}, test {roles.first_test}.."
-        f"{ds.num_periods - 1}; {world()[1]} rank(s), {cfg.sharding} sharding"
+        f"{ds.num_periods - 1}; {rank_world()[1]} rank(s), {cfg.sharding} sharding"
     )
     tests = {
         s: prepare_test(ds, s, cfg.protocols, cfg.num_eval_negatives, cfg.seed)

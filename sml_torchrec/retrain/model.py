@@ -24,6 +24,7 @@ from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from recsys_common.process_group import rank_world
 from sml_torchrec.data.batching import FEATURES, iterate_batches
 from sml_torchrec.data.period_dataset import Interactions
 from sml_torchrec.data.sampling import sample_negatives
@@ -44,12 +45,6 @@ from sml_torchrec.retrain.config import RetrainConfig
 TABLES = (USER_TABLE, ITEM_TABLE)
 
 
-def world() -> tuple[int, int]:
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 class ShardedModel:
     """A module sharded by DMP, with its dense optimizer, served to evaluation.
 
@@ -64,7 +59,7 @@ class ShardedModel:
     ) -> None:
         self.cfg, self.num_items = cfg, num_items
         self.device = device or torch.device("cpu")
-        self.rank, self.world_size = world()
+        self.rank, self.world_size = rank_world()
         plan = plan_sharding(module, cfg.sharding, self.world_size, self.device)
         self.dmp = shard_model(module, plan, self.device)
         self.dense_opt: torch.optim.Optimizer | None = None

@@ -6,7 +6,7 @@ import torch
 
 from catn.data.cli import main as data_main
 from catn.train import TrainConfig, build_model, load_data, main, train_catn
-from sml_torchrec.distributed.process_group import run_local
+from recsys_common.process_group import run_local
 
 SMALL = {"overlap_users": 160, "source_only_users": 30, "target_only_users": 30,
          "items_source": 25, "items_target": 25, "seed": 3}

@@ -5,7 +5,7 @@
 Every source is a module here with ``read(path, *, chunk_rows=1_000_000, **options)``; the file is
 streamed in chunks of about ``chunk_rows`` rows, never loaded whole, and all batches of one call
 share one schema. ``read`` returns a :class:`Batches` iterator whose ``stats`` dict counts rows
-read and rows dropped or skipped. Bad input raises :class:`~sml_torchrec.data.errors.DataError`
+read and rows dropped or skipped. Bad input raises :class:`~recsys_common.errors.DataError`
 naming the file and the line/row, column and value; an unknown option raises TypeError listing
 the accepted ones.
 
@@ -19,12 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sml_torchrec.data.sources import adressa, csv, movielens, yelp
-from sml_torchrec.data.sources._common import (
+from recsys_common.files import (
     NULL_TOKENS,
     PARQUET_ERRORS,
     READ_ERRORS,
-    Batches,
     check_input_path,
     check_text_file,
     decode_line,
@@ -33,6 +31,8 @@ from sml_torchrec.data.sources._common import (
     printable,
     reason,
 )
+from sml_torchrec.data.sources import adressa, csv, movielens, yelp
+from sml_torchrec.data.sources._common import Batches
 
 # name -> read function; each also has `.options`, the tuple of keyword options it accepts.
 SOURCES: dict[str, Callable[..., Batches]] = {

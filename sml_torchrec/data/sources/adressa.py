@@ -26,16 +26,18 @@ from typing import Any
 
 import pyarrow as pa
 
+from recsys_common.files import (
+    files_in,
+    json_objects,
+    missing_field,
+)
 from sml_torchrec.data.sources._common import (
     DEFAULT_CHUNK_ROWS,
     Batches,
     check_id_text,
     check_timestamps,
-    files_in,
-    json_objects,
     line_locator,
     log,
-    missing_field,
     output_schema,
     pylist_to_array,
     source_reader,

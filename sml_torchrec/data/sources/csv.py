@@ -31,19 +31,21 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sml_torchrec.data.errors import DataError
+from recsys_common.errors import DataError
+from recsys_common.files import (
+    PARQUET_ERRORS,
+    files_in,
+    reason,
+    sniff,
+)
 from sml_torchrec.data.sources._common import (
     DEFAULT_CHUNK_ROWS,
-    PARQUET_ERRORS,
     Batches,
     csv_names,
     csv_text_batches,
-    files_in,
     log,
     output_schema,
-    reason,
     row_locator,
-    sniff,
     source_reader,
     to_ids,
     to_timestamp,

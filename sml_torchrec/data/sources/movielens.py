@@ -25,17 +25,19 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sml_torchrec.data.errors import DataError
+from recsys_common.errors import DataError
+from recsys_common.files import (
+    READ_ERRORS,
+    open_binary,
+    reason,
+)
 from sml_torchrec.data.sources._common import (
     DEFAULT_CHUNK_ROWS,
-    READ_ERRORS,
     Batches,
     csv_names,
     csv_text_batches,
     log,
-    open_binary,
     output_schema,
-    reason,
     row_locator,
     source_reader,
     to_float64,

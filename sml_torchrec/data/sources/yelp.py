@@ -27,17 +27,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sml_torchrec.data.errors import DataError
+from recsys_common.errors import DataError
+from recsys_common.files import json_objects, missing_field
 from sml_torchrec.data.sources._common import (
     DEFAULT_CHUNK_ROWS,
     Batches,
     check_id_text,
     check_timestamps,
     first_null,
-    json_objects,
     line_locator,
     log,
-    missing_field,
     output_schema,
     pylist_to_array,
     source_reader,

@@ -3,6 +3,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from recsys_common.errors import DataError
+from recsys_common.output import OutputError
 from sml_torchrec.data.build import (
     BuildConfig,
     build_period_dataset,
@@ -10,8 +12,6 @@ from sml_torchrec.data.build import (
     kcore_filter,
     renumber_by_first_appearance,
 )
-from sml_torchrec.data.errors import DataError
-from sml_torchrec.data.output import OutputError
 from sml_torchrec.data.period_dataset import PeriodDataset, period_file_name
 
 

@@ -628,7 +628,7 @@ def test_leftovers_of_a_killed_build(tmp_path, capsys):
 
 
 def test_library_calls_are_guarded_too(tmp_path):
-    from sml_torchrec.data.output import OutputError
+    from recsys_common.output import OutputError
     from sml_torchrec.data.synthetic import SyntheticConfig, build_synthetic
 
     mine = _user_dir(tmp_path / "mine")

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sml_torchrec.data.errors import DataError
+from recsys_common.errors import DataError
 from sml_torchrec.data.sources import SOURCES, read_source
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from sml_torchrec.distributed.process_group import run_local
+from recsys_common.process_group import run_local
 from sml_torchrec.distributed.sharded_topk import gather_full_topk, sharded_topk, topk_reference
 
 

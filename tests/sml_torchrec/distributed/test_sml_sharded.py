@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from recsys_common.process_group import run_local
 from sml_torchrec.data.period_dataset import Interactions
-from sml_torchrec.distributed.process_group import run_local
 from sml_torchrec.distributed.shard_ops import gather_full, local_shards, table_weights
 from sml_torchrec.modules.transfer_embedding import dedup_ids
 from sml_torchrec.retrain.config import RetrainConfig

@@ -22,11 +22,11 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from recsys_common.process_group import run_local
 from sml_torchrec.distributed import (
     ShardedTransferEmbeddingBagCollection,
     TransferEmbeddingBagCollectionSharder,
 )
-from sml_torchrec.distributed.process_group import run_local
 from sml_torchrec.distributed.shard_ops import gather_full, load_full, local_shards, table_weights
 from sml_torchrec.distributed.sharding import EBCSharder
 from sml_torchrec.modules import TransferConfig, TransferEmbeddingBagCollection, set_transfer_mode

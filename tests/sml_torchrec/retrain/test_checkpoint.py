@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from sml_torchrec.distributed.process_group import run_local
+from recsys_common.process_group import run_local
 from sml_torchrec.retrain import checkpoint
 
 

@@ -5,8 +5,8 @@ import hashlib
 import pytest
 import torch
 
+from recsys_common.errors import UserError
 from sml_torchrec.data.synthetic import SyntheticConfig, build_synthetic
-from sml_torchrec.errors import UserError
 from sml_torchrec.retrain import checkpoint
 from sml_torchrec.retrain.config import RetrainConfig
 

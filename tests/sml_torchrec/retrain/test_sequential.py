@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from recsys_common.process_group import run_local
 from sml_torchrec.data.period_dataset import Interactions, PeriodDataset, write_period_dataset
 from sml_torchrec.data.sequences import PAD, last_items, period_examples, previous_items
-from sml_torchrec.distributed.process_group import run_local
 
 
 def _slow_previous(user, item, ts, L):

@@ -13,14 +13,12 @@ program (a rank was killed; one line), 2 user error, 130 Ctrl-C, 143 SIGTERM.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 EXIT_OK = 0
 EXIT_INTERNAL_ERROR = 1
@@ -43,6 +41,18 @@ class UserError(Exception):
     """
 
     remote_traceback: str = ""
+
+
+class DataError(UserError, ValueError):
+    """Raised for malformed or inconsistent input data.
+
+    The message starts with the file (or dataset directory) at fault and names the line,
+    column, id or value that is wrong, so a user can fix their data without a debugger.
+    """
+
+    def __init__(self, path: str | Path | None, message: str) -> None:
+        self.path = None if path is None else str(path)
+        super().__init__(f"{self.path}: {message}" if self.path else message)
 
 
 class ConfigError(UserError, ValueError):
@@ -85,17 +95,6 @@ def refuse_to_replace(path: str | os.PathLike, overwrite: bool, other: str = "--
             f"{path} exists (an earlier run's output); pass --overwrite to replace it, "
             f"or choose another {other}"
         )
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as JSON to ``path`` through a temporary file and a rename: a reader (or a
-    crash) never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 def _raise_terminated(signum: int, frame: object) -> None:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from sml_torchrec.errors import UserError
+from recsys_common.errors import UserError
 
 T = TypeVar("T")
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from sml_torchrec.distributed.process_group import RankFailed, run_local
+from recsys_common.process_group import RankFailed, run_local
 
 
 def _allreduce_rank() -> float:
@@ -61,7 +61,7 @@ def test_tensors_come_back_intact():
 
 
 def _user_error_on_rank1() -> None:
-    from sml_torchrec.data.errors import DataError
+    from recsys_common.errors import DataError
 
     if dist.get_rank() == 1:
         raise DataError("data/x/periods/period=00003.parquet", "row 7: bad id")
@@ -69,7 +69,7 @@ def _user_error_on_rank1() -> None:
 
 
 def test_user_error_in_a_rank_is_its_one_line_and_rank():
-    from sml_torchrec.errors import UserError
+    from recsys_common.errors import UserError
 
     with pytest.raises(UserError) as info:
         run_local(_user_error_on_rank1, 2, timeout_s=60)
@@ -80,7 +80,7 @@ def test_user_error_in_a_rank_is_its_one_line_and_rank():
 
 
 def _same_user_error_everywhere() -> None:
-    from sml_torchrec.errors import UserError
+    from recsys_common.errors import UserError
 
     raise UserError(f"same mistake {dist.get_world_size()}")
 
@@ -101,7 +101,7 @@ def _killed_rank1() -> None:
 
 
 def test_killed_rank_is_blamed_not_the_rank_that_lost_its_peer():
-    from sml_torchrec.distributed.process_group import RankLost
+    from recsys_common.process_group import RankLost
 
     with pytest.raises(RankLost) as info:
         run_local(_killed_rank1, 2, timeout_s=60)
@@ -118,7 +118,7 @@ def _checkpoint_write_fails_on_rank1() -> None:
 
 
 def test_a_run_failure_in_a_rank_is_one_line_not_a_traceback():
-    from sml_torchrec.errors import RunFailed
+    from recsys_common.errors import RunFailed
 
     with pytest.raises(RunFailed, match=r"^writing checkpoint .* \(disk full\) \(on rank 1\)$"):
         run_local(_checkpoint_write_fails_on_rank1, 2, timeout_s=60)

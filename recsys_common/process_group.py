@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from sml_torchrec.errors import EXIT_USER_ERROR, RunFailed, UserError
+from recsys_common.errors import EXIT_USER_ERROR, RunFailed, UserError
 
 
 def free_port() -> int:
@@ -40,6 +40,13 @@ def max_local_ranks() -> int:
     """The most ranks ``--nproc`` may start here: more only thrash the machine (each rank is
     a full process with its own copy of the data)."""
     return max(8, 4 * (os.cpu_count() or 1))
+
+
+def rank_world() -> tuple[int, int]:
+    """(this process's rank, world size): (0, 1) when no process group is initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def launched_by_torchrun() -> bool:
@@ -238,7 +245,7 @@ def run_local(
     ``RunFailed``), :class:`RankLost` (a rank was killed or
     exited, or ``timeout_s`` passed: which rank and how) or :class:`RankFailed` (an unexpected
     error: its traceback). The ranks die with this process, even when it is SIGKILLed; when it
-    is interrupted (Ctrl-C, SIGTERM raising :class:`~sml_torchrec.errors.Terminated`) they are
+    is interrupted (Ctrl-C, SIGTERM raising :class:`~recsys_common.errors.Terminated`) they are
     stopped before the exception propagates.
     """
     if nproc < 1:
