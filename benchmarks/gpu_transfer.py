@@ -31,8 +31,7 @@ from sml_torchrec.modules import transfer_triton
 from sml_torchrec.modules.transfer import (
     TransferConfig,
     TransferNet,
-    _fused_chunk_into,
-    _Scratch,
+    materialize,
     transfer_flops_per_row,
 )
 
@@ -93,12 +92,8 @@ def run(args) -> dict:
             for i in range(0, args.rows, step):
                 out[i : i + step] = net.reference(prev[i : i + step], new[i : i + step])
 
-    buf = _Scratch(min(step, args.rows), args.dim, cfg.n1, cfg.n2, cfg.hidden, like=new)
-
     def fused_torch() -> None:
-        for i in range(0, args.rows, step):
-            j = min(i + step, args.rows)
-            _fused_chunk_into(prev[i:j], new[i:j], p, cfg.eps, cfg.gelu, out[i:j], buf)
+        materialize(net, prev, new, out, chunk_rows=step, backend="eager")
 
     def fused_triton(dtype=None):
         def fn() -> None:

@@ -58,12 +58,19 @@ def default_backend() -> str:
 
 
 def init_process_group(backend: str | None = None, timeout_s: float = 300.0) -> torch.device:
-    """Join the process group described by the torchrun environment; returns this rank's device."""
+    """Join the process group described by the torchrun environment (or, without one, a
+    single-process group); returns this rank's device."""
     backend = backend or default_backend()
     if not dist.is_initialized():
         timeout = timedelta(seconds=timeout_s)
         restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-        if restart is not None and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        if not launched_by_torchrun():
+            # One process, no launcher: DMP and DCP are collective APIs and still need a group.
+            # An in-memory store needs no port and leaves the environment alone (a caller's
+            # later subprocess must not mistake itself for a torchrun worker).
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0,
+                                    world_size=1, timeout=timeout)
+        elif restart is not None and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
             # torchrun keeps one store across worker restarts; keys left by the failed round
             # (a dead rank's address) would be read by the new one, so each round gets its own
             # key prefix.

@@ -194,13 +194,7 @@ def run_rank(
     from sml_torchrec.data.period_dataset import PeriodDataset
     from sml_torchrec.retrain.loop import run
 
-    if "WORLD_SIZE" not in os.environ:
-        # A one-rank job still needs a process group: DMP and DCP are collective APIs.
-        from recsys_common.process_group import free_port
-
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0",
-                          WORLD_SIZE="1", LOCAL_RANK="0")
-    init_process_group()
+    init_process_group()  # one rank without a launcher gets a single-process group
     results = run(cfg, PeriodDataset(data_dir), name, identity)
     if dist.is_initialized() and dist.get_rank() != 0:
         return None

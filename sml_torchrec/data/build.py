@@ -149,71 +149,12 @@ def build_period_dataset(
     """
     origin = source
     source = str(culprit) if culprit is not None else source
-    ts_col = table.column("timestamp")
-    if not pa.types.is_integer(ts_col.type):
-        raise DataError(source, f"column 'timestamp' has type {ts_col.type}, expected integers")
-    if ts_col.null_count:
-        raise DataError(source, f"column 'timestamp' has {ts_col.null_count} missing values")
+    ts = _timestamps(table, source)
     user, user_raw = _codes(table.column("user"), "user", source)
     item, item_raw = _codes(table.column("item"), "item", source)
-    ts = ts_col.to_numpy().astype(np.int64)
-    if len(ts) and ts.min() < 0:
-        k = int(np.argmax(ts < 0))
-        raise DataError(
-            source,
-            f"column 'timestamp': row {k + 1}: {int(ts[k])} is negative; timestamps are unix "
-            "seconds (or any non-negative clock)",
-        )
     n_raw = len(ts)
-    if n_raw == 0:
-        raise DataError(source, "no interactions")
-
-    keep = kcore_filter(user, item, config.kcore)
-    if not keep.any():
-        users_n, items_n = np.bincount(user), np.bincount(item)
-        raise DataError(
-            source,
-            f"--kcore {config.kcore} removed all {n_raw:,} interactions (of "
-            f"{int((users_n > 0).sum()):,} users and {int((items_n > 0).sum()):,} items; the "
-            f"most active user has {int(users_n.max()):,} interactions, the most popular item "
-            f"{int(items_n.max()):,}); use a smaller --kcore",
-        )
-    user, item, ts = user[keep], item[keep], ts[keep]
-    order = np.argsort(ts, kind="stable")
-    user, item, ts = user[order], item[order], ts[order]
-    after = "" if config.kcore <= 1 else f" left by --kcore {config.kcore}"
-    if config.cut == "count" and len(ts) < config.periods:
-        raise DataError(
-            source,
-            f"--periods {config.periods} with --cut count needs at least {config.periods} "
-            f"interactions, the log has {len(ts):,}{after}; use fewer --periods",
-        )
-    distinct = 1 + int(np.count_nonzero(np.diff(ts)))
-    if config.cut == "time" and distinct < config.periods:
-        raise DataError(
-            source,
-            f"--periods {config.periods} with --cut time needs at least {config.periods} "
-            f"distinct timestamps, the log has {distinct:,}{after} (from {int(ts[0])} to "
-            f"{int(ts[-1])}); use --periods {distinct} or fewer",
-        )
-    period = cut_periods(ts, config.periods, config.cut)
-    counts = np.bincount(period, minlength=config.periods)
-    empty = np.flatnonzero(counts == 0)
-    if len(empty):
-        span = (int(ts[-1]) - int(ts[0]) + 1) / config.periods
-        raise DataError(
-            source,
-            f"with --cut time, period(s) {_few(empty.tolist())} of {config.periods} would be "
-            f"empty: the log has no interactions in those spans of {span:,.0f} time units; "
-            "use fewer --periods or --cut count",
-        )
-    straddling = int(np.count_nonzero((np.diff(period) != 0) & (np.diff(ts) == 0)))
-    if straddling:
-        log.warning(
-            "--cut count: %d timestamp(s) straddle a period boundary (their interactions are "
-            "split between two periods); use --cut time to cut on time only",
-            straddling,
-        )
+    user, item, ts = _filter_and_sort(user, item, ts, config.kcore, source)
+    period, straddling = _cut(ts, config, source)
     user, user_old = renumber_by_first_appearance(user, len(user_raw))
     item, item_old = renumber_by_first_appearance(item, len(item_raw))
     build = asdict(config) | {
@@ -235,6 +176,85 @@ def build_period_dataset(
         overwrite=overwrite,
         inputs=inputs,
     )
+
+
+def _timestamps(table: pa.Table, source: str) -> np.ndarray:
+    """The timestamp column as int64, refused (naming ``source``) unless whole, integer and
+    non-negative, and not empty."""
+    ts_col = table.column("timestamp")
+    if not pa.types.is_integer(ts_col.type):
+        raise DataError(source, f"column 'timestamp' has type {ts_col.type}, expected integers")
+    if ts_col.null_count:
+        raise DataError(source, f"column 'timestamp' has {ts_col.null_count} missing values")
+    ts = ts_col.to_numpy().astype(np.int64)
+    if len(ts) and ts.min() < 0:
+        k = int(np.argmax(ts < 0))
+        raise DataError(
+            source,
+            f"column 'timestamp': row {k + 1}: {int(ts[k])} is negative; timestamps are unix "
+            "seconds (or any non-negative clock)",
+        )
+    if len(ts) == 0:
+        raise DataError(source, "no interactions")
+    return ts
+
+
+def _filter_and_sort(
+    user: np.ndarray, item: np.ndarray, ts: np.ndarray, kcore: int, source: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The k-core of the interactions, sorted by time (stable); an empty k-core is refused
+    with what the log holds."""
+    keep = kcore_filter(user, item, kcore)
+    if not keep.any():
+        users_n, items_n = np.bincount(user), np.bincount(item)
+        raise DataError(
+            source,
+            f"--kcore {kcore} removed all {len(ts):,} interactions (of "
+            f"{int((users_n > 0).sum()):,} users and {int((items_n > 0).sum()):,} items; the "
+            f"most active user has {int(users_n.max()):,} interactions, the most popular item "
+            f"{int(items_n.max()):,}); use a smaller --kcore",
+        )
+    user, item, ts = user[keep], item[keep], ts[keep]
+    order = np.argsort(ts, kind="stable")
+    return user[order], item[order], ts[order]
+
+
+def _cut(ts: np.ndarray, config: BuildConfig, source: str) -> tuple[np.ndarray, int]:
+    """The period of each (time-sorted) interaction and how many timestamps straddle a period
+    boundary; periods that cannot all be filled are refused with the counts."""
+    after = "" if config.kcore <= 1 else f" left by --kcore {config.kcore}"
+    if config.cut == "count" and len(ts) < config.periods:
+        raise DataError(
+            source,
+            f"--periods {config.periods} with --cut count needs at least {config.periods} "
+            f"interactions, the log has {len(ts):,}{after}; use fewer --periods",
+        )
+    distinct = 1 + int(np.count_nonzero(np.diff(ts)))
+    if config.cut == "time" and distinct < config.periods:
+        raise DataError(
+            source,
+            f"--periods {config.periods} with --cut time needs at least {config.periods} "
+            f"distinct timestamps, the log has {distinct:,}{after} (from {int(ts[0])} to "
+            f"{int(ts[-1])}); use --periods {distinct} or fewer",
+        )
+    period = cut_periods(ts, config.periods, config.cut)
+    empty = np.flatnonzero(np.bincount(period, minlength=config.periods) == 0)
+    if len(empty):
+        span = (int(ts[-1]) - int(ts[0]) + 1) / config.periods
+        raise DataError(
+            source,
+            f"with --cut time, period(s) {_few(empty.tolist())} of {config.periods} would be "
+            f"empty: the log has no interactions in those spans of {span:,.0f} time units; "
+            "use fewer --periods or --cut count",
+        )
+    straddling = int(np.count_nonzero((np.diff(period) != 0) & (np.diff(ts) == 0)))
+    if straddling:
+        log.warning(
+            "--cut count: %d timestamp(s) straddle a period boundary (their interactions are "
+            "split between two periods); use --cut time to cut on time only",
+            straddling,
+        )
+    return period, straddling
 
 
 def _few(values: list[int], limit: int = 8) -> str:

@@ -41,16 +41,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "BACKENDS",
     "GELU_KINDS",
     "IMPLS",
     "TransferConfig",
     "TransferNet",
+    "choose_backend",
     "gelu",
     "materialize",
     "transfer_flops_per_row",
 ]
 
 IMPLS = ("reference", "fused", "compiled")
+# What computes the rows (see ``choose_backend``): "fused" runs on "triton", "cpu" or "eager".
+BACKENDS = ("reference", "triton", "cpu", "eager", "compiled")
 GELU_KINDS = ("sigmoid", "erf", "tanh")
 # The authors' GELU approximation x * sigmoid(1.702 x).
 _SIGMOID_GELU_SCALE = 1.702
@@ -242,6 +246,25 @@ def _cpu_kernel_ok(new: Tensor, c: TransferConfig) -> bool:
     return transfer_cpu.supports(new, c.gelu, c.n1, c.n2) and transfer_cpu.load() is not None
 
 
+def choose_backend(config: TransferConfig, rows: Tensor, grad: bool) -> str:
+    """Which implementation computes ``rows``: the one place that decides.
+
+    ``impl="reference"`` and ``impl="compiled"`` name their back end. For ``impl="fused"``:
+    ``"triton"`` without gradients on CUDA with Triton (the stack + conv stage as one kernel,
+    ``transfer_triton``), else ``"cpu"`` where the C++ kernels of ``transfer_cpu`` apply
+    (float32, the authors' GELU, a compiled extension), else ``"eager"`` (the same algebra as
+    torch ops).
+    """
+    if config.impl != "fused":
+        return config.impl
+    if not grad and rows.is_cuda:
+        from sml_torchrec.modules import transfer_triton
+
+        if transfer_triton.available():
+            return "triton"
+    return "cpu" if _cpu_kernel_ok(rows, config) else "eager"
+
+
 def _cpu_chunk(prev: Tensor, new: Tensor, p: Params, eps: float, kind: str) -> Tensor:
     from sml_torchrec.modules.transfer_cpu import TransferRowsCPU
 
@@ -346,19 +369,17 @@ class TransferNet(nn.Module):
         _validate(c)
         prev = prev.detach()
         p = self.params() if params is None else params
-        if c.impl == "reference":
-            return self.reference(prev, new, p)
         needs_grad = torch.is_grad_enabled() and (
             new.requires_grad or any(t.requires_grad for t in p)
         )
-        if c.impl == "fused" and not needs_grad:
+        backend = choose_backend(c, new, needs_grad)
+        if backend == "reference":
+            return self.reference(prev, new, p)
+        if not needs_grad and backend != "compiled":
             out = torch.empty_like(new, memory_format=torch.contiguous_format)
-            _materialize_rows(self, prev, new, out, c.chunk_rows, p)
+            _materialize_rows(self, prev, new, out, c.chunk_rows, p, backend)
             return out
-        if c.impl == "fused":
-            fn = _cpu_chunk if _cpu_kernel_ok(new, c) else _fused_chunk
-        else:
-            fn = _compiled_chunk
+        fn = {"cpu": _cpu_chunk, "eager": _fused_chunk, "compiled": _compiled_chunk}[backend]
         n, step = new.shape[0], c.chunk_rows
         if n <= step:
             return fn(prev, new, p, c.eps, c.gelu)
@@ -369,46 +390,42 @@ class TransferNet(nn.Module):
 
 
 def _materialize_rows(
-    net: TransferNet, prev: Tensor, new: Tensor, out: Tensor, step: int, params: Params
+    net: TransferNet, prev: Tensor, new: Tensor, out: Tensor, step: int, params: Params,
+    backend: str,
 ) -> None:
     c, n = net.config, new.shape[0]
     p = tuple(t.detach() for t in params)
-    if c.impl == "fused" and new.is_cuda:
-        from sml_torchrec.modules import transfer_triton
-
-        if transfer_triton.available():
-            for i in range(0, n, step):
-                j = min(i + step, n)
-                transfer_triton.transfer_rows_into(prev[i:j], new[i:j], p, c.eps, c.gelu, out[i:j])
-            return
-    if c.impl == "fused" and _cpu_kernel_ok(new, c):
+    if backend == "cpu":
         from sml_torchrec.modules.transfer_cpu import materialize_rows
 
         materialize_rows(prev, new, p, c.eps, out, step)
         return
-    if c.impl == "fused":
-        buf = _Scratch(min(step, n), net.dim, c.n1, c.n2, c.hidden, like=new)
-        for i in range(0, n, step):
-            j = min(i + step, n)
-            _fused_chunk_into(prev[i:j], new[i:j], p, c.eps, c.gelu, out[i:j], buf)
-        return
+    eager = backend == "eager"
+    buf = _Scratch(min(step, n), net.dim, c.n1, c.n2, c.hidden, like=new) if eager else None
     for i in range(0, n, step):
         j = min(i + step, n)
-        if c.impl == "reference":
-            rows = net.reference(prev[i:j], new[i:j])
+        if backend == "triton":
+            from sml_torchrec.modules import transfer_triton
+
+            transfer_triton.transfer_rows_into(prev[i:j], new[i:j], p, c.eps, c.gelu, out[i:j])
+        elif backend == "eager":
+            _fused_chunk_into(prev[i:j], new[i:j], p, c.eps, c.gelu, out[i:j], buf)
+        elif backend == "reference":
+            out[i:j].copy_(net.reference(prev[i:j], new[i:j]))
         else:
-            rows = _compiled_chunk(prev[i:j], new[i:j], p, c.eps, c.gelu)
-        out[i:j].copy_(rows)
+            out[i:j].copy_(_compiled_chunk(prev[i:j], new[i:j], p, c.eps, c.gelu))
 
 
 @torch.no_grad()
 def materialize(
-    net: TransferNet, prev: Tensor, new: Tensor, out: Tensor, chunk_rows: int | None = None
+    net: TransferNet, prev: Tensor, new: Tensor, out: Tensor, chunk_rows: int | None = None,
+    backend: str | None = None,
 ) -> None:
     """``out[:] = net(prev, new)``, chunk by chunk, with memory bounded by the chunk size.
 
     ``out`` may be the same tensor as ``prev`` (or ``new``): each chunk is read in full before
-    it is written. ``chunk_rows`` defaults to ``net.config.chunk_rows``.
+    it is written. ``chunk_rows`` defaults to ``net.config.chunk_rows``; ``backend`` (one of
+    :data:`BACKENDS`) overrides :func:`choose_backend`, e.g. to measure one against another.
     """
     net._check(prev, new)
     _validate(net.config)
@@ -417,4 +434,7 @@ def materialize(
     step = chunk_rows if chunk_rows is not None else net.config.chunk_rows
     if step < 1:
         raise ValueError(f"chunk_rows must be positive, got {step}")
-    _materialize_rows(net, prev, new, out, step, net.params())
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    chosen = backend or choose_backend(net.config, new, grad=False)
+    _materialize_rows(net, prev, new, out, step, net.params(), chosen)
