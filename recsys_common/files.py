@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from recsys_common.errors import DataError
 
@@ -224,3 +225,29 @@ def files_in(path: str | Path, suffixes: tuple[str, ...] | None = None) -> list[
         wanted = f" ending in {'/'.join(suffixes)}" if suffixes else ""
         raise DataError(p, f"directory has no files{wanted}")
     return files
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON file holding one object, or a DataError naming the file (and the line)."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"line {e.lineno}: invalid JSON: {e.msg}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(path, f"unreadable: {reason(e)}") from None
+    if not isinstance(obj, dict):
+        raise DataError(path, f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def read_parquet(path: Path) -> pa.Table:
+    """A whole parquet file, validated, or a DataError naming it (truncated or corrupt)."""
+    try:
+        table = pq.read_table(path)
+        # Damaged pages or names (text that is not UTF-8) fail here, not at first use.
+        table.validate(full=True)
+        _ = table.column_names
+    except PARQUET_ERRORS as e:
+        raise DataError(path, f"unreadable parquet file (truncated or corrupt?): {reason(e)}") \
+            from None
+    return table

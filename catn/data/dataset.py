@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from catn.data.documents import build_documents, match_auxiliary_reviews
 from catn.data.errors import DataError, SplitError
-from recsys_common.files import PARQUET_ERRORS, reason
+from recsys_common.files import read_json_object, read_parquet, reason
 from recsys_common.output import DatasetLayout, check_output_dir, write_dataset_dir
 
 ROLE_SOURCE_ONLY = 0
@@ -392,15 +392,7 @@ def _read_parquet(path: Path, columns: Sequence[str]) -> pa.Table:
     if not path.is_file():
         raise DataError(path, "missing: the dataset is incomplete; rebuild it with "
                               "`catn-data build`")
-    try:
-        t = pq.read_table(path)
-        # Damaged pages or names (text that is not UTF-8) fail here, not at first use.
-        t.validate(full=True)
-        _ = t.column_names
-    except PARQUET_ERRORS as e:
-        raise DataError(
-            path, f"unreadable parquet file (truncated or corrupt?): {reason(e)}"
-        ) from None
+    t = read_parquet(path)
     for col in columns:
         if col not in t.column_names:
             raise DataError(path, f"missing column {col!r} (has {', '.join(t.column_names)})")
@@ -440,14 +432,7 @@ def _read_meta(path: Path) -> dict:
     if not meta_path.exists():
         raise DataError(path, "not a CATN dataset directory (no meta.json); build one with "
                               "`catn-data build`")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(meta_path, f"line {e.lineno}: invalid JSON: {e.msg}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(meta_path, f"unreadable: {reason(e)}") from None
-    if not isinstance(meta, dict):
-        raise DataError(meta_path, f"expected a JSON object, got {type(meta).__name__}")
+    meta = read_json_object(meta_path)
     _check_meta(meta_path, meta)
     return meta
 

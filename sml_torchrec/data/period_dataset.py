@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys_common.errors import DataError
-from recsys_common.files import PARQUET_ERRORS, reason
+from recsys_common.files import PARQUET_ERRORS, read_json_object, read_parquet, reason
 from recsys_common.output import DatasetLayout, check_output_dir, write_dataset_dir
 
 FORMAT_VERSION = 1
@@ -148,14 +148,7 @@ _LIST_FIELDS = ("period_counts", "period_start", "period_end", "users_upto", "it
 def read_metadata(meta_path: Path) -> PeriodMetadata:
     """Parse and check a dataset's ``metadata.json``; every inconsistency is a DataError naming
     the file and the field (the period files are checked by :class:`PeriodDataset`)."""
-    try:
-        raw = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(meta_path, f"line {e.lineno}: invalid JSON: {e.msg}") from None
-    except (UnicodeDecodeError, OSError) as e:
-        raise DataError(meta_path, f"unreadable: {reason(e)}") from None
-    if not isinstance(raw, dict):
-        raise DataError(meta_path, f"expected a JSON object, got {type(raw).__name__}")
+    raw = read_json_object(meta_path)
     version = raw.get("format_version")
     if version != FORMAT_VERSION:
         raise DataError(meta_path, f"format_version is {version!r}, this library reads "
@@ -426,15 +419,7 @@ class PeriodDataset:
         path = self.root / period_file_name(t)
         if not path.is_file():
             raise DataError(path, f"missing file for period {t}")
-        try:
-            table = pq.read_table(path)
-            # Damaged pages or names (text that is not UTF-8) fail here, not at first use.
-            table.validate(full=True)
-            _ = table.column_names
-        except PARQUET_ERRORS as e:
-            raise DataError(
-                path, f"unreadable parquet file (truncated or corrupt?): {reason(e)}"
-            ) from e
+        table = read_parquet(path)
         _check_schema(path, table.schema)
         if table.num_rows != self.meta.period_counts[t]:
             raise DataError(
