@@ -26,11 +26,29 @@ from sml_torchrec.metrics import (
     SampledCandidates,
     full_ranking_metrics,
     sample_eval_negatives,
-    sampled_ranking_metrics,
+    sampled_metrics_from_ranks,
 )
 from sml_torchrec.retrain.model import RetrainModel, world
 
 log = logging.getLogger(__name__)
+
+SAMPLED_EVAL_CHUNK = 256
+"""Test interactions the sampled protocol scores at once.
+
+Its working memory is a handful of buffers allocated once per call and reused for every chunk:
+the gathered negative rows [chunk, M, d] float32 (``chunk * M * d * 4`` bytes: 32.7 MB at
+M = 999, d = 32), their ids [chunk, M] int64, scores [chunk, M] float32 and a mask
+[chunk, M] bool, about ``chunk * M * (4 d + 17)`` bytes in all. Beyond that an evaluation keeps
+O(1) scalars per test interaction (its rank and metric values, ~70 bytes), nothing of size
+M or d per interaction. Changing it does not change any result: every interaction is scored
+by the same arithmetic, only fewer at once (the chunk boundaries stay multiples of 256 from
+the start of a rank's share, as the scores were always computed).
+"""
+
+FULL_EVAL_SCORES = 1 << 22
+"""Scores [queries, items] the full protocol holds at once (16 MB of float32): the query
+chunk of :func:`~sml_torchrec.distributed.sharded_topk.sharded_topk` is this divided by the
+rank's item rows, at most 1024 (its default) and at least 1."""
 
 
 @dataclass
@@ -76,6 +94,53 @@ def _mean_over_ranks(sums: dict[str, float], count: int) -> dict[str, float]:
     return {k: float(t[i] / t[-1]) for i, k in enumerate(keys)}
 
 
+def _sampled_ranks(
+    u: torch.Tensor,
+    u_row: torch.Tensor,
+    items: torch.Tensor,
+    pos_items: torch.Tensor,
+    cand: torch.Tensor,
+    valid: torch.Tensor,
+    chunk: int = SAMPLED_EVAL_CHUNK,
+) -> torch.Tensor:
+    """0-based rank of each test interaction's item among its valid negatives: [n] int64.
+
+    Args:
+        u: [U, d] served vectors of the period's distinct users.
+        u_row: [n] int64 row of ``u`` of each interaction's user.
+        items: [I, d] served item table.
+        pos_items: [n] int64 each interaction's own item.
+        cand: [n, M] int64 negative ids, -1 for padding (read, never copied whole).
+        valid: [n, M] bool, False for padding.
+        chunk: interactions scored at once; the buffers below are [chunk, M(, d)] and reused,
+            so a period's size changes how often they are filled, not how large they are.
+
+    Same rule as :func:`~sml_torchrec.metrics.sampled_ranking_metrics`: a negative the positive
+    does not strictly beat (tie, NaN) counts against it.
+    """
+    n, M = cand.shape
+    d = items.shape[1]
+    rank = torch.empty(n, dtype=torch.long)
+    b = max(1, min(chunk, n))
+    ids = torch.empty(b * M, dtype=torch.long)
+    rows = torch.empty(b * M, d, dtype=items.dtype)
+    not_beaten = torch.empty(b, M, dtype=torch.bool)
+    for c0 in range(0, n, chunk):
+        c1 = min(n, c0 + chunk)
+        m = c1 - c0
+        uv = u[u_row[c0:c1]]  # [m, d]
+        pos = (uv * items[pos_items[c0:c1]]).sum(-1)
+        torch.clamp(cand[c0:c1].reshape(-1), min=0, out=ids[: m * M])
+        torch.index_select(items, 0, ids[: m * M], out=rows[: m * M])
+        neg = torch.einsum("nd,nmd->nm", uv, rows[: m * M].view(m, M, d))
+        nb = not_beaten[:m]
+        torch.lt(neg, pos.unsqueeze(1), out=nb)
+        torch.logical_not(nb, out=nb)
+        nb &= valid[c0:c1]
+        torch.sum(nb, dim=1, out=rank[c0:c1])
+    return rank
+
+
 @torch.no_grad()
 def evaluate(model: RetrainModel, test: PeriodTest, protocols: list[str]) -> dict:
     """Metrics of the served model on ``test``: ``{"full": {...}, "sampled": {...}}``."""
@@ -86,7 +151,8 @@ def evaluate(model: RetrainModel, test: PeriodTest, protocols: list[str]) -> dic
         block, offset = model.item_block()
         # Only items that exist by the end of period s are candidates.
         block = block[: max(0, min(len(block), test.num_items - offset))]
-        _, ids = sharded_topk(queries, block, offset, kmax)
+        chunk = max(1, min(1024, FULL_EVAL_SCORES // max(1, len(block))))
+        _, ids = sharded_topk(queries, block, offset, kmax, query_chunk=chunk)
         per_user = full_ranking_metrics(ids, test.truth_indptr, test.truth_items, KS)
         out["full"] = {k: float(v.mean()) for k, v in per_user.items()}
         out["full"]["users"] = len(test.users)
@@ -96,18 +162,14 @@ def evaluate(model: RetrainModel, test: PeriodTest, protocols: list[str]) -> dic
         n = len(test.data)
         per = -(-n // world_size)
         sl = slice(rank * per, min(n, (rank + 1) * per))
-        users = test.data.user_id[sl]
-        u = model.user_vectors(np.unique(test.data.user_id))
         uid = np.unique(test.data.user_id)
-        uvec = u[torch.from_numpy(np.searchsorted(uid, users))]
-        pos = (uvec * items[torch.from_numpy(test.data.item_id[sl])]).sum(-1)
-        cand = test.candidates.items[sl].clamp(min=0)
-        # Chunked: [chunk, 999, d] gathered rows at a time, not [n, 999, d].
-        negs = torch.cat([
-            torch.einsum("nd,nmd->nm", uvec[i : i + 256], items[cand[i : i + 256]])
-            for i in range(0, len(cand), 256)
-        ]) if len(cand) else torch.zeros(0, cand.shape[1])
-        m = sampled_ranking_metrics(pos, negs, test.candidates.valid[sl], KS)
-        out["sampled"] = _mean_over_ranks({k: float(v.sum()) for k, v in m.items()}, len(pos))
+        u = model.user_vectors(uid)
+        u_row = torch.from_numpy(np.searchsorted(uid, test.data.user_id[sl]))
+        ranks = _sampled_ranks(
+            u, u_row, items, torch.from_numpy(test.data.item_id[sl]),
+            test.candidates.items[sl], test.candidates.valid[sl],
+        )
+        m = sampled_metrics_from_ranks(ranks, KS)
+        out["sampled"] = _mean_over_ranks({k: float(v.sum()) for k, v in m.items()}, len(ranks))
         out["sampled"]["interactions"] = n
     return out
