@@ -59,7 +59,16 @@ class PeriodTest:
     truth_indptr: torch.Tensor  # [U+1]
     truth_items: torch.Tensor  # [nnz]
     data: Interactions
+    # This rank's share of the sampled candidates: rows _share(len(data)) of the period's
+    # [n, M], since a rank scores only its share of the interactions.
     candidates: SampledCandidates | None
+
+
+def _share(n: int) -> slice:
+    """The contiguous rows of ``n`` test interactions this rank scores (sampled protocol)."""
+    rank, world_size = world()
+    per = -(-n // world_size)
+    return slice(min(n, rank * per), min(n, (rank + 1) * per))
 
 
 def prepare_test(
@@ -82,6 +91,13 @@ def prepare_test(
                 "period %d: %d of %d test interactions had fewer than %d candidate negatives; "
                 "used the whole pool", s, candidates.short_pools, len(d), num_negatives,
             )
+        # Every rank draws the whole period (the draw runs in time order over all of it) but
+        # keeps only its share: the [n, M] candidates of every online period are held for the
+        # whole run, so this divides that memory by the number of ranks.
+        sl = _share(len(d))
+        if sl.stop - sl.start < len(d):
+            candidates = SampledCandidates(candidates.items[sl].clone(),
+                                           candidates.valid[sl].clone(), candidates.short_pools)
     return PeriodTest(s, ds.meta.items_upto[s], users, indptr, torch.from_numpy(pi), d,
                       candidates)
 
@@ -158,16 +174,16 @@ def evaluate(model: RetrainModel, test: PeriodTest, protocols: list[str]) -> dic
         out["full"]["users"] = len(test.users)
     if "sampled" in protocols and test.candidates is not None:
         items = model.item_table()
-        rank, world_size = world()
         n = len(test.data)
-        per = -(-n // world_size)
-        sl = slice(rank * per, min(n, (rank + 1) * per))
+        sl = _share(n)
+        if len(test.candidates.items) != sl.stop - sl.start:
+            raise ValueError("test.candidates is not this rank's share; use prepare_test")
         uid = np.unique(test.data.user_id)
         u = model.user_vectors(uid)
         u_row = torch.from_numpy(np.searchsorted(uid, test.data.user_id[sl]))
         ranks = _sampled_ranks(
             u, u_row, items, torch.from_numpy(test.data.item_id[sl]),
-            test.candidates.items[sl], test.candidates.valid[sl],
+            test.candidates.items, test.candidates.valid,
         )
         m = sampled_metrics_from_ranks(ranks, KS)
         out["sampled"] = _mean_over_ranks({k: float(v.sum()) for k, v in m.items()}, len(ranks))
