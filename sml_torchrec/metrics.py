@@ -142,7 +142,22 @@ def sampled_ranking_metrics(
         if neg_valid.shape != neg.shape:
             raise ValueError(f"neg_valid must be {tuple(neg.shape)}, got {tuple(neg_valid.shape)}")
         not_beaten &= neg_valid
-    rank = not_beaten.sum(dim=1)  # [N]
+    return sampled_metrics_from_ranks(not_beaten.sum(dim=1), ks)
+
+
+def sampled_metrics_from_ranks(rank: Tensor, ks: Sequence[int] = KS) -> dict[str, Tensor]:
+    """Per-interaction hit@K and NDCG@K from the positive's 0-based rank [N] (int64).
+
+    The rank is what :func:`sampled_ranking_metrics` computes from the scores; callers that
+    score in chunks keep only this [N] vector, not the [N, M] scores.
+
+    Returns:
+        ``{"recall@K": [N], "ndcg@K": [N]}`` (float64), as :func:`sampled_ranking_metrics`.
+    """
+    ks = _check_ks(ks)
+    rank = torch.as_tensor(rank)
+    if rank.dim() != 1:
+        raise ValueError(f"rank must be [N], got shape {tuple(rank.shape)}")
     gain = 1.0 / torch.log2(rank.to(torch.float64) + 2.0)
     out: dict[str, Tensor] = {}
     for k in ks:
