@@ -101,7 +101,7 @@ def _stats(values_bytes: list[int]) -> dict[str, float]:
 
 
 def _repeat(fn, nproc: int, args: tuple, repeats: int, threads: int) -> list[list[dict]]:
-    from sml_torchrec.distributed.process_group import run_local
+    from recsys_common.process_group import run_local
 
     return [run_local(fn, nproc, args, timeout_s=3600, threads=threads)
             for _ in range(repeats)]

@@ -26,16 +26,14 @@ import torch
 
 torch.set_num_threads(1)
 from sml_torchrec.data.period_dataset import Interactions
-from sml_torchrec.distributed.process_group import free_port, init_process_group
+from recsys_common.process_group import init_process_group
 from sml_torchrec.metrics import SampledCandidates
 from sml_torchrec.retrain.config import RetrainConfig
 from sml_torchrec.retrain.evaluate import PeriodTest, evaluate
 from sml_torchrec.retrain.model import RetrainModel
 
 protocol, n, num_users, num_items, M = sys.argv[1], *map(int, sys.argv[2:6])
-os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0",
-                  WORLD_SIZE="1", LOCAL_RANK="0")
-init_process_group()
+init_process_group()  # a single-process group
 torch.manual_seed(0)
 model = RetrainModel(num_users, num_items, RetrainConfig(), transfer=False)
 
