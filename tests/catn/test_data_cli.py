@@ -1,7 +1,6 @@
 """`catn-data` faced with bad input, damaged datasets and directories it must not touch."""
 
 import gzip
-import hashlib
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ import pytest
 from catn.data.cli import main
 from catn.data.dataset import load_corpus
 from tests.catn.test_data import _amazon_files
+from tests.files import file_tree
 
 SMALL = ["--min-item-reviews", "5", "--min-user-reviews", "3", "--vocab-size", "40",
          "--doc-len", "16", "--etas", "1,0.5"]
@@ -29,11 +29,6 @@ def _review(user="A1", item="X", rating=4.0, **extra):
 
 def _lines(*rows) -> bytes:
     return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows).encode()
-
-
-def _tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            if p.is_file() else "<dir>" for p in sorted(root.rglob("*"))}
 
 
 def _run(argv, capsys):
@@ -262,11 +257,11 @@ def _user_dir(root: Path) -> Path:
 @pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
 def test_a_user_directory_is_never_touched(tmp_path, capsys, amazon, overwrite):
     mine = _user_dir(tmp_path / "mine")
-    before = _tree(tmp_path)
+    before = file_tree(tmp_path, dirs=True)
     rc, _, err = _run(["build", "--source", amazon[0], "--target", amazon[1], "--out", mine,
                        *SMALL, *overwrite], capsys)
     _assert_one_line_error(rc, err, "is not empty and is not a CATN dataset")
-    assert _tree(tmp_path) == before
+    assert file_tree(tmp_path, dirs=True) == before
 
 
 @pytest.mark.parametrize("where", ["input-dir", "input-file", "word-vectors-dir"])
@@ -281,32 +276,32 @@ def test_the_inputs_are_never_touched(tmp_path, capsys, amazon, where):
     out = {"input-dir": data, "input-file": Path(t), "word-vectors-dir": wv}[where]
     if where == "word-vectors-dir":
         extra = ["--word-vectors", wv / "w.txt"]
-    before = _tree(tmp_path)
+    before = file_tree(tmp_path, dirs=True)
     rc, _, err = _run(["build", "--source", s, "--target", t, "--out", out, "--overwrite",
                        *SMALL, *extra], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert "input" in err
-    assert _tree(tmp_path) == before
+    assert file_tree(tmp_path, dirs=True) == before
 
 
 def test_out_dot_and_rebuild(tmp_path, capsys, amazon, monkeypatch):
     busy = _user_dir(tmp_path / "busy")
     monkeypatch.chdir(busy)
-    before = _tree(busy)
+    before = file_tree(busy, dirs=True)
     rc, _, err = _run(["build", "--source", amazon[0], "--target", amazon[1], "--out", ".",
                        *SMALL], capsys)
     _assert_one_line_error(rc, err, "--out .: is not empty")
-    assert _tree(busy) == before
+    assert file_tree(busy, dirs=True) == before
     # an existing sml-data dataset is another kind: refused even with --overwrite
     from sml_torchrec.data.synthetic import SyntheticConfig, build_synthetic
 
     other = tmp_path / "periods"
     build_synthetic(other, SyntheticConfig(num_users=30, periods=2))
-    before = _tree(other)
+    before = file_tree(other, dirs=True)
     rc, _, err = _run(["build", "--source", amazon[0], "--target", amazon[1], "--out", other,
                        "--overwrite", *SMALL], capsys)
     _assert_one_line_error(rc, err, "is not a CATN dataset")
-    assert _tree(other) == before
+    assert file_tree(other, dirs=True) == before
     # rebuild: needs --overwrite, then replaces
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -315,15 +310,16 @@ def test_out_dot_and_rebuild(tmp_path, capsys, amazon, monkeypatch):
                  *SMALL]) == 0
     assert Path.cwd() == empty and (empty / "meta.json").is_file()
     capsys.readouterr()
-    before = _tree(empty)
+    before = file_tree(empty, dirs=True)
     rc, _, err = _run(["build", "--source", amazon[0], "--target", amazon[1], "--out", ".",
                        *SMALL, "--doc-len", "8"], capsys)
     _assert_one_line_error(rc, err, "already holds a CATN dataset; pass --overwrite")
-    assert _tree(empty) == before
+    assert file_tree(empty, dirs=True) == before
     rc, _, err = _run(["build", "--source", amazon[0], "--target", amazon[1], "--out", ".",
                        *SMALL, "--doc-len", "8", "--overwrite"], capsys)
     assert rc == 0, err
-    assert _tree(empty) != before and load_corpus(empty).meta["prebuilt"][0]["doc_len"] == 8
+    assert file_tree(empty, dirs=True) != before
+    assert load_corpus(empty).meta["prebuilt"][0]["doc_len"] == 8
     assert not [n for n in os.listdir(empty) if n.startswith(".")]
 
 

@@ -1,7 +1,6 @@
 """`catn-train`: bad arguments are one line and exit 2 before any work; an earlier run's
 results.json is replaced only with --overwrite."""
 
-import hashlib
 import json
 import os
 
@@ -9,14 +8,10 @@ import pytest
 
 from catn import train
 from catn.train import main
+from tests.files import file_tree
 
 SMALL = {"overlap_users": 160, "source_only_users": 30, "target_only_users": 30,
          "items_source": 25, "items_target": 25, "seed": 3}
-
-
-def tree(root):
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def call(argv, capsys):
@@ -101,11 +96,11 @@ def earlier_run(tmp_path):
 
 @pytest.mark.parametrize("nproc", ["1", "2"])
 def test_earlier_results_are_kept_without_overwrite(earlier_run, capsys, nproc):
-    before = tree(earlier_run)
+    before = file_tree(earlier_run)
     rc, err = call(["--nproc", nproc, "--out", str(earlier_run), "--no-progress"], capsys)
     assert_one_line(rc, err, "results.json exists")
     assert "--overwrite" in err and "another --out" in err
-    assert tree(earlier_run) == before
+    assert file_tree(earlier_run) == before
 
 
 def test_default_out_is_checked_too(tmp_path, capsys, monkeypatch):
@@ -127,13 +122,13 @@ def test_overwrite_replaces_only_results_json(earlier_run, capsys, monkeypatch):
         return cfg
 
     monkeypatch.setattr(train, "parse_args", parse)
-    before = tree(earlier_run)
+    before = file_tree(earlier_run)
     rc, err = call(["--eta", "1", "--methods", "item_mean,global_mean", "--no-progress",
                     "--out", str(earlier_run), "--overwrite"], capsys)
     assert rc == 0, err
     res = json.loads((earlier_run / "results.json").read_text())
     assert set(res["eta"]["1.0"]) == {"item_mean", "global_mean"}
-    after = tree(earlier_run)
+    after = file_tree(earlier_run)
     assert after.pop("results.json") != before.pop("results.json")
     assert after == before
 

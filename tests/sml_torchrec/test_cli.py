@@ -1,7 +1,6 @@
 """`sml-retrain`: bad arguments and inputs are one line and exit 2 before any work; an earlier
 run's files are never replaced without --overwrite."""
 
-import hashlib
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ import pytest
 from sml_torchrec.cli import main
 from sml_torchrec.data.synthetic import SyntheticConfig, build_synthetic
 from sml_torchrec.retrain import checkpoint
+from tests.files import file_tree
 
 TINY = SyntheticConfig(num_users=160, periods=7, initial_items=40, new_items_per_period=15,
                        seed=3)
@@ -25,12 +25,6 @@ def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("data") / "tiny"
     build_synthetic(d, TINY)
     return d
-
-
-def tree(root):
-    """Every file under ``root`` with its content hash: equal trees are byte-identical."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def call(argv, capsys):
@@ -164,12 +158,12 @@ def earlier_run(tmp_path):
 
 @pytest.mark.parametrize("nproc", ["1", "2"])
 def test_earlier_results_are_kept_without_overwrite(tiny, earlier_run, capsys, nproc):
-    before = tree(earlier_run)
+    before = file_tree(earlier_run)
     rc, err = call(["--data", str(tiny), *FLAGS, "--nproc", nproc, "--out", str(earlier_run)],
                    capsys)
     assert_one_line(rc, err, "results.json exists")
     assert "--overwrite" in err and "another --out" in err
-    assert tree(earlier_run) == before
+    assert file_tree(earlier_run) == before
 
 
 def test_overwrite_run_then_checkpoints_of_another_run_are_refused(tiny, tmp_path,
@@ -181,10 +175,10 @@ def test_overwrite_run_then_checkpoints_of_another_run_are_refused(tiny, tmp_pat
     ckpt = earlier_run / "ckpt"
     args = ["--data", str(data), *FLAGS, "--strategies", "fine_tune", "--out", str(earlier_run),
             "--checkpoint-dir", str(ckpt)]
-    before = tree(earlier_run)
+    before = file_tree(earlier_run)
     rc, err = call([*args, "--overwrite"], capsys)
     assert rc == 0, err
-    after = tree(earlier_run)
+    after = file_tree(earlier_run)
     assert json.loads((earlier_run / "results.json").read_text())["dataset"] == "data"
     assert {k: v for k, v in after.items() if k in before and k != "results.json"} == {
         k: v for k, v in before.items() if k != "results.json"}
@@ -193,7 +187,7 @@ def test_overwrite_run_then_checkpoints_of_another_run_are_refused(tiny, tmp_pat
     # Same shape, other contents: the old checkpoints must not resume (a fresh --out, so
     # that results.json is not what stops it).
     build_synthetic(data, SyntheticConfig(**{**TINY.__dict__, "seed": 4}), overwrite=True)
-    snapshot = tree(earlier_run)
+    snapshot = file_tree(earlier_run)
     other = ["--out", str(tmp_path / "other")]
     rc, err = call([*args, *other], capsys)
     assert_one_line(rc, err, "holds checkpoints of another run (dataset files changed: "
@@ -205,7 +199,7 @@ def test_overwrite_run_then_checkpoints_of_another_run_are_refused(tiny, tmp_pat
     assert_one_line(rc, err, "dim: 8 -> 16")
     rc, err = call([*args, *other, "--no-resume"], capsys)
     assert_one_line(rc, err, "--no-resume: ")
-    assert tree(earlier_run) == snapshot and not (tmp_path / "other").exists()
+    assert file_tree(earlier_run) == snapshot and not (tmp_path / "other").exists()
 
 
 def test_the_synthetic_default_is_never_built_over_something_else(tmp_path, capsys):
@@ -213,12 +207,12 @@ def test_the_synthetic_default_is_never_built_over_something_else(tmp_path, caps
     mine = out / "data" / "synthetic"
     mine.mkdir(parents=True)
     (mine / "photo.jpg").write_bytes(b"\xff\xd8")
-    before = tree(out)
+    before = file_tree(out)
     rc, err = call(["--out", str(out)], capsys)
     assert_one_line(rc, err, "is not a synthetic dataset built by sml-retrain")
     rc, err = call(["--out", str(out), "--overwrite"], capsys)  # not ours: never replaced
     assert_one_line(rc, err, "is not a synthetic dataset built by sml-retrain")
-    assert tree(out) == before
+    assert file_tree(out) == before
 
 
 def test_a_synthetic_default_of_another_seed_needs_overwrite(tmp_path, capsys):
@@ -231,10 +225,10 @@ def test_a_synthetic_default_of_another_seed_needs_overwrite(tmp_path, capsys):
     seed0 = _synthetic_config(RetrainConfig(seed=0))
     build_synthetic(out / "data" / "synthetic", seed0)
     assert _built_with(out / "data" / "synthetic") == asdict(seed0)  # so a rerun reuses it
-    before = tree(out)
+    before = file_tree(out)
     rc, err = call(["--out", str(out), "--seed", "1"], capsys)
     assert_one_line(rc, err, "was built with other settings (seed 0, this run has 1)")
-    assert tree(out) == before
+    assert file_tree(out) == before
 
 
 def test_an_out_that_cannot_be_written_is_refused_before_work(tiny, tmp_path, capsys):

@@ -7,7 +7,6 @@ build byte-identical.
 
 import bz2
 import gzip
-import hashlib
 import json
 import lzma
 import os
@@ -23,6 +22,7 @@ import pytest
 
 from sml_torchrec.data.cli import main
 from sml_torchrec.data.period_dataset import PeriodDataset, period_file_name
+from tests.files import file_tree
 
 HEADER = "user_id,item_id,timestamp"
 GOOD = [f"u{i % 5},i{i % 7},{1000 + 10 * i}" for i in range(40)]
@@ -31,15 +31,6 @@ GOOD = [f"u{i % 5},i{i % 7},{1000 + 10 * i}" for i in range(40)]
 def _csv(path: Path, rows: list[str], header: str = HEADER) -> Path:
     path.write_text("\n".join([header, *rows]) + "\n")
     return path
-
-
-def _tree(root: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every file (and a marker for every directory) under root."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = str(p.relative_to(root))
-        out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
-    return out
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -425,11 +416,11 @@ def test_a_user_directory_is_never_touched(tmp_path, capsys, writer, overwrite):
     (tmp_path / "in").mkdir()
     log = _csv(tmp_path / "in" / "log.csv", GOOD)
     mine = _user_dir(tmp_path / "mine")
-    before = _tree(tmp_path)
+    before = file_tree(tmp_path, dirs=True)
     rc, _, err = _run(_writers(tmp_path, log)[writer](mine, *overwrite), capsys)
     _assert_one_line_error(rc, err, f"--out {mine}: is not empty and is not a period dataset")
     assert "notes.txt" in err
-    assert _tree(tmp_path) == before
+    assert file_tree(tmp_path, dirs=True) == before
 
 
 @pytest.mark.parametrize("where", ["input-dir", "input-file", "parent-of-input",
@@ -440,7 +431,7 @@ def test_the_input_is_never_touched(tmp_path, capsys, where):
     log = _csv(data / "log.csv", GOOD)
     pq.write_table(pa.table({"user_id": [1, 2], "item_id": [3, 4], "timestamp": [5, 6]}),
                    data / "log.parquet")
-    before = _tree(tmp_path)
+    before = file_tree(tmp_path, dirs=True)
     src, out, fragment = {
         "input-dir": (log, data, "contains the input"),
         "input-file": (log, log, "is the input"),
@@ -449,17 +440,17 @@ def test_the_input_is_never_touched(tmp_path, capsys, where):
     }[where]
     rc, _, err = _run(_build_csv(src, out, "--periods", "1", "--overwrite"), capsys)
     _assert_one_line_error(rc, err, fragment)
-    assert _tree(tmp_path) == before
+    assert file_tree(tmp_path, dirs=True) == before
 
 
 def test_out_dot(tmp_path, capsys, monkeypatch):
     log = _csv(tmp_path / "log.csv", GOOD)
     busy = _user_dir(tmp_path / "busy")
     monkeypatch.chdir(busy)
-    before = _tree(busy)
+    before = file_tree(busy, dirs=True)
     rc, _, err = _run(_build_csv(log, Path("."), "--periods", "2"), capsys)
     _assert_one_line_error(rc, err, "--out .: is not empty and is not a period dataset")
-    assert _tree(busy) == before
+    assert file_tree(busy, dirs=True) == before
     # an empty working directory is fine, and stays the working directory
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -475,10 +466,10 @@ def test_rebuild_needs_overwrite(tmp_path, capsys):
     log = _csv(tmp_path / "log.csv", GOOD)
     out = tmp_path / "ds"
     assert main(_build_csv(log, out, "--periods", "2")) == 0
-    before = _tree(out)
+    before = file_tree(out, dirs=True)
     rc, _, err = _run(_build_csv(log, out, "--periods", "4"), capsys)
     _assert_one_line_error(rc, err, "already holds a period dataset; pass --overwrite")
-    assert _tree(out) == before
+    assert file_tree(out, dirs=True) == before
     rc, _, err = _run(_build_csv(log, out, "--periods", "4", "--overwrite"), capsys)
     assert rc == 0, err
     assert PeriodDataset(out).num_periods == 4
@@ -491,21 +482,21 @@ def test_overwrite_never_deletes_extra_files_in_a_dataset(tmp_path, capsys):
     out = tmp_path / "ds"
     assert main(_build_csv(log, out, "--periods", "2")) == 0
     (out / "README.md").write_text("my notes on this dataset")
-    before = _tree(out)
+    before = file_tree(out, dirs=True)
     rc, _, err = _run(_build_csv(log, out, "--periods", "3", "--overwrite"), capsys)
     _assert_one_line_error(rc, err, "holds a period dataset and also README.md")
-    assert _tree(out) == before
+    assert file_tree(out, dirs=True) == before
 
 
 def test_a_failed_rebuild_keeps_the_old_dataset(tmp_path, capsys):
     log = _csv(tmp_path / "log.csv", GOOD)
     out = tmp_path / "ds"
     assert main(_build_csv(log, out, "--periods", "2")) == 0
-    before = _tree(out)
+    before = file_tree(out, dirs=True)
     bad = _csv(tmp_path / "bad.csv", ["u1,i1,x"])
     rc, _, err = _run(_build_csv(bad, out, "--overwrite"), capsys)
     _assert_one_line_error(rc, err, "'x' is not an integer")
-    assert _tree(out) == before
+    assert file_tree(out, dirs=True) == before
 
 
 def test_out_is_a_file(tmp_path, capsys):
@@ -545,10 +536,10 @@ def test_subprocess_exit_codes(tmp_path):
     p = _cli(*_build_csv(log, tmp_path / "ds", "--periods", "0"))
     assert p.returncode == 2 and "--periods: must be >= 1" in p.stderr
     mine = _user_dir(tmp_path / "mine")
-    before = _tree(mine)
+    before = file_tree(mine, dirs=True)
     p = _cli(*_build_csv(_csv(tmp_path / "ok.csv", GOOD), mine, "--overwrite"))
     assert p.returncode == 2 and len(p.stderr.splitlines()) == 1
-    assert _tree(mine) == before
+    assert file_tree(mine, dirs=True) == before
     p = _cli(*_build_csv(tmp_path / "ok.csv", tmp_path / "ds", "--periods", "2"))
     assert p.returncode == 0 and p.stderr == ""
 
@@ -574,10 +565,10 @@ def test_info_piped_to_head(dataset):
 def test_out_inside_a_dataset_is_refused(tmp_path, capsys):
     log = _csv(tmp_path / "log.csv", GOOD)
     assert main(_build_csv(log, tmp_path / "ds", "--periods", "2")) == 0
-    before = _tree(tmp_path / "ds")
+    before = file_tree(tmp_path / "ds", dirs=True)
     rc, _, err = _run(_build_csv(log, tmp_path / "ds" / "sub", "--periods", "2"), capsys)
     _assert_one_line_error(rc, err, f"is inside the period dataset {tmp_path / 'ds'}")
-    assert _tree(tmp_path / "ds") == before
+    assert file_tree(tmp_path / "ds", dirs=True) == before
 
 
 def test_build_errors_name_the_input_file(tmp_path, capsys):
@@ -594,12 +585,12 @@ def test_symbolic_links_do_not_hide_the_input(tmp_path, capsys):
     (tmp_path / "link-to-data").symlink_to(data)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "log.csv").symlink_to(log)
-    before = _tree(data)
+    before = file_tree(data, dirs=True)
     for src, out in ((log, tmp_path / "link-to-data"),
                      (tmp_path / "out" / "log.csv", tmp_path / "out")):
         rc, _, err = _run(_build_csv(src, out, "--periods", "1", "--overwrite"), capsys)
         _assert_one_line_error(rc, err, "contains the input")
-    assert _tree(data) == before and (tmp_path / "out" / "log.csv").is_symlink()
+    assert file_tree(data, dirs=True) == before and (tmp_path / "out" / "log.csv").is_symlink()
 
 
 def test_info_ignores_fields_a_later_writer_adds(dataset, capsys):
@@ -632,8 +623,8 @@ def test_library_calls_are_guarded_too(tmp_path):
     from sml_torchrec.data.synthetic import SyntheticConfig, build_synthetic
 
     mine = _user_dir(tmp_path / "mine")
-    before = _tree(mine)
+    before = file_tree(mine, dirs=True)
     with pytest.raises(OutputError) as e:
         build_synthetic(mine, SyntheticConfig(num_users=30, periods=2))
     assert str(e.value).startswith(f"{mine}: is not empty and is not a period dataset")
-    assert _tree(mine) == before
+    assert file_tree(mine, dirs=True) == before

@@ -1,6 +1,5 @@
 """Which run a checkpoint belongs to: fingerprints, prepare() and rotation by run id."""
 
-import hashlib
 
 import pytest
 import torch
@@ -9,13 +8,9 @@ from recsys_common.errors import UserError
 from sml_torchrec.data.synthetic import SyntheticConfig, build_synthetic
 from sml_torchrec.retrain import checkpoint
 from sml_torchrec.retrain.config import RetrainConfig
+from tests.files import file_tree
 
 TINY = SyntheticConfig(num_users=60, periods=5, initial_items=20, new_items_per_period=5, seed=3)
-
-
-def _tree(root):
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _identity(run_id="a", dataset=None, **cfg):
@@ -54,12 +49,12 @@ def test_matching_run_resumes_its_newest_checkpoint(tmp_path):
 def test_another_run_is_refused_and_left_alone(tmp_path, change, fragment):
     _save(tmp_path, [0, 1], _identity("run1"))
     (tmp_path / "notes.txt").write_text("mine")
-    before = _tree(tmp_path)
+    before = file_tree(tmp_path)
     other = _identity("run2", **change)
     with pytest.raises(UserError, match=fragment) as info:
         checkpoint.prepare(tmp_path, other.dataset, other.config, True, False)
     assert "--overwrite" in str(info.value) and "--checkpoint-dir" in str(info.value)
-    assert _tree(tmp_path) == before
+    assert file_tree(tmp_path) == before
 
 
 def test_overwrite_discards_only_the_checkpoints(tmp_path):
@@ -75,10 +70,10 @@ def test_overwrite_discards_only_the_checkpoints(tmp_path):
 def test_no_resume_over_an_earlier_run_needs_overwrite(tmp_path):
     ident = _identity("run1")
     _save(tmp_path, [5, 6], ident)
-    before = _tree(tmp_path)
+    before = file_tree(tmp_path)
     with pytest.raises(UserError, match=r"--no-resume: .* ckpt-000006.*--overwrite"):
         checkpoint.prepare(tmp_path, ident.dataset, ident.config, False, False)
-    assert _tree(tmp_path) == before
+    assert file_tree(tmp_path) == before
     now, resume = checkpoint.prepare(tmp_path, ident.dataset, ident.config, False, True)
     assert resume is None and now.run_id != "run1" and not checkpoint.list_checkpoints(tmp_path)
 
@@ -111,10 +106,10 @@ def test_rotation_never_deletes_another_runs_checkpoints(tmp_path):
 
 def test_a_step_of_another_run_is_never_replaced(tmp_path):
     _save(tmp_path, [1], _identity("old"))
-    before = _tree(tmp_path)
+    before = file_tree(tmp_path)
     with pytest.raises(RuntimeError, match="belongs to another run"):
         _save(tmp_path, [1], _identity("new"))
-    assert _tree(tmp_path) == before
+    assert file_tree(tmp_path) == before
 
 
 def test_resume_hint_names_the_newest_complete_checkpoint(tmp_path):
