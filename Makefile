@@ -25,9 +25,9 @@ $(STAMP): pyproject.toml Makefile
 	# torchrec's own requirements, then torchrec without its (CUDA) fbgemm-gpu pin.
 	$(BIN)/pip install -q tensordict torchmetrics==1.0.3 tqdm pyre-extensions iopath
 	$(BIN)/pip install -q --no-deps torchrec==$(TORCHREC_VERSION)
-	$(BIN)/pip install -q "torchx==0.7.0" "numpy>=1.24" "pyarrow>=14" "ninja>=1.11" "pytest>=8" "pytest-timeout>=2.2" "ruff>=0.5"
+	$(BIN)/pip install -q "torchx==0.7.0" "numpy>=1.24" "pyarrow>=14" "matplotlib>=3.7" "ninja>=1.11" "pytest>=8" "pytest-timeout>=2.2" "ruff>=0.5"
 	$(BIN)/pip install -q --no-deps -e .
-	$(BIN)/python -c "import torch, torchrec, fbgemm_gpu, torchx, pyarrow; print('environment ready: torch', torch.__version__)"
+	$(BIN)/python -c "import torch, torchrec, fbgemm_gpu, torchx, pyarrow, matplotlib; print('environment ready: torch', torch.__version__)"
 	# Build the fused CPU transfer kernel now rather than inside the first training step.
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -c "from sml_torchrec.modules.transfer_cpu import load; load()"
 	touch $(STAMP)
