@@ -225,6 +225,20 @@ def write_period_dataset(
     map is the identity. Every period in ``range(period.max() + 1)`` must be non-empty.
     """
     out_dir = Path(out_dir)
+    columns = _checked_columns(out_dir, user_id, item_id, timestamp, period)
+    columns, meta = _sorted_with_metadata(columns, cut, source, build or {})
+    raw_ids = {"user_map.parquet": (user_raw_ids, meta.num_users),
+               "item_map.parquet": (item_raw_ids, meta.num_items)}
+    write_dataset_dir(out_dir, LAYOUT, lambda tmp: _write_files(tmp, columns, meta, raw_ids),
+                      overwrite=overwrite, inputs=inputs)
+    return meta
+
+
+def _checked_columns(
+    out_dir: Path, user_id: np.ndarray, item_id: np.ndarray, timestamp: np.ndarray,
+    period: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The four columns as int arrays, refused (naming ``out_dir``) if they can't be a dataset."""
     n = len(user_id)
     if not (len(item_id) == len(timestamp) == len(period) == n):
         raise ValueError("user_id, item_id, timestamp and period must have the same length")
@@ -234,31 +248,37 @@ def write_period_dataset(
     item_id = np.asarray(item_id, dtype=np.int64)
     timestamp = np.asarray(timestamp, dtype=np.int64)
     period = np.asarray(period, dtype=np.int32)
-    num_users = int(user_id.max()) + 1
-    num_items = int(item_id.max()) + 1
-    num_periods = int(period.max()) + 1
-    _check_ids(out_dir, "user_id", user_id, num_users)
-    _check_ids(out_dir, "item_id", item_id, num_items)
+    _check_ids(out_dir, "user_id", user_id, int(user_id.max()) + 1)
+    _check_ids(out_dir, "item_id", item_id, int(item_id.max()) + 1)
     if period.min() < 0:
         raise DataError(out_dir, f"negative period index {int(period.min())}")
-    counts = np.bincount(period, minlength=num_periods)
-    empty = np.flatnonzero(counts == 0)
+    num_periods = int(period.max()) + 1
+    empty = np.flatnonzero(np.bincount(period, minlength=num_periods) == 0)
     if len(empty):
         raise DataError(
             out_dir,
             f"period(s) {empty.tolist()} would be empty ({num_periods} periods); use fewer "
             "periods or --cut count",
         )
+    return user_id, item_id, timestamp, period
 
-    order = np.lexsort((timestamp, period))  # by period, then time (stable)
-    user_id, item_id, timestamp, period = (a[order] for a in (user_id, item_id, timestamp, period))
+
+def _sorted_with_metadata(
+    columns: tuple[np.ndarray, ...], cut: str, source: str, build: dict
+) -> tuple[tuple[np.ndarray, ...], PeriodMetadata]:
+    """The columns ordered by period then time (stable), and the metadata describing them."""
+    user_id, item_id, timestamp, period = columns
+    order = np.lexsort((timestamp, period))
+    user_id, item_id, timestamp, period = (a[order] for a in columns)
+    num_periods = int(period[-1]) + 1
+    counts = np.bincount(period, minlength=num_periods)
     bounds = np.concatenate([[0], np.cumsum(counts)])
     # With ids numbered by first appearance, max id + 1 so far = number of ids seen so far.
     users_upto = np.maximum.accumulate(np.maximum.reduceat(user_id, bounds[:-1]) + 1)
     items_upto = np.maximum.accumulate(np.maximum.reduceat(item_id, bounds[:-1]) + 1)
     meta = PeriodMetadata(
-        num_users=num_users,
-        num_items=num_items,
+        num_users=int(user_id.max()) + 1,
+        num_items=int(item_id.max()) + 1,
         num_periods=num_periods,
         cut=cut,
         period_counts=counts.tolist(),
@@ -267,39 +287,32 @@ def write_period_dataset(
         users_upto=users_upto.tolist(),
         items_upto=items_upto.tolist(),
         source=source,
-        build=build or {},
+        build=build,
     )
+    return (user_id, item_id, timestamp, period), meta
 
-    def fill(tmp: Path) -> None:
-        (tmp / "periods").mkdir()
-        for t in range(num_periods):
-            sl = slice(bounds[t], bounds[t + 1])
-            table = pa.table(
-                [
-                    pa.array(user_id[sl]),
-                    pa.array(item_id[sl]),
-                    pa.array(timestamp[sl]),
-                    pa.array(period[sl]),
-                ],
-                schema=SCHEMA,
-            )
-            pq.write_table(table, tmp / period_file_name(t))
-        for name, raw, count in (
-            ("user_map.parquet", user_raw_ids, num_users),
-            ("item_map.parquet", item_raw_ids, num_items),
-        ):
-            raw = pa.array(np.arange(count, dtype=np.int64)) if raw is None else raw
-            if len(raw) != count:
-                raise ValueError(f"{name}: {len(raw)} raw ids for {count} contiguous ids")
-            pq.write_table(
-                pa.table({"raw_id": raw, "id": pa.array(np.arange(count, dtype=np.int64))}),
-                tmp / name,
-            )
-        # metadata.json last: a directory without it is never a dataset.
-        (tmp / "metadata.json").write_text(meta.to_json())
 
-    write_dataset_dir(out_dir, LAYOUT, fill, overwrite=overwrite, inputs=inputs)
-    return meta
+def _write_files(
+    tmp: Path, columns: tuple[np.ndarray, ...], meta: PeriodMetadata,
+    raw_ids: dict[str, tuple[pa.Array | None, int]],
+) -> None:
+    """Fill ``tmp`` with the period files, the id maps, and ``metadata.json`` last."""
+    (tmp / "periods").mkdir()
+    bounds = np.concatenate([[0], np.cumsum(meta.period_counts)])
+    for t in range(meta.num_periods):
+        sl = slice(bounds[t], bounds[t + 1])
+        table = pa.table([pa.array(c[sl]) for c in columns], schema=SCHEMA)
+        pq.write_table(table, tmp / period_file_name(t))
+    for name, (raw, count) in raw_ids.items():
+        raw = pa.array(np.arange(count, dtype=np.int64)) if raw is None else raw
+        if len(raw) != count:
+            raise ValueError(f"{name}: {len(raw)} raw ids for {count} contiguous ids")
+        pq.write_table(
+            pa.table({"raw_id": raw, "id": pa.array(np.arange(count, dtype=np.int64))}),
+            tmp / name,
+        )
+    # metadata.json last: a directory without it is never a dataset.
+    (tmp / "metadata.json").write_text(meta.to_json())
 
 
 class PeriodDataset:
