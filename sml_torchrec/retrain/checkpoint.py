@@ -279,8 +279,7 @@ def save(
 
     ``extra`` (rank 0's) is pickled with ``torch.save``; ``identity`` is recorded in
     ``COMPLETE`` and limits rotation to this run's checkpoints. Returns the final directory. An
-    error
-    on any rank (disk full, permission denied) raises on every rank after the temporary
+    error on any rank (disk full, permission denied) raises on every rank after the temporary
     directory is removed; existing checkpoints are never touched before the new one is complete.
     """
     root = Path(root)
@@ -301,22 +300,7 @@ def save(
             error = e
     if error is None and rank_world()[0] == 0:
         try:
-            torch.save(extra, tmp / "extra.pt")
-            marker = {"step": step, "files": _manifest(tmp)}
-            if identity is not None:
-                marker["run"] = asdict(identity)
-            (tmp / MARKER).write_text(json.dumps(marker))
-            fd = os.open(tmp, os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
-            if final.exists():
-                # This run's own, damaged or superseded (it resumed from an older one). Another
-                # run's is never replaced: prepare() keeps runs apart, so this is a race.
-                owner = identity_of(final)
-                if identity is not None and owner and owner.get("run_id") != identity.run_id:
-                    raise FileExistsError(f"{final} belongs to another run")
-                shutil.rmtree(final)
-            os.rename(tmp, final)
+            _seal(tmp, final, step, extra, identity)
         except OSError as e:
             error = e
     if not _all_ok(error is None):
@@ -327,11 +311,38 @@ def save(
             f"the previous checkpoints in {root} are untouched"
         ) from error
     if rank_world()[0] == 0 and keep > 0:
-        mine = [d for d in list_checkpoints(root) if identity is None
-                or (identity_of(d) or {}).get("run_id") == identity.run_id]
-        for old in mine[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        _rotate(root, keep, identity)
     return final
+
+
+def _seal(
+    tmp: Path, final: Path, step: int, extra: dict[str, Any], identity: RunIdentity | None
+) -> None:
+    """Rank 0: add ``extra.pt`` and the ``COMPLETE`` marker to ``tmp``, then rename it ``final``."""
+    torch.save(extra, tmp / "extra.pt")
+    marker = {"step": step, "files": _manifest(tmp)}
+    if identity is not None:
+        marker["run"] = asdict(identity)
+    (tmp / MARKER).write_text(json.dumps(marker))
+    fd = os.open(tmp, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    if final.exists():
+        # This run's own, damaged or superseded (it resumed from an older one). Another
+        # run's is never replaced: prepare() keeps runs apart, so this is a race.
+        owner = identity_of(final)
+        if identity is not None and owner and owner.get("run_id") != identity.run_id:
+            raise FileExistsError(f"{final} belongs to another run")
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+
+
+def _rotate(root: Path, keep: int, identity: RunIdentity | None) -> None:
+    """Rank 0: delete this run's checkpoints older than its newest ``keep``."""
+    mine = [d for d in list_checkpoints(root) if identity is None
+            or (identity_of(d) or {}).get("run_id") == identity.run_id]
+    for old in mine[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_state(d: str | Path, state: dict[str, Any]) -> None:
@@ -355,8 +366,6 @@ def load_state(d: str | Path, state: dict[str, Any]) -> None:
         ) from e
 
 
-def load(d: str | Path, state: dict[str, Any]) -> dict[str, Any]:
-    """Collective: fill ``state`` in place from ``d``; returns rank 0's ``extra`` on every rank."""
-    d = Path(d)
-    load_state(d, state)
-    return torch.load(d / "extra.pt", weights_only=False)
+def load_extra(d: str | Path) -> dict[str, Any]:
+    """Rank 0's ``extra`` of checkpoint ``d`` (the loop state that is not a model tensor)."""
+    return torch.load(Path(d) / "extra.pt", weights_only=False)

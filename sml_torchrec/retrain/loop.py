@@ -102,7 +102,7 @@ class LoopCheckpointer:
         """The progress to start from (empty without a checkpoint); restores the RNG states."""
         if self.resume_from is None:
             return Progress()
-        self.extra = torch.load(self.resume_from / "extra.pt", weights_only=False)
+        self.extra = checkpoint.load_extra(self.resume_from)
         changed = _config_changes(self.extra["config"], asdict(self.cfg))
         if changed:
             raise ValueError(

@@ -19,8 +19,8 @@ def test_save_load_keep_last_k(tmp_path):
         "ckpt-000002", "ckpt-000003"]
     latest = checkpoint.latest_valid(tmp_path)
     target = _state(0.0)
-    extra = checkpoint.load(latest, target)
-    assert extra == {"step": 3}
+    checkpoint.load_state(latest, target)
+    assert checkpoint.load_extra(latest) == {"step": 3}
     assert torch.equal(target["w"], torch.full((4, 3), 3.0))
     assert not list(tmp_path.glob(".tmp-*"))
 
@@ -29,7 +29,7 @@ def test_checkpoint_of_another_layout_is_refused_by_name(tmp_path):
     checkpoint.save(tmp_path, 0, _state(1.0), {})
     target = {"w": torch.zeros(4, 3), "nested": {"renamed": torch.zeros(5)}}
     with pytest.raises(ValueError, match=r"ckpt-000000 does not hold .*'nested\.renamed'"):
-        checkpoint.load(checkpoint.latest_valid(tmp_path), target)
+        checkpoint.load_state(checkpoint.latest_valid(tmp_path), target)
     assert torch.equal(target["w"], torch.zeros(4, 3))  # nothing half-loaded
 
 
