@@ -125,6 +125,31 @@ def check_output_dir(
     before reading any input, and the writer calls it again just before writing.
     """
     target = _resolve(out)
+    _refuse_inputs(out, target, inputs, flag)
+    for parent in target.parents:
+        if (parent / layout.marker).is_file() and layout.marker_ok(parent):
+            raise OutputError(out, f"is inside the {layout.kind} {parent}; choose a directory "
+                                   "outside it", flag)
+    if not target.exists():
+        if Path(out).is_symlink():
+            raise OutputError(out, "is a dangling symbolic link; remove it or choose another "
+                                   "directory", flag)
+        ancestor = next(p for p in target.parents if p.exists())
+        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+            raise OutputError(out, f"cannot be created: {ancestor} is not a writable directory",
+                              flag)
+        return
+    if not target.is_dir():
+        raise OutputError(out, "exists and is not a directory; choose another directory", flag)
+    _refuse_contents(out, target, layout, overwrite, flag)
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise OutputError(out, "is not writable", flag)
+
+
+def _refuse_inputs(
+    out: str | Path, target: Path, inputs: Iterable[str | Path | None], flag: str | None
+) -> None:
+    """Refuse an ``out`` that is, holds, or lies inside one of ``inputs``."""
     # Paths are compared both as written and with symbolic links resolved: a link to the input
     # inside --out, or a --out that is a link to the input's directory, are both caught.
     targets = {target, Path(os.path.abspath(out))}
@@ -150,50 +175,39 @@ def check_output_dir(
                         "inputs, choose a directory outside it",
                         flag,
                     )
-    for parent in target.parents:
-        if (parent / layout.marker).is_file() and layout.marker_ok(parent):
-            raise OutputError(out, f"is inside the {layout.kind} {parent}; choose a directory "
-                                   "outside it", flag)
-    if not target.exists():
-        if Path(out).is_symlink():
-            raise OutputError(out, "is a dangling symbolic link; remove it or choose another "
-                                   "directory", flag)
-        ancestor = next(p for p in target.parents if p.exists())
-        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-            raise OutputError(out, f"cannot be created: {ancestor} is not a writable directory",
-                              flag)
-        return
-    if not target.is_dir():
-        raise OutputError(out, "exists and is not a directory; choose another directory", flag)
+
+
+def _refuse_contents(
+    out: str | Path, target: Path, layout: DatasetLayout, overwrite: bool, flag: str | None
+) -> None:
+    """Refuse an existing directory ``target`` holding anything a build of ``layout`` would lose."""
     # A temporary directory left by a killed build holds an incomplete new dataset, never
     # anything of the user's nor the previous dataset: it does not count, and is cleared.
     names = sorted(n for n in os.listdir(target)
                    if not (n.startswith(TMP_PREFIX) and layout.own(target, n)))
-    if names:
-        marker = layout.marker in names and layout.marker_ok(target)
-        foreign = [n for n in names if not layout.own(target, n) or
-                   (n == layout.marker and not marker)]
-        if foreign and marker:
-            raise OutputError(
-                out,
-                f"holds a {layout.kind} and also {_listing(foreign)}, which replacing it "
-                "would delete; move them away or choose another directory",
-                flag,
-            )
-        if foreign:
-            raise OutputError(
-                out,
-                f"is not empty and is not a {layout.kind} (it holds {_listing(foreign)}); "
-                "choose a new or empty directory",
-                flag,
-            )
-        if not overwrite:
-            what = (f"a {layout.kind}" if marker
-                    else f"the remains of an interrupted {layout.kind} build")
-            raise OutputError(out, f"already holds {what}; pass --overwrite to replace it",
-                              flag)
-    if not os.access(target, os.W_OK | os.X_OK):
-        raise OutputError(out, "is not writable", flag)
+    if not names:
+        return
+    marker = layout.marker in names and layout.marker_ok(target)
+    foreign = [n for n in names if not layout.own(target, n) or
+               (n == layout.marker and not marker)]
+    if foreign and marker:
+        raise OutputError(
+            out,
+            f"holds a {layout.kind} and also {_listing(foreign)}, which replacing it "
+            "would delete; move them away or choose another directory",
+            flag,
+        )
+    if foreign:
+        raise OutputError(
+            out,
+            f"is not empty and is not a {layout.kind} (it holds {_listing(foreign)}); "
+            "choose a new or empty directory",
+            flag,
+        )
+    if not overwrite:
+        what = (f"a {layout.kind}" if marker
+                else f"the remains of an interrupted {layout.kind} build")
+        raise OutputError(out, f"already holds {what}; pass --overwrite to replace it", flag)
 
 
 def write_dataset_dir(
