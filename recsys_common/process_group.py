@@ -19,6 +19,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -271,50 +272,71 @@ def run_local(
         )
         for r in range(nproc)
     ]
-    outputs: dict[int, Any] = {}
-    reports: dict[int, tuple[str, Any]] = {}
-    deaths: dict[int, int] = {}
-    order: list[int] = []  # ranks in the order they were seen failing
+    watch = _RankWatch(nproc)
     failure: BaseException | None = None
-    first_failure = None
     deadline = time.monotonic() + timeout_s
     try:
         for p in procs:
             p.start()
-        while len(outputs) < nproc:
-            try:
-                rank, status, payload = results.get(timeout=0.2)
-                if status == "ok":
-                    outputs[rank] = pickle.loads(payload)
-                elif rank not in reports:
-                    reports[rank] = (status, payload)
-                    if rank not in order:
-                        order.append(rank)
-            except queue.Empty:
-                pass
-            for r, p in enumerate(procs):
-                if r not in outputs and r not in deaths and p.exitcode not in (None, 0):
-                    deaths[r] = p.exitcode
-                    if r not in order:
-                        order.append(r)
-            now = time.monotonic()
-            if order and first_failure is None:
-                first_failure = now
-            if first_failure is not None and (
-                now - first_failure > _FAILURE_GRACE_S or len(order) == nproc
-            ):
-                failure = _root_cause(reports, deaths, order)
-                break
-            if now > deadline:
-                failure = RankLost(
-                    f"timed out after {timeout_s:.0f}s waiting for ranks "
-                    + ", ".join(str(r) for r in range(nproc) if r not in outputs)
-                )
+        while len(watch.outputs) < nproc:
+            watch.poll(results, procs)
+            failure = watch.failure(deadline, timeout_s)
+            if failure is not None:
                 break
     finally:
         # Normal end: the ranks are exiting by themselves. Failure or interruption: stop them.
         _stop([p for p in procs if p.pid is not None],
-              finished=failure is None and len(outputs) == nproc)
+              finished=failure is None and len(watch.outputs) == nproc)
     if failure is not None:
         raise failure
-    return [outputs[r] for r in range(nproc)]
+    return [watch.outputs[r] for r in range(nproc)]
+
+
+@dataclass
+class _RankWatch:
+    """What :func:`run_local` has heard from its ranks: results, failure reports, exit codes."""
+
+    nproc: int
+    outputs: dict[int, Any] = field(default_factory=dict)
+    reports: dict[int, tuple[str, Any]] = field(default_factory=dict)
+    deaths: dict[int, int] = field(default_factory=dict)
+    order: list[int] = field(default_factory=list)  # ranks in the order they were seen failing
+    first_failure: float | None = None
+
+    def poll(self, results: Any, procs: list) -> None:
+        """Take one message from the ranks (waiting up to 0.2 s) and note ranks that died."""
+        try:
+            rank, status, payload = results.get(timeout=0.2)
+            if status == "ok":
+                self.outputs[rank] = pickle.loads(payload)
+            elif rank not in self.reports:
+                self.reports[rank] = (status, payload)
+                if rank not in self.order:
+                    self.order.append(rank)
+        except queue.Empty:
+            pass
+        for r, p in enumerate(procs):
+            if r not in self.outputs and r not in self.deaths and p.exitcode not in (None, 0):
+                self.deaths[r] = p.exitcode
+                if r not in self.order:
+                    self.order.append(r)
+
+    def failure(self, deadline: float, timeout_s: float) -> BaseException | None:
+        """The error to raise now, or None to keep waiting.
+
+        After the first failure the others get a grace period to report theirs, so the root
+        cause (not a peer's broken connection) is what is raised.
+        """
+        now = time.monotonic()
+        if self.order and self.first_failure is None:
+            self.first_failure = now
+        if self.first_failure is not None and (
+            now - self.first_failure > _FAILURE_GRACE_S or len(self.order) == self.nproc
+        ):
+            return _root_cause(self.reports, self.deaths, self.order)
+        if now > deadline:
+            return RankLost(
+                f"timed out after {timeout_s:.0f}s waiting for ranks "
+                + ", ".join(str(r) for r in range(self.nproc) if r not in self.outputs)
+            )
+        return None
