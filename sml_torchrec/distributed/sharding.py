@@ -25,14 +25,11 @@ from torchrec.distributed.types import ModuleSharder, ShardingPlan, ShardingType
 from torchrec.modules.embedding_configs import BaseEmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
+from sml_torchrec.distributed.names import SHARDING_NAMES
 from sml_torchrec.distributed.transfer_embedding import TransferEmbeddingBagCollectionSharder
 from sml_torchrec.modules.transfer_embedding import TransferEmbeddingBagCollection
 
-SHARDING_TYPES = {
-    "table_wise": ShardingType.TABLE_WISE.value,
-    "column_wise": ShardingType.COLUMN_WISE.value,
-    "row_wise": ShardingType.ROW_WISE.value,
-}
+SHARDING_TYPES = {name: ShardingType(name).value for name in SHARDING_NAMES}
 
 
 class EBCSharder(EmbeddingBagCollectionSharder):

@@ -7,11 +7,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from recsys_common.errors import ConfigError
+from sml_torchrec.distributed.names import SHARDING_NAMES
 from sml_torchrec.retrain.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES
 
-# The keys of sml_torchrec.distributed.sharding.SHARDING_TYPES, named here so that checking
-# a flag does not import TorchRec.
-SHARDING_NAMES = ("row_wise", "table_wise", "column_wise")
 PROTOCOL_NAMES = ("full", "sampled")
 
 

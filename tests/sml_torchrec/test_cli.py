@@ -137,6 +137,14 @@ def test_help_shows_meaning_choices_and_default_of_every_flag():
     assert set(SHARDING_NAMES) == set(SHARDING_TYPES)
 
 
+def test_parsing_flags_imports_neither_torch_nor_torchrec():
+    code = ("import sys; from sml_torchrec.cli import parse_config; "
+            "c = parse_config(['--sharding', 'column_wise', '--strategies', 'sml,caser']); "
+            "print(c.sharding, sorted(m for m in ('torch', 'torchrec') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["column_wise", "[]"]
+
+
 def test_console_exit_code_and_stderr(tmp_path):
     p = subprocess.run([sys.executable, "-m", "sml_torchrec", "--strategies", "",
                         "--out", str(tmp_path / "o")], capture_output=True, text=True,
