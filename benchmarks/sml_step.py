@@ -37,6 +37,14 @@ mean of its two neighbouring samples and the median of those ratios is reported.
 per rank = ``--threads`` // ranks. Peak RSS is each rank's ``ru_maxrss``. Prints a human table
 and one JSON line.
 
+``lookup`` times one sharded lookup by itself: the plain MF model's forward (ids distributed,
+both tables looked up, rows returned, the dot products) over the same batches, without grad.
+Step 1 looks up W_{t-1} and Ŵ_t, so its work outside the transfer should cost no more than a
+fine-tune step plus one such lookup: ``step1_outside_transfer_ms`` (step 1 minus its transfer
+work as timed alone, per step) against ``outside_transfer_budget_ms`` (fine-tune + lookup, per
+step), repeat by repeat. The lookup is also the most that storing W_{t-1} and Ŵ_t side by side
+in one table of 2d columns could save a step (one lookup instead of two, of rows twice as wide).
+
 What limits step 1 is measured beside it. ``transfer_alone`` times step 1's transfer work by
 itself: per step and table, the forward on that table's mean unique rows with Θ constant and the
 backward to those rows, on fixed random rows, nothing else (``transfer_alone_efficiency``).
@@ -75,6 +83,7 @@ from sml_torchrec.retrain.config import RetrainConfig
 from sml_torchrec.retrain.model import RetrainModel
 
 STEPS = ("step1", "step2", "finetune")
+TIMED = (*STEPS, "lookup", "materialize", "transfer_alone")
 SEED = 3  # the epoch seed of every timed call: same negatives, same batches
 
 
@@ -162,6 +171,22 @@ def transfer_alone(model: RetrainModel, rows: dict[str, int], steps: int, dim: i
     return run, sum(len(new) for _, new in inputs.values()) * steps
 
 
+def lookup_pass(model: RetrainModel, data: Interactions, num_items: int, batch: int):
+    """The forward of ``model`` over ``train_epoch``'s batches of ``data``, without grad; the
+    batches are built beforehand, so only the lookup and the dot products are timed."""
+    neg = sample_negatives(data.user_id, data.item_id, num_items, SEED)
+    features = [b.features for b in iterate_batches(
+        data.user_id, data.item_id, neg, batch, seed=SEED, rank=model.rank,
+        world_size=model.world_size)]
+
+    @torch.no_grad()
+    def run() -> None:
+        for f in features:
+            model.dmp(f)
+
+    return run
+
+
 def bench_rank(cfg: dict) -> dict:
     """One rank's part; returns plain Python values."""
     rank = rank_world()[0]
@@ -183,6 +208,7 @@ def bench_rank(cfg: dict) -> dict:
     per_table = unique_rows(data, items, cfg["batch"], rank, world)
     rows = sum(per_table.values())
     alone, alone_rows = transfer_alone(sml, per_table, steps, dim)
+    lookup = lookup_pass(mf, data, items, cfg["batch"])
 
     def materialize() -> float:
         sml.load_tables(full)  # untimed: every repeat transfers the same tables
@@ -192,6 +218,7 @@ def bench_rank(cfg: dict) -> dict:
         "step1": lambda: _slowest(lambda: sml.train_epoch(data, items, SEED, "tables")),
         "step2": lambda: _slowest(lambda: sml.train_epoch(data, items, SEED, "transfer")),
         "finetune": lambda: _slowest(lambda: mf.train_epoch(data, items, SEED, "tables")),
+        "lookup": lambda: _slowest(lookup),
         "materialize": materialize,
         "transfer_alone": lambda: _slowest(alone),
     }
@@ -268,14 +295,26 @@ def summarise(r: dict, ranks: int, a, flop_per_row: int, factors: dict) -> dict:
     res["step1_efficiency_ceiling"] = statistics.median(
         1 / (1 + ft * m * 1e9 / flops["step1"]) for ft, m in r["runs"]["finetune"])
     res["step1_vs_finetune"] = r["finetune"] / r["step1"]  # step 1's speed as a fraction
+    per_step = 1e3 / a.steps
+    res["ms_per_step"] = {k: r[k] * per_step for k in ("step1", "finetune", "lookup")}
+    # Step 1 less its transfer work (timed alone, scaled to step 1's rows), against a fine-tune
+    # step plus one lookup; repeat by repeat, so both sides come from the same moment.
+    scale = r["unique_rows"] / r["alone_rows"]
+    outside = [s1 - ta * scale for (s1, _), (ta, _) in
+               zip(r["runs"]["step1"], r["runs"]["transfer_alone"], strict=True)]
+    budget = [ft + lk for (ft, _), (lk, _) in
+              zip(r["runs"]["finetune"], r["runs"]["lookup"], strict=True)]
+    res["step1_outside_transfer_ms"] = statistics.median(outside) * per_step
+    res["outside_transfer_budget_ms"] = statistics.median(budget) * per_step
+    res["outside_over_budget"] = statistics.median(o / b for o, b in zip(outside, budget,
+                                                                         strict=True))
     res["mm_gflops"] = r["mm_gflops"]
     res["mm_gflops_min_max"] = r["mm_min_max"]
     res["unique_rows_per_step"] = r["unique_rows"] / (a.steps * ranks)  # per rank
     res["threads_per_rank"] = max(1, a.threads // ranks)
-    timed = (*STEPS, "materialize", "transfer_alone")
-    res["seconds"] = {k: r[k] for k in timed}
+    res["seconds"] = {k: r[k] for k in TIMED}
     # [seconds, mm GFLOP/s beside it] of every timed run: what the efficiencies are made of
-    res["timed_runs"] = {k: [list(x) for x in r["runs"][k]] for k in timed}
+    res["timed_runs"] = {k: [list(x) for x in r["runs"][k]] for k in TIMED}
     res["model_build_s"] = r["build_s"]
     return res
 
@@ -340,11 +379,20 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['materialize_transfer_efficiency']:>8.2f}{r['peak_rss_mb']:>8.0f}"
               f"{r['transfer_alone_efficiency']:>10.2f}{r['step1_efficiency_bound']:>9.2f}"
               f"{r['step1_efficiency_ceiling']:>8.2f}")
+    print(f"{'ranks':>5}{'step1 ms':>10}{'finetune ms':>13}{'lookup ms':>11}"
+          f"{'s1 outside transfer ms':>24}{'budget ms':>11}{'outside/budget':>16}")
+    for n, r in results.items():
+        ms = r["ms_per_step"]
+        print(f"{n:>5}{ms['step1']:>10.1f}{ms['finetune']:>13.1f}{ms['lookup']:>11.1f}"
+              f"{r['step1_outside_transfer_ms']:>24.1f}{r['outside_transfer_budget_ms']:>11.1f}"
+              f"{r['outside_over_budget']:>16.2f}")
     print("ex/s and rows/s are totals over ranks; s1/ft = step 1 speed / fine-tune speed; "
           "uniq rows = transfer rows per step per rank; eff = transfer GFLOP/s / mm GFLOP/s "
           "(both summed over ranks; target for s1 >= 0.5); alone eff = step 1's transfer work "
           "alone (no lookup, loss, optimizer or collectives); s1 bound / s1 ceil = the s1 eff of "
-          "a step costing a fine-tune step plus that transfer as fast as alone / as the mm rate.")
+          "a step costing a fine-tune step plus that transfer as fast as alone / as the mm rate. "
+          "Per step: s1 outside transfer = step 1 less its transfer work timed alone; budget = "
+          "a fine-tune step plus one lookup (target: outside/budget <= 1 on 2 ranks).")
     print(json.dumps({
         "benchmark": "sml_step", "smoke": a.smoke, "threads": a.threads,
         "sharding": a.sharding, "users": a.users, "items": a.items, "dim": a.dim,

@@ -62,4 +62,12 @@ def test_sml_step_benchmark_smoke():
         ceiling = statistics.median(1 / (1 + tf * mf / flops) for tf, mf in ft)
         assert math.isclose(r["step1_efficiency_ceiling"], ceiling, rel_tol=1e-6)
         assert 0 < r["step1_efficiency_ceiling"] < 1
+        # Step 1 outside its transfer, against a fine-tune step plus one lookup, per step.
+        lk, s1 = r["timed_runs"]["lookup"], r["timed_runs"]["step1"]
+        per_step = 1e3 / res["steps"]
+        budget = statistics.median(tf + tl for (tf, _), (tl, _) in zip(ft, lk))
+        assert math.isclose(r["outside_transfer_budget_ms"], budget * per_step, rel_tol=1e-9)
+        assert r["step1_outside_transfer_ms"] < r["ms_per_step"]["step1"]
+        assert math.isclose(r["ms_per_step"]["lookup"], r["seconds"]["lookup"] * per_step)
+        assert _positive(r["outside_over_budget"]) and len(lk) == len(s1) == res["repeats"]
     assert "step1 ex/s" in proc.stdout  # the human table is printed too
