@@ -40,7 +40,8 @@ class TrainConfig:
     patience: int = _opt(4, "stop after this many epochs without a better validation MSE")
     batch_size: int | None = _opt(None, "global batch, split across ranks (default 64 "
                                         "synthetic, 256 data)")
-    lr: float | None = _opt(None, "Adam learning rate (default 1e-3, the authors')")
+    lr: float | None = _opt(None, "Adam learning rate (default 3e-3 synthetic, 1e-3 data: "
+                                  "the authors')")
     l2: float = _opt(1e-5, "L2 penalty on the weights")
     residual_l2: float = _opt(0.1, "penalty on the mean square of the aspect term and of the "
                                    "item residuals: pulls the prediction toward the bias-only "
@@ -143,7 +144,7 @@ class TrainConfig:
         c.doc_len = c.doc_len if c.doc_len is not None else (80 if synth else 500)
         c.word_dim = c.word_dim if c.word_dim is not None else (32 if synth else 300)
         c.batch_size = c.batch_size if c.batch_size is not None else (64 if synth else 256)
-        c.lr = c.lr if c.lr is not None else 1e-3
+        c.lr = c.lr if c.lr is not None else (3e-3 if synth else 1e-3)
         return c
 
 

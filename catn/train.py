@@ -180,13 +180,18 @@ def train_catn(cfg: TrainConfig, corpus: CrossDomainCorpus, data: EtaData, seed:
     """Train on this rank's shard (DDP when a process group exists); returns the best model
     by validation MSE and its history. Must be called by every rank.
 
-    Candidates for the best: the untrained model (the bias-only prior, epoch 0), the model
+    Candidates for the best: the bias-only prior (the untrained model with its aspect gain at
+    0, epoch 0), the model
     after each in-domain pretraining epoch over every review of both domains, and after each
     cross-domain epoch; training stops after ``patience`` cross-domain epochs without a
     better validation MSE. Every rank sees the same all-reduced MSE, so all stop together.
     """
     t = _trainer(cfg, corpus, data, seed, log)
-    t.validate(0, "prior", math.nan, time.perf_counter())
+    with torch.no_grad():  # the prior: the model with its aspect terms switched off
+        gain = t.model.aspect_gain.detach().clone()
+        t.model.aspect_gain.zero_()
+        t.validate(0, "prior", math.nan, time.perf_counter())
+        t.model.aspect_gain.copy_(gain)
     for epoch in range(1, cfg.pretrain_epochs + 1):
         t0 = time.perf_counter()
         t.validate(epoch, "pretrain", t.epoch(epoch, in_domain=True), t0)

@@ -36,7 +36,7 @@ class CATNConfig:
     use_aux: bool = True  # ablation "w/o auxiliary reviews" when False
     use_global_correlation: bool = True  # ablation "w/o S" (plain mean of S_ui) when False
     in_domain: bool = False  # also score in-domain pairs (pretraining on every review)
-    aspect_gain_init: float = 0.0  # 0: the untrained model predicts the prior exactly
+    aspect_gain_init: float = 1.0  # the learned scale of the aspect term (0: the prior)
     leaky_slope: float = 0.2
 
 
@@ -51,10 +51,11 @@ class CATN(nn.Module):
 
     ``prior(u, i) = b_u + μ_i + δ_i``: the user's rating offset, the item's mean visible
     rating and a learned item residual ``δ_i`` (initialised to 0 and penalised toward it by
-    the trainer). The aspect term is scaled by a learned gain ``g`` that starts at
-    ``aspect_gain_init`` (0: the untrained model *is* the prior), so with few overlapping users
-    the aspect term has to earn its place against the best bias-only predictor instead of
-    starting as noise on top of it.
+    the trainer). The aspect term is scaled by a learned gain ``g`` (initialised to
+    ``aspect_gain_init``); with ``g = 0`` the model *is* the prior, and the trainer keeps that
+    as a candidate, so with few overlapping users the aspect term has to earn its place against
+    the best bias-only predictor. (Starting at ``g = 0`` would leave the aspect weights without
+    a gradient and ``g`` without a signal: the term never takes off.)
 
     ``S = LeakyReLU(V_s W V_tᵀ)`` (M, M), divided by its mean absolute value, from the
     per-aspect attention vectors of the source and target extractors; ``S_ui = A_s W A_tᵀ``
@@ -174,7 +175,7 @@ class CATN(nn.Module):
         return a
 
     def aspect_term(self, b: FlowBatch) -> torch.Tensor:
-        """The gained aspect interaction (B,) of one flow (0 while the gain is 0)."""
+        """The gained aspect interaction (B,) of one flow (0 when the gain is 0)."""
         ud, idom = b.user_domain, b.items_from
         a_u = self.dropout(self.user_centre[ud](self.encode_user(b.user_docs, b.aux_docs, ud)))
         a_i = self.dropout(self.item_centre[idom](self.encode(b.item_docs, idom)))

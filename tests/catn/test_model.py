@@ -63,7 +63,8 @@ def test_model_prediction_formula():
     m = CATN(_cfg(), np.full(4, 3.5, np.float32), np.full(5, 4.0, np.float32),
              np.linspace(-0.3, 0.3, 7).astype(np.float32)).eval()
     b = _batch(SOURCE)
-    # untrained (gain 0, no item residual) the model is the prior exactly
+    with torch.no_grad():  # gain 0 and no item residual: the model is the prior exactly
+        m.aspect_gain.zero_()
     assert torch.equal(m.score(b), m.user_bias[SOURCE][b.users] + 4.0)
     with torch.no_grad():
         m.aspect_gain.fill_(0.7)
@@ -86,7 +87,7 @@ def test_model_prediction_formula():
 
 def test_in_domain_pairs_use_their_own_matrix_and_gain():
     torch.manual_seed(5)
-    m = CATN(_cfg(in_domain=True, aspect_gain_init=1.0, dropout=0.0)).eval()
+    m = CATN(_cfg(in_domain=True, dropout=0.0)).eval()
     b = _batch(TARGET, item_domain=TARGET)
     a_u = m.encode_user(b.user_docs, b.aux_docs, TARGET) - m.user_centre[TARGET].mean
     a_i = m.encode(b.item_docs, TARGET) - m.item_centre[TARGET].mean
@@ -168,7 +169,8 @@ def test_global_correlation_is_normalised():
 
 def test_user_bias_comes_from_the_document_domain():
     off = np.stack([np.zeros(7), np.full(7, 0.5)]).astype(np.float32)
-    m = CATN(_cfg(dropout=0.0), np.full(4, 3.0, np.float32), np.full(5, 3.0, np.float32),
+    m = CATN(_cfg(dropout=0.0, aspect_gain_init=0.0), np.full(4, 3.0, np.float32),
+             np.full(5, 3.0, np.float32),
              off).eval()
     assert torch.allclose(m.score(_batch(SOURCE)), torch.full((5,), 3.0))
     assert torch.allclose(m.score(_batch(TARGET)), torch.full((5,), 3.5))
