@@ -60,8 +60,10 @@ def format_table(results: dict, metric: str, labels: dict[str, str]) -> str:
     corner = "Method \\ eta"
     head = f"{corner:<{width}}" + "".join(f"{float(e) * 100:>{cw - 1}g}%" for e in etas)
     seeds = results.get("seeds", [])
-    lines = [f"{metric.upper()} on cold-start users ({results['scenario']}; CATN: mean"
-             f"{'±std' if len(seeds) > 1 else ''} over seeds {seeds})", head, "-" * len(head)]
+    what = (f"; CATN: mean±std over seeds {','.join(map(str, seeds))}" if len(seeds) > 1
+            else f"; seed {seeds[0]}" if seeds else "")
+    lines = [f"{metric.upper()} on cold-start users ({results['scenario']}{what})", head,
+             "-" * len(head)]
     for m in methods:
         cells = []
         for e in etas:
