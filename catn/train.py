@@ -1,10 +1,12 @@
 """Data-parallel CATN training: the loop of one seed at one η, and a whole run over η.
 
-Each step feeds both learning flows at once (user's target document vs source items, and
-user's source document vs target items), mixed in proportion to their sizes, so every
-parameter gets a gradient every step and DistributedDataParallel can all-reduce without
-``find_unused_parameters``. Each rank trains on a disjoint shard of each flow's pairs.
-Validation and test use cold-start users only: their source document vs target items.
+A cross-domain step feeds both learning flows at once (user's target document vs source
+items, and user's source document vs target items), mixed in proportion to their sizes; an
+in-domain (pretraining) step feeds each domain's users against that domain's items. Each
+kind leaves the other's interaction matrix unused, so with pretraining
+DistributedDataParallel runs with ``find_unused_parameters``. Each rank trains on a disjoint
+shard of each flow's pairs. Validation and test use cold-start users only: their source
+document vs target items.
 
 Each run starts from the bias-only prior (see :class:`~catn.modules.model.CATN`), may
 pretrain the extractors on in-domain pairs of every review, and keeps the state with the
