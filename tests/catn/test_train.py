@@ -184,7 +184,7 @@ def test_catn_beats_user_mean_item_bias_because_aspects_learn():
     cfg = TrainConfig(synthetic={"overlap_users": 400, "source_only_users": 40,
                                  "target_only_users": 40, "items_source": 40,
                                  "items_target": 40, "seed": 5},
-                      epochs=8, doc_len=48, num_filters=32, latent_dim=16,
+                      epochs=8, pretrain_epochs=0, doc_len=48, num_filters=32, latent_dim=16,
                       progress=False).resolved()
     corpus = load_data(cfg)
     data = prepare_eta(corpus, 1.0, cfg.doc_len)
