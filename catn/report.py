@@ -92,35 +92,59 @@ def results_csv(results: dict, labels: dict[str, str]) -> str:
     return buf.getvalue()
 
 
+TRIVIAL = ("global_mean", "item_mean", "user_mean_item_bias")
+
+
+def _lines(results: dict, minus: dict[str, float] | None = None
+           ) -> dict[str, tuple[list[float], list[float], list[float]]]:
+    """method -> (η values, MSE (less ``minus[η]``), spread) over the η where it has one."""
+    out = {}
+    for m in _methods(results):
+        pts = [(float(e), _cell(results, e, m, "mse") - (minus or {}).get(e, 0.0),
+                _cell(results, e, m, "mse_std") or 0.0)
+               for e in results["eta"] if _cell(results, e, m, "mse") is not None]
+        if pts:
+            out[m] = tuple(list(v) for v in zip(*pts, strict=True))
+    return out
+
+
 def plot_mse_vs_eta(results: dict, labels: dict[str, str], path: str | Path) -> Path:
-    """PNG of test MSE against η (log axis, as percentages), one line per method; CATN's
-    spread over seeds as error bars."""
+    """PNG of test MSE against η (log axis, 100% on the left as in the table), one line per
+    method, CATN's spread over seeds as error bars; the right panel shows each method's MSE
+    minus the best trivial row's at that η (below 0: better than every trivial row)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     etas = [float(e) for e in results["eta"]]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for m in _methods(results):
-        ys = [_cell(results, e, m, "mse") for e in results["eta"]]
-        sd = [_cell(results, e, m, "mse_std") or 0.0 for e in results["eta"]]
-        pts = [(x, y, s) for x, y, s in zip(etas, ys, sd, strict=True) if y is not None]
-        if not pts:
-            continue
-        x, y, s = zip(*pts, strict=True)
-        style = {"lw": 2.5, "marker": "o", "zorder": 3} if m == "catn" else \
-            {"lw": 1.2, "marker": ".", "ls": "--"}
-        ax.errorbar(x, y, yerr=s if any(s) else None, capsize=3, label=labels.get(m, m),
-                    **style)
-    ax.set_xscale("log")
-    ax.set_xticks(etas, [f"{e * 100:g}%" for e in etas])
-    ax.minorticks_off()
-    ax.set_xlabel("η: share of overlapping users that train")
-    ax.set_ylabel("test MSE, cold-start users (lower is better)")
-    ax.set_title(f"CATN vs baselines on {results['scenario']}", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    best_trivial = {e: min((v for m in TRIVIAL if (v := _cell(results, e, m, "mse"))
+                            is not None), default=0.0) for e in results["eta"]}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
+    panels = ((axes[0], _lines(results), "test MSE, cold-start users (lower is better)"),
+              (axes[1], {m: v for m, v in _lines(results, best_trivial).items()
+                         if m not in TRIVIAL[:2]},
+               "MSE minus the best trivial row's (below 0: CATN wins)"))
+    colour = {m: f"C{k % 10}" for k, m in enumerate(_methods(results))}  # same in both panels
+    for ax, lines, ylabel in panels:
+        for m, (x, y, s) in lines.items():
+            style = {"lw": 2.5, "marker": "o", "zorder": 3} if m == "catn" else \
+                {"lw": 1.2, "marker": ".", "ls": "--"}
+            ax.errorbar(x, y, yerr=s if any(s) else None, capsize=3, label=labels.get(m, m),
+                        color=colour[m], **style)
+        ax.set_xscale("log")
+        ax.set_xticks(etas, [f"{e * 100:g}%" for e in etas])
+        ax.minorticks_off()
+        ax.set_xlim(max(etas) * 1.3, min(etas) / 1.3)
+        ax.set_xlabel("η: share of overlapping users that train")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[1].axhline(0.0, color="grey", lw=1)
+    seeds = results.get("seeds", [])
+    fig.suptitle(f"CATN vs baselines on {results['scenario']}"
+                 + (f" (CATN: mean ± std over seeds {seeds})" if len(seeds) > 1 else ""),
+                 fontsize=10)
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
