@@ -42,7 +42,7 @@ def measure(model: CATN, args, loop: bool) -> dict[str, float]:
     for rep in range(args.warmup + args.repeats):
         model.train()
         t = time.perf_counter()
-        ps, pt = model(fs, ft)
+        (ps, _), (pt, _) = model(fs, ft)  # (prediction, aspect term) per flow
         loss = ((ps - fs.ratings) ** 2).mean() + ((pt - ft.ratings) ** 2).mean()
         opt.zero_grad()
         loss.backward()

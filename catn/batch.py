@@ -16,10 +16,11 @@ SOURCE, TARGET = 0, 1
 
 @dataclass
 class FlowBatch:
-    """Pairs of one flow: ``user_domain`` is the domain of the user's document.
+    """Pairs of one flow: ``user_domain`` is the domain of the user's document, and
+    :attr:`items_from` that of the items.
 
     user_docs/aux_docs (Uq, L) int64 word ids of the unique users; item_docs (Iq, L) of the
-    unique items (of the *other* domain); user_index (B,) into Uq; item_index (B,) into Iq;
+    unique items (of :attr:`items_from`); user_index (B,) into Uq; item_index (B,) into Iq;
     users (B,) global user ids; items (B,) item ids; ratings (B,) float or None.
     """
 
@@ -32,10 +33,18 @@ class FlowBatch:
     users: torch.Tensor
     items: torch.Tensor
     ratings: torch.Tensor | None = None
+    # None: the other domain (a cross-domain pair); == user_domain: an in-domain pair, which
+    # needs no overlapping user and pretrains the extractors on every review
+    item_domain: int | None = None
+
+    @property
+    def items_from(self) -> int:
+        """The domain of the items (and of their documents)."""
+        return 1 - self.user_domain if self.item_domain is None else self.item_domain
 
     def to(self, device: torch.device) -> FlowBatch:
         def mv(t):
             return None if t is None else t.to(device, non_blocking=True)
         return FlowBatch(self.user_domain, *(mv(getattr(self, f)) for f in (
             "user_docs", "aux_docs", "item_docs", "user_index", "item_index", "users", "items",
-            "ratings")))
+            "ratings")), self.item_domain)

@@ -2,7 +2,7 @@
 
 Each field with ``metadata["help"]`` is a flag named after it (``num_aspects`` is
 ``--num-aspects``); ``metadata`` also holds its ``metavar``, ``choices`` and older spellings
-(``aliases``). :func:`catn.train.parse_args` builds the parser from these fields alone, so the
+(``aliases``). :func:`catn.cli.parse_args` builds the parser from these fields alone, so the
 flags cannot drift from the config. Fields without help (``synthetic``) are not flags.
 """
 
@@ -40,8 +40,16 @@ class TrainConfig:
     patience: int = _opt(4, "stop after this many epochs without a better validation MSE")
     batch_size: int | None = _opt(None, "global batch, split across ranks (default 64 "
                                         "synthetic, 256 data)")
-    lr: float | None = _opt(None, "Adam learning rate (default 1e-3, the authors')")
-    l2: float = _opt(1e-5, "L2 penalty")
+    lr: float | None = _opt(None, "Adam learning rate (default 3e-3 synthetic, 1e-3 data: "
+                                  "the authors')")
+    l2: float = _opt(1e-5, "L2 penalty on the weights")
+    residual_l2: float = _opt(0.1, "penalty on the mean square of the aspect term and of the "
+                                   "item residuals: pulls the prediction toward the bias-only "
+                                   "prior (item mean + the user's source-domain offset)")
+    pretrain_epochs: int = _opt(2, "epochs over every review of both domains (in-domain "
+                                   "pairs: no overlapping user needed) that train the text CNN "
+                                   "and aspect extractors before the cross-domain epochs; 0: "
+                                   "none")
     doc_len: int | None = _opt(None, "words per document (default 80 synthetic, 500 data)")
     word_dim: int | None = _opt(None, "word vector size (default 32 synthetic, 300 data; the "
                                       "size of --word-vectors when given)")
@@ -59,8 +67,9 @@ class TrainConfig:
                                       "(--no-centre-aspects: the ablation without)")
     word_vectors: str | None = _opt(None, "word2vec/GloVe text file for the vocabulary "
                                           "(default: trained from scratch)", metavar="FILE")
-    out: str | None = _opt(None, "run directory for results.json (default: "
-                                 "runs/catn-<scenario>); an earlier run's is replaced only "
+    out: str | None = _opt(None, "run directory for results.json, results.csv, "
+                                 "mse_vs_eta.png and models/ (default: "
+                                 "runs/catn-<scenario>); an earlier run's are replaced only "
                                  "with --overwrite", metavar="DIR")
     nproc: int = _opt(1, "local data-parallel ranks (gloo on CPU); under torchrun ranks come "
                          "from the environment")
@@ -68,7 +77,7 @@ class TrainConfig:
                             aliases=("--timeout",))
     progress: bool = _opt(True, "progress bars")
     synthetic: dict = field(default_factory=dict)  # SyntheticConfig overrides (tests, smoke)
-    overwrite: bool = _opt(False, "replace OUT/results.json of an earlier run")
+    overwrite: bool = _opt(False, "replace an earlier run's results and models in OUT")
 
     def __post_init__(self) -> None:
         # Messages name the flag: catn-train shows them as usage errors.
@@ -86,8 +95,13 @@ class TrainConfig:
                               f"--doc-len {self.doc_len}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"{flag_label('lr')}: must be a positive number, got {self.lr}")
-        if not (math.isfinite(self.l2) and self.l2 >= 0):
-            raise ConfigError(f"{flag_label('l2')}: must be a number >= 0, got {self.l2}")
+        for name in ("l2", "residual_l2"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{flag_label(name)}: must be a number >= 0, got {v}")
+        if self.pretrain_epochs < 0:
+            raise ConfigError(f"{flag_label('pretrain_epochs')}: must be >= 0, got "
+                              f"{self.pretrain_epochs}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"{flag_label('dropout')}: must be in [0, 1), got "
                               f"{self.dropout}")
@@ -130,7 +144,7 @@ class TrainConfig:
         c.doc_len = c.doc_len if c.doc_len is not None else (80 if synth else 500)
         c.word_dim = c.word_dim if c.word_dim is not None else (32 if synth else 300)
         c.batch_size = c.batch_size if c.batch_size is not None else (64 if synth else 256)
-        c.lr = c.lr if c.lr is not None else 1e-3
+        c.lr = c.lr if c.lr is not None else (3e-3 if synth else 1e-3)
         return c
 
 

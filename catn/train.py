@@ -1,55 +1,42 @@
-"""Data-parallel CATN training and the ``catn-train`` command.
+"""Data-parallel CATN training: the loop of one seed at one η, and a whole run over η.
 
-Each step feeds both learning flows at once (user's target document vs source items, and
-user's source document vs target items), mixed in proportion to their sizes, so every
-parameter gets a gradient every step and DistributedDataParallel can all-reduce without
-``find_unused_parameters``. Each rank trains on a disjoint shard of each flow's pairs.
-Validation and test use cold-start users only: their source document vs target items.
+A cross-domain step feeds both learning flows at once (user's target document vs source
+items, and user's source document vs target items), mixed in proportion to their sizes; an
+in-domain (pretraining) step feeds each domain's users against that domain's items. Each
+kind leaves the other's interaction matrix unused, so with pretraining
+DistributedDataParallel runs with ``find_unused_parameters``. Each rank trains on a disjoint
+shard of each flow's pairs. Validation and test use cold-start users only: their source
+document vs target items.
 
-Run ``catn-train`` (one process), ``catn-train --nproc 2`` (local ranks, gloo on CPU) or under
-torchrun / TorchX (ranks from the environment; nccl on GPU).
+Each run starts from the bias-only prior (see :class:`~catn.modules.model.CATN`), may
+pretrain the extractors on in-domain pairs of every review, and keeps the state with the
+lowest validation MSE, the prior itself included. The command is :mod:`catn.cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import math
-import os
 import sys
 import time
-from collections.abc import Iterable
-from dataclasses import asdict, fields
-from typing import get_args, get_origin, get_type_hints
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from catn.baselines import LABELS, Method, resolve
+from catn.baselines import Method, resolve
 from catn.batch import FlowBatch
-from catn.config import TrainConfig, flag_label, flag_names
+from catn.config import TrainConfig
 from catn.data.batches import doc_tensors, epoch_plan, training_batches
 from catn.data.dataset import CrossDomainCorpus, EtaData, load_corpus, load_eta
 from catn.data.errors import DataError
 from catn.evaluate import evaluate_distributed, mse_mae
 from catn.modules.model import CATN, CATNConfig
-from catn.report import format_table, write_results
-from recsys_common.errors import (
-    EXIT_CODES_HELP,
-    ConfigError,
-    Terminated,
-    UserError,
-    check_output_dir,
-    debug_requested,
-    refuse_to_replace,
-    run_command,
-)
-from recsys_common.process_group import max_local_ranks, rank_world
-
-PROG = "catn-train"
+from catn.report import out_dir, save_model
+from recsys_common.process_group import rank_world
 
 
 def load_data(cfg: TrainConfig) -> CrossDomainCorpus:
@@ -74,7 +61,7 @@ def build_model(cfg: TrainConfig, corpus: CrossDomainCorpus, data: EtaData) -> C
         word_dim=word_dim, num_filters=cfg.num_filters, window=cfg.window,
         num_aspects=cfg.num_aspects, latent_dim=cfg.latent_dim, dropout=cfg.dropout,
         use_aux=cfg.use_aux, use_global_correlation=cfg.use_global_correlation,
-        centre_aspects=cfg.centre_aspects)
+        centre_aspects=cfg.centre_aspects, in_domain=cfg.pretrain_epochs > 0)
     return CATN(mcfg, data.item_mean_s, data.item_mean_t, data.user_prior(), wv)
 
 
@@ -89,15 +76,26 @@ def sync_buffers(model: torch.nn.Module) -> None:
             b /= dist.get_world_size()
 
 
+def step_loss(model: CATN, outputs: list, flows: tuple[FlowBatch, ...], cfg: TrainConfig
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, squared errors) of one step: MSE + L2 on the weights + ``residual_l2`` times
+    the mean square of what the model adds to the prior (aspect term, item residuals)."""
+    sq = torch.cat([(pred - b.ratings) ** 2 for (pred, _), b in zip(outputs, flows,
+                                                                     strict=True)])
+    aspect = torch.cat([a for _, a in outputs])
+    resid = torch.cat([model.item_residual[b.items_from][b.items] for b in flows])
+    shrink = (aspect**2).mean() + (resid**2).mean()
+    in_domain = flows[0].items_from == flows[0].user_domain
+    return sq.mean() + cfg.l2 * model.l2_penalty(in_domain) + cfg.residual_l2 * shrink, sq
+
+
 def _train_epoch(ddp: torch.nn.Module, model: CATN, opt: torch.optim.Optimizer,
-                 batches: Iterable[tuple[FlowBatch, FlowBatch]], l2: float) -> float:
+                 batches: Iterable[tuple[FlowBatch, FlowBatch]], cfg: TrainConfig) -> float:
     """One pass over ``batches`` (flow s, flow t); returns this rank's training MSE."""
     model.train()
     total, count = 0.0, 0
-    for fs, ft in batches:
-        ps, pt = ddp(fs, ft)
-        sq = torch.cat([(ps - fs.ratings) ** 2, (pt - ft.ratings) ** 2])
-        loss = sq.mean() + l2 * model.l2_penalty()
+    for flows in batches:
+        loss, sq = step_loss(model, ddp(*flows), flows, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -115,10 +113,54 @@ def _with_progress(batches: Iterable, steps: int, desc: str, show: bool) -> Iter
                 dynamic_ncols=True)
 
 
-def train_catn(cfg: TrainConfig, corpus: CrossDomainCorpus, data: EtaData, seed: int,
-               log=print) -> tuple[CATN, dict]:
-    """Train on this rank's shard (DDP when a process group exists); returns the best model
-    (by validation MSE) and its history. Must be called by every rank."""
+@dataclass
+class _Trainer:
+    """What one seed's training at one η holds: model, DDP wrapper, optimiser, documents,
+    the best validation state so far and the history."""
+
+    cfg: TrainConfig
+    data: EtaData
+    seed: int
+    model: CATN
+    ddp: torch.nn.Module
+    opt: torch.optim.Optimizer
+    tensors: dict
+    log: Callable
+    best: tuple = (math.inf, None, -1)  # (val MSE, state, epoch)
+    history: list = field(default_factory=list)
+
+    def validate(self, epoch: int, phase: str, train_mse: float, t0: float) -> bool:
+        """Evaluate on the validation cold-start users; keep the state if it is the best."""
+        sync_buffers(self.model)
+        val = evaluate_distributed(self.model, self.tensors, self.data.val)
+        self.history.append({"epoch": epoch, "phase": phase, "train_mse": train_mse,
+                             "val_mse": val["mse"], "val_mae": val["mae"],
+                             "seconds": time.perf_counter() - t0})
+        improved = val["mse"] < self.best[0]
+        if improved:
+            self.best = (val["mse"], copy.deepcopy(self.model.state_dict()), epoch)
+        self.log(f"  eta={self.data.eta:g} seed={self.seed} {phase} epoch {epoch:>2}: train "
+                 f"MSE {train_mse:.4f}  val MSE {val['mse']:.4f}  MAE {val['mae']:.4f}"
+                 f"  ({self.history[-1]['seconds']:.1f}s){'  *' if improved else ''}")
+        return improved
+
+    def epoch(self, epoch: int, in_domain: bool) -> float:
+        """One epoch of the in-domain (pretraining) or the cross-domain flows."""
+        rank, world = rank_world()
+        pairs = (self.data.visible_s, self.data.visible_t) if in_domain else \
+            (self.data.train_s, self.data.train_t)
+        plan = epoch_plan(len(pairs[0][0]), len(pairs[1][0]), self.cfg.batch_size, world)
+        seed = self.seed * 100_003 + epoch + (50_000 if in_domain else 0)
+        batches = training_batches(self.data, self.tensors, plan, seed, rank, world,
+                                   self.cfg.use_aux, in_domain)
+        what = "pretrain" if in_domain else "epoch"
+        return _train_epoch(self.ddp, self.model, self.opt, _with_progress(
+            batches, plan.steps, f"eta={self.data.eta:g} seed={self.seed} {what} {epoch}",
+            self.cfg.progress and rank == 0), self.cfg)
+
+
+def _trainer(cfg: TrainConfig, corpus: CrossDomainCorpus, data: EtaData, seed: int,
+             log: Callable) -> _Trainer:
     rank, world = rank_world()
     if len(data.train_s[0]) == 0 or len(data.train_t[0]) == 0:
         raise DataError(cfg.data, f"eta={data.eta}: training users have no ratings in "
@@ -126,35 +168,46 @@ def train_catn(cfg: TrainConfig, corpus: CrossDomainCorpus, data: EtaData, seed:
                                   " domain")
     torch.manual_seed(seed)
     model = build_model(cfg, corpus, data)
-    ddp = DistributedDataParallel(model, broadcast_buffers=False) if world > 1 else model
+    # in-domain (pretraining) steps leave the cross-domain W and gain without a gradient
+    ddp = DistributedDataParallel(model, broadcast_buffers=False,
+                                  find_unused_parameters=cfg.pretrain_epochs > 0) \
+        if world > 1 else model
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    tensors = doc_tensors(data)
-    plan = epoch_plan(len(data.train_s[0]), len(data.train_t[0]), cfg.batch_size, world)
-    best = (math.inf, None, -1)
-    history = []
-    for epoch in range(cfg.epochs):
+    return _Trainer(cfg, data, seed, model, ddp, opt, doc_tensors(data),
+                    log if rank == 0 else (lambda *a, **k: None))
+
+
+def train_catn(cfg: TrainConfig, corpus: CrossDomainCorpus, data: EtaData, seed: int,
+               log=print) -> tuple[CATN, dict]:
+    """Train on this rank's shard (DDP when a process group exists); returns the best model
+    by validation MSE and its history. Must be called by every rank.
+
+    Candidates for the best: the bias-only prior (the untrained model with its aspect gain at
+    0, epoch 0), the model
+    after each in-domain pretraining epoch over every review of both domains, and after each
+    cross-domain epoch; training stops after ``patience`` cross-domain epochs without a
+    better validation MSE. Every rank sees the same all-reduced MSE, so all stop together.
+    """
+    t = _trainer(cfg, corpus, data, seed, log)
+    with torch.no_grad():  # the prior: the model with its aspect terms switched off
+        gain = t.model.aspect_gain.detach().clone()
+        t.model.aspect_gain.zero_()
+        t.validate(0, "prior", math.nan, time.perf_counter())
+        t.model.aspect_gain.copy_(gain)
+    for epoch in range(1, cfg.pretrain_epochs + 1):
         t0 = time.perf_counter()
-        batches = training_batches(data, tensors, plan, seed * 100_003 + epoch, rank, world,
-                                   cfg.use_aux)
-        train_mse = _train_epoch(ddp, model, opt, _with_progress(
-            batches, plan.steps, f"eta={data.eta:g} seed={seed} epoch {epoch + 1}",
-            cfg.progress and rank == 0), cfg.l2)
-        sync_buffers(model)
-        val = evaluate_distributed(model, tensors, data.val)
-        history.append({"epoch": epoch + 1, "train_mse": train_mse, "val_mse": val["mse"],
-                        "val_mae": val["mae"], "seconds": time.perf_counter() - t0})
-        improved = val["mse"] < best[0]
-        if improved:
-            best = (val["mse"], copy.deepcopy(model.state_dict()), epoch + 1)
-        if rank == 0:
-            log(f"  eta={data.eta:g} seed={seed} epoch {epoch + 1:>2}: train MSE "
-                f"{train_mse:.4f}  val MSE {val['mse']:.4f}  MAE {val['mae']:.4f}"
-                f"  ({history[-1]['seconds']:.1f}s){'  *' if improved else ''}")
-        # every rank sees the same all-reduced val MSE, so all stop at the same epoch
-        if epoch + 1 - best[2] >= cfg.patience:
+        t.validate(epoch, "pretrain", t.epoch(epoch, in_domain=True), t0)
+    last_better = 0
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        if t.validate(epoch, "cross", t.epoch(epoch, in_domain=False), t0):
+            last_better = epoch
+        if epoch - last_better >= cfg.patience:
             break
-    model.load_state_dict(best[1])
-    return model, {"history": history, "best_epoch": best[2], "best_val_mse": best[0]}
+    t.model.load_state_dict(t.best[1])
+    best = next(h for h in t.history if h["val_mse"] == t.best[0])
+    return t.model, {"history": t.history, "best_epoch": t.best[2],
+                     "best_phase": best["phase"], "best_val_mse": t.best[0]}
 
 
 def _baseline_rows(methods: list[Method], data: EtaData) -> dict[str, dict[str, float]]:
@@ -163,11 +216,21 @@ def _baseline_rows(methods: list[Method], data: EtaData) -> dict[str, dict[str, 
     return {m.name: mse_mae(m.predict(data, u, i), r) for m in methods if m.predict is not None}
 
 
+def _catn_row(runs: list[dict]) -> dict:
+    """CATN's table cell: mean test MSE/MAE over seeds, their spread and each seed's."""
+    mse, mae = np.array([r["mse"] for r in runs]), np.array([r["mae"] for r in runs])
+    return {"mse": float(mse.mean()), "mae": float(mae.mean()),
+            "mse_std": float(mse.std(ddof=1)) if len(runs) > 1 else 0.0,
+            "mae_std": float(mae.std(ddof=1)) if len(runs) > 1 else 0.0,
+            "mse_per_seed": mse.tolist()}
+
+
 def _eta_results(cfg: TrainConfig, corpus: CrossDomainCorpus, methods: list[Method],
                  eta: float, log) -> tuple[dict, list[dict]]:
-    """(table row of each method, CATN's training record per seed) at share ``eta``."""
+    """(table row of each method, CATN's training record per seed) at share ``eta``; the
+    best seed's model (by validation MSE) is saved into the run directory."""
     row: dict = {}
-    runs = []
+    runs, best = [], (math.inf, None)
     for seed in cfg.seeds:
         data = load_eta(corpus, cfg.data, eta, cfg.doc_len, seed=seed)
         if seed == cfg.seeds[0]:
@@ -178,18 +241,26 @@ def _eta_results(cfg: TrainConfig, corpus: CrossDomainCorpus, methods: list[Meth
             row.update(_baseline_rows(methods, data))
         if any(m.name == "catn" for m in methods):
             model, info = train_catn(cfg, corpus, data, seed, log)
-            test = evaluate_distributed(model, doc_tensors(data), data.test)
-            info.update(test)
+            info.update(evaluate_distributed(model, doc_tensors(data), data.test), seed=seed)
             runs.append(info)
-            log(f"  eta={eta:g} seed={seed}: best epoch {info['best_epoch']}, "
-                f"test MSE {test['mse']:.4f} MAE {test['mae']:.4f}")
+            if info["best_val_mse"] < best[0]:
+                best = (info["best_val_mse"], model)
+            log(f"  eta={eta:g} seed={seed}: best {info['best_phase']} epoch "
+                f"{info['best_epoch']}, test MSE {info['mse']:.4f} MAE {info['mae']:.4f}")
     if runs:
-        row["catn"] = {
-            "mse": float(np.mean([r["mse"] for r in runs])),
-            "mae": float(np.mean([r["mae"] for r in runs])),
-            "mse_per_seed": [r["mse"] for r in runs]}
+        row["catn"] = _catn_row(runs)
+        if rank_world()[0] == 0:
+            r = next(r for r in runs if r["best_val_mse"] == best[0])
+            save_model(best[1], out_dir(cfg, corpus.meta.get("scenario", "unknown")),
+                       eta_key(eta), {"eta": eta, "seed": r["seed"], "val_mse": best[0],
+                                      "test_mse": r["mse"], "test_mae": r["mae"]})
     # rows in the order the user listed them
     return {m.name: row[m.name] for m in methods if m.name in row}, runs
+
+
+def eta_key(eta: float) -> str:
+    """η as a key of results.json and a model directory name: ``1.0``, ``0.5``, ``0.05``."""
+    return f"{eta:g}" if eta != 1 else "1.0"
 
 
 def run(cfg: TrainConfig) -> dict | None:
@@ -207,165 +278,8 @@ def run(cfg: TrainConfig) -> dict | None:
         f"source / {corpus.target.num_items} target, {len(corpus.vocab)} words, "
         f"{corpus.num_common} common overlapping users; {world} rank(s)")
     for eta in cfg.etas:
-        key = f"{eta:g}" if eta != 1 else "1.0"
+        key = eta_key(eta)
         results["eta"][key], runs = _eta_results(cfg, corpus, methods, eta, log)
         if runs:
             results["training"][key] = runs
     return results if rank == 0 else None
-
-
-def _rank_main(cfg: TrainConfig) -> dict | None:
-    """Entry point of each local rank (module level: spawn pickles it)."""
-    return run(cfg)
-
-
-def scenario_of(cfg: TrainConfig) -> str:
-    """The corpus' scenario name, from meta.json alone (DataError names a missing/bad one)."""
-    if cfg.data is None:
-        return f"synthetic(seed={cfg.synthetic.get('seed', cfg.synthetic_seed)})"
-    meta_path = os.path.join(cfg.data, "meta.json")
-    if not os.path.isfile(meta_path):
-        raise DataError(cfg.data, "not a CATN dataset directory (no meta.json); build one with "
-                                  "`catn-data build`")
-    try:
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except (OSError, ValueError) as e:
-        raise DataError(meta_path, f"unreadable: {e}") from None
-    return str(meta.get("scenario", "unknown")) if isinstance(meta, dict) else "unknown"
-
-
-def out_dir(cfg: TrainConfig, scenario: str) -> str:
-    """``--out``, or ``runs/catn-<scenario>``."""
-    return cfg.out or os.path.join("runs", "catn-" + "".join(
-        ch if ch.isalnum() or ch in "-_." else "_" for ch in scenario))
-
-
-def check_inputs(cfg: TrainConfig) -> None:
-    """What can be checked before any data is read or rank started (UserError)."""
-    out = out_dir(cfg, scenario_of(cfg))
-    check_output_dir(out)
-    refuse_to_replace(os.path.join(out, "results.json"), cfg.overwrite)
-    if cfg.word_vectors and not os.path.isfile(cfg.word_vectors):
-        raise UserError(f"--word-vectors {cfg.word_vectors}: no such file")
-
-
-def finish(cfg: TrainConfig, results: dict, wall_s: float) -> None:
-    cfg = cfg.resolved()
-    results["wall_seconds"] = wall_s
-    print()
-    print(format_table(results, "mse", LABELS))
-    print()
-    print(format_table(results, "mae", LABELS))
-    path = write_results(results, out_dir(cfg, results["scenario"]))
-    print(f"\nwall time {wall_s:.1f}s; results written to {path}")
-
-
-def _flag_fields() -> list:
-    """The fields of :class:`TrainConfig` that are flags (those with help)."""
-    return [f for f in fields(TrainConfig) if "help" in f.metadata]
-
-
-def _csv_text(values: tuple) -> str:
-    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
-
-
-def _parser() -> argparse.ArgumentParser:
-    """One flag per :class:`TrainConfig` field with help; type, default, choices from it."""
-    p = argparse.ArgumentParser(
-        prog=PROG, description=__doc__.split("\n")[0], epilog=EXIT_CODES_HELP,
-        usage="%(prog)s [--data DIR] [--out DIR] [--nproc N] [options]  (--help lists them)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    defaults, hints = TrainConfig(), get_type_hints(TrainConfig)
-    for f in _flag_fields():
-        names, value, help_ = flag_names(f.name), getattr(defaults, f.name), f.metadata["help"]
-        kw = {"dest": f.name, "metavar": f.metadata.get("metavar")}
-        if get_origin(hints[f.name]) is tuple:
-            # Checked by TrainConfig (unknown, empty, repeated) so that the message can name
-            # the bad element; argparse's choices cannot see inside a comma list.
-            choices = f.metadata.get("choices")
-            p.add_argument(*names, default=_csv_text(value), help=help_ + (
-                f", from {','.join(choices)}" if choices else ""), **kw)
-        elif hints[f.name] is bool:
-            action = "store_true" if value is False else argparse.BooleanOptionalAction
-            p.add_argument(*names, dest=f.name, default=value, action=action, help=help_)
-        else:
-            kind = next(t for t in (get_args(hints[f.name]) or (hints[f.name],))
-                        if t is not type(None))
-            # "%(default).0s" (empty) where the help says what None means: it stops the
-            # formatter from appending "(default: None)".
-            p.add_argument(*names, type=kind, default=value, help=help_ + (
-                "%(default).0s" if value is None else ""), **kw)
-    p.add_argument("--debug", action="store_true",
-                   help="also print the traceback of a user error (or set SML_TORCHREC_DEBUG=1)")
-    return p
-
-
-def _csv(p: argparse.ArgumentParser, name: str, text: str, kind: type) -> tuple:
-    """The comma list ``text`` of field ``name`` as a tuple of ``kind``; a usage error if not."""
-    try:
-        return tuple(kind(x.strip()) for x in text.split(",") if x.strip())
-    except ValueError:
-        p.error(f"{flag_label(name)}: want comma-separated {kind.__name__}s, got {text!r}")
-
-
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """Flags to config; any bad flag or value exits 2 with the usage line (argparse)."""
-    p = _parser()
-    a = p.parse_args(argv)
-    hints = get_type_hints(TrainConfig)
-    kw = {f.name: getattr(a, f.name) for f in _flag_fields()}
-    for name, value in kw.items():
-        if get_origin(hints[name]) is tuple:
-            kw[name] = _csv(p, name, value, get_args(hints[name])[0])
-    try:
-        cfg = TrainConfig(**kw)
-        cfg.resolved().__post_init__()  # the data-dependent defaults, too (window vs doc_len)
-    except ConfigError as e:
-        p.error(str(e))
-    if cfg.nproc > max_local_ranks():
-        p.error(f"argument --nproc: {cfg.nproc} local ranks on a machine with "
-                f"{os.cpu_count()} CPUs; at most {max_local_ranks()}")
-    return cfg
-
-
-def _body(argv: list[str] | None) -> None:
-    cfg = parse_args(argv)
-    from recsys_common.process_group import (
-        init_process_group,
-        launched_by_torchrun,
-        run_local,
-    )
-
-    t0 = time.perf_counter()
-    if launched_by_torchrun():
-        init_process_group()
-        rank = dist.get_rank()
-        try:
-            # every rank checks (cheap: meta.json and a stat), so all stop together
-            check_inputs(cfg)
-            results = run(cfg)
-        except UserError as e:
-            raise UserError(f"{e} (on rank {rank})") from e
-        if rank == 0:
-            finish(cfg, results, time.perf_counter() - t0)
-        dist.destroy_process_group()
-        return
-    check_inputs(cfg)
-    try:
-        if cfg.nproc > 1:
-            results = run_local(_rank_main, cfg.nproc, (cfg,), timeout_s=cfg.timeout_s)[0]
-        else:
-            results = run(cfg)
-    except Terminated as e:
-        raise Terminated(f"{e}; ranks stopped, no results written") from e
-    finish(cfg, results, time.perf_counter() - t0)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The ``catn-train`` command; returns its exit code (see ``--help``)."""
-    return run_command(PROG, lambda: _body(argv), debug=debug_requested(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

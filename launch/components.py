@@ -155,7 +155,7 @@ def catn_train(
         env: extra environment variables
         rdzv_port: rendezvous port on the first node (multi-node)
     """
-    from catn.train import parse_args
+    from catn.cli import parse_args
 
     args = ["--methods", methods, "--etas", eta, "--out", out, "--no-progress"]
     if data:
@@ -164,7 +164,7 @@ def catn_train(
         args.append("--overwrite")
     args += list(script_args)
     return _ddp_app(
-        args, parse_args, "catn.train", "catn_train", nnodes, nproc_per_node, max_restarts,
+        args, parse_args, "catn.cli", "catn_train", nnodes, nproc_per_node, max_restarts,
         image=image, h=h, cpu=cpu, gpu=gpu, memMB=memMB, env=env, rdzv_port=rdzv_port,
     )
 

@@ -1,14 +1,16 @@
-"""What the data-building commands (``sml-data``, ``catn-data``) share: argument types that
-reject bad values at parse time, a help formatter that shows defaults, and their logging."""
+"""What the commands share: argument types that reject bad values at parse time, a help
+formatter that shows defaults, flags derived from a config dataclass, and logging."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, get_args, get_origin, get_type_hints
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -121,3 +123,58 @@ def command_logging(prog: str, *loggers: str) -> Iterator[None]:
             lg.removeHandler(handler)
             lg.setLevel(level)
             lg.propagate = propagate
+
+
+def _csv_text(values: tuple) -> str:
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type,
+                        flag_names: Callable[[str], list[str]]) -> list[dataclasses.Field]:
+    """One flag per field of dataclass ``cls`` whose metadata has ``help``; its type and
+    default come from the field, ``metavar`` and ``choices`` from the metadata, its option
+    strings from ``flag_names(field_name)``. Returns those fields (see
+    :func:`dataclass_kwargs`).
+
+    Tuple fields are comma lists, parsed by :func:`dataclass_kwargs` and checked by ``cls``
+    (argparse's choices cannot see inside a comma list); bool fields are ``--x/--no-x``
+    (``store_true`` when the default is False); ``X | None`` fields take ``X``.
+    """
+    defaults, hints = cls(), get_type_hints(cls)
+    flag_fields = [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+    for f in flag_fields:
+        value, help_ = getattr(defaults, f.name), f.metadata["help"]
+        names, kw = flag_names(f.name), {"dest": f.name, "metavar": f.metadata.get("metavar")}
+        if get_origin(hints[f.name]) is tuple:
+            choices = f.metadata.get("choices")
+            parser.add_argument(*names, default=_csv_text(value), help=help_ + (
+                f", from {','.join(choices)}" if choices else ""), **kw)
+        elif hints[f.name] is bool:
+            action = "store_true" if value is False else argparse.BooleanOptionalAction
+            parser.add_argument(*names, dest=f.name, default=value, action=action, help=help_)
+        else:
+            kind = next(t for t in (get_args(hints[f.name]) or (hints[f.name],))
+                        if t is not type(None))
+            # "%(default).0s" (empty) where the help says what None means: it stops the
+            # formatter from appending "(default: None)".
+            parser.add_argument(*names, type=kind, default=value, help=help_ + (
+                "%(default).0s" if value is None else ""), **kw)
+    return flag_fields
+
+
+def dataclass_kwargs(parser: argparse.ArgumentParser, args: argparse.Namespace, cls: type,
+                     flag_label: Callable[[str], str]) -> dict[str, Any]:
+    """The parsed flags of :func:`add_dataclass_flags` as keyword arguments of ``cls``; a
+    comma list that does not parse is a usage error naming ``flag_label(field_name)``."""
+    hints = get_type_hints(cls)
+    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+          if "help" in f.metadata}
+    for name, text in kw.items():
+        if get_origin(hints[name]) is tuple:
+            kind = get_args(hints[name])[0]
+            try:
+                kw[name] = tuple(kind(x.strip()) for x in text.split(",") if x.strip())
+            except ValueError:
+                parser.error(f"{flag_label(name)}: want comma-separated {kind.__name__}s, got "
+                             f"{text!r}")
+    return kw

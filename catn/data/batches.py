@@ -25,20 +25,22 @@ def doc_tensors(data: EtaData) -> dict[str, torch.Tensor]:
 
 
 def make_flow_batch(tensors: dict[str, torch.Tensor], user_domain: int, users: torch.Tensor,
-                    items: torch.Tensor, ratings: torch.Tensor | None, use_aux: bool
-                    ) -> FlowBatch:
+                    items: torch.Tensor, ratings: torch.Tensor | None, use_aux: bool,
+                    item_domain: int | None = None) -> FlowBatch:
     """Gather the unique documents (from :func:`doc_tensors`) of a set of pairs into a
-    :class:`FlowBatch`."""
+    :class:`FlowBatch`; items are of the other domain unless ``item_domain`` says."""
     uq, uidx = torch.unique(users, return_inverse=True)
     iq, iidx = torch.unique(items, return_inverse=True)
     d = "s" if user_domain == SOURCE else "t"
-    o = "t" if user_domain == SOURCE else "s"
+    idom = 1 - user_domain if item_domain is None else item_domain
+    o = "s" if idom == SOURCE else "t"
     return FlowBatch(
         user_domain=user_domain,
         user_docs=tensors[f"user_docs_{d}"][uq].long(),
         aux_docs=tensors[f"aux_docs_{d}"][uq].long() if use_aux else None,
         item_docs=tensors[f"item_docs_{o}"][iq].long(),
-        user_index=uidx, item_index=iidx, users=users, items=items, ratings=ratings)
+        user_index=uidx, item_index=iidx, users=users, items=items, ratings=ratings,
+        item_domain=item_domain)
 
 
 @dataclass(frozen=True)
@@ -60,19 +62,29 @@ def epoch_plan(n_s: int, n_t: int, batch_size: int, world: int) -> EpochPlan:
 
 
 def training_batches(data: EtaData, tensors: dict, plan: EpochPlan, seed: int, rank: int,
-                     world: int, use_aux: bool) -> Iterator[tuple[FlowBatch, FlowBatch]]:
+                     world: int, use_aux: bool, in_domain: bool = False
+                     ) -> Iterator[tuple[FlowBatch, FlowBatch]]:
     """This rank's ``plan.steps`` (flow s, flow t) batches of one epoch, shuffled by ``seed``.
+
+    The cross-domain flows by default (training users' pairs ``train_s``, ``train_t``); with
+    ``in_domain`` every visible review of each domain scored from the user's document of the
+    same domain (``visible_s``, ``visible_t``: no overlapping user needed).
 
     Every rank draws the same permutation and takes every world-th pair, so the shards are
     disjoint; a shard shorter than the epoch wraps around.
     """
-    us, is_, rs = (torch.from_numpy(a) for a in data.train_s)
-    ut, it, rt = (torch.from_numpy(a) for a in data.train_t)
+    pairs_s, pairs_t = (data.visible_s, data.visible_t) if in_domain else \
+        (data.train_s, data.train_t)
+    us, is_, rs = (torch.from_numpy(a) for a in pairs_s)
+    ut, it, rt = (torch.from_numpy(a) for a in pairs_t)
+    # flow s: source items, scored from the user's target (cross) or source (in-domain) doc
+    doc_s, doc_t = (SOURCE, TARGET) if in_domain else (TARGET, SOURCE)
+    items_s, items_t = (SOURCE, TARGET) if in_domain else (None, None)
     g = torch.Generator().manual_seed(seed)
     sh_s = torch.randperm(len(us), generator=g)[rank::world]
     sh_t = torch.randperm(len(ut), generator=g)[rank::world]
     for step in range(plan.steps):
         ks = sh_s[(step * plan.per_step_s + torch.arange(plan.per_step_s)) % len(sh_s)]
         kt = sh_t[(step * plan.per_step_t + torch.arange(plan.per_step_t)) % len(sh_t)]
-        yield (make_flow_batch(tensors, TARGET, us[ks], is_[ks], rs[ks], use_aux),
-               make_flow_batch(tensors, SOURCE, ut[kt], it[kt], rt[kt], use_aux))
+        yield (make_flow_batch(tensors, doc_s, us[ks], is_[ks], rs[ks], use_aux, items_s),
+               make_flow_batch(tensors, doc_t, ut[kt], it[kt], rt[kt], use_aux, items_t))

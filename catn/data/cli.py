@@ -93,20 +93,21 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=HelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("--debug", action="store_true", dest="debug_top",
-                   help="show the traceback of an error too")
+                   help="show the traceback of an error too (default: off)")
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="filter, split and tokenise two review files",
                        formatter_class=HelpFormatter, allow_abbrev=False,
                        description="Filter, split and tokenise two Amazon review files "
                                    "(JSON lines or Python dict literals, optionally compressed).")
     b.add_argument("--source", required=True, type=path_arg,
-                   help="source-domain review file (.json[.gz])")
-    b.add_argument("--target", type=path_arg, required=True, help="target-domain review file")
+                   help="source-domain review file (.json[.gz]); required, no default")
+    b.add_argument("--target", type=path_arg, required=True,
+                   help="target-domain review file; required, no default")
     b.add_argument("--out", type=path_arg, required=True,
                    help="output dataset directory: new, empty, or a CATN dataset to replace "
-                        "with --overwrite; never an input's directory")
+                        "with --overwrite; never an input's directory; required, no default")
     b.add_argument("--overwrite", action="store_true",
-                   help="replace the CATN dataset already in --out (atomically)")
+                   help="replace the CATN dataset already in --out (atomically; default: off)")
     d = BuildConfig()
     b.add_argument("--min-item-reviews", type=nonnegative_int, default=d.min_item_reviews,
                    help="drop items with fewer reviews (per domain)")
@@ -128,12 +129,15 @@ def _parser() -> argparse.ArgumentParser:
                    metavar="LO,HI",
                    help="the ratings' scale, inclusive: a rating outside it is an error naming "
                         "its file and line")
-    b.add_argument("--word-vectors", type=path_arg, help="word2vec/GloVe text file (optional)")
-    b.add_argument("--debug", action="store_true", help="show the traceback of an error too")
+    b.add_argument("--word-vectors", type=path_arg,
+                   help="word2vec/GloVe text file (default: none, the vectors are trained)")
+    b.add_argument("--debug", action="store_true",
+                   help="show the traceback of an error too (default: off)")
     i = sub.add_parser("info", help="describe a dataset directory",
                        formatter_class=HelpFormatter, allow_abbrev=False)
     i.add_argument("dir", type=path_arg, help="CATN dataset directory")
-    i.add_argument("--debug", action="store_true", help="show the traceback of an error too")
+    i.add_argument("--debug", action="store_true",
+                   help="show the traceback of an error too (default: off)")
     return p
 
 

@@ -35,6 +35,8 @@ class CATNConfig:
     centre_aspects: bool = True  # subtract the running mean aspect matrix (see RunningCentre)
     use_aux: bool = True  # ablation "w/o auxiliary reviews" when False
     use_global_correlation: bool = True  # ablation "w/o S" (plain mean of S_ui) when False
+    in_domain: bool = False  # also score in-domain pairs (pretraining on every review)
+    aspect_gain_init: float = 1.0  # the learned scale of the aspect term (0: the prior)
     leaky_slope: float = 0.2
 
 
@@ -45,26 +47,37 @@ def _trunc(shape: tuple[int, ...], std: float) -> nn.Parameter:
 
 
 class CATN(nn.Module):
-    """rating(u, i) = mean_{p,q}(S ⊙ S_ui) + b_u + b_i.
+    """rating(u, i) = prior(u, i) + g · mean_{p,q}(S ⊙ S_ui): a residual over the trivial prior.
+
+    ``prior(u, i) = b_u + μ_i + δ_i``: the user's rating offset, the item's mean visible
+    rating and a learned item residual ``δ_i`` (initialised to 0 and penalised toward it by
+    the trainer). The aspect term is scaled by a learned gain ``g`` (initialised to
+    ``aspect_gain_init``); with ``g = 0`` the model *is* the prior, and the trainer keeps that
+    as a candidate, so with few overlapping users the aspect term has to earn its place against
+    the best bias-only predictor. (Starting at ``g = 0`` would leave the aspect weights without
+    a gradient and ``g`` without a signal: the term never takes off.)
 
     ``S = LeakyReLU(V_s W V_tᵀ)`` (M, M), divided by its mean absolute value, from the
     per-aspect attention vectors of the source and target extractors; ``S_ui = A_s W A_tᵀ``
     where A_s/A_t are the aspect matrices (M, k) of whichever of the pair's two documents is
     in the source/target domain.
 
+    In-domain pairs (``FlowBatch.items_from == user_domain``; built when ``in_domain``) score
+    ``mean(A_u W_d A_iᵀ)`` with a per-domain matrix ``W_d`` and their own gain: they need no
+    overlapping user, so every review of both domains trains the extractors.
+
     Before the product, each domain's user and item aspect matrices are centred by a running
     mean over documents (:class:`RunningCentre`), then dropped out: without centring the
     aspect vectors are nearly the same for every document and the interaction does not learn.
 
-    Biases: ``b_i`` per domain, initialised to the item's mean visible rating (the domain's
-    global mean for items with none, never 0). ``b_u`` is a fixed buffer (2, num_users): the
-    user's shrunk mean residual against item means *in the domain of the user's document*
-    (row ``SOURCE`` for pairs scored from the source document). Cold-start users never receive
-    a gradient, so a trained user bias would be fitted for training users and left at its
-    initial value for the users it is evaluated on; and taking it from the document's domain
-    means a training pair's bias never contains the rating it predicts (the rating is in the
-    other domain), exactly as for a cold-start user at test time. A 1-D ``user_offset`` is used
-    for both domains.
+    ``b_u`` is a fixed buffer (2, num_users): the user's shrunk mean residual against item
+    means *in the domain of the user's document* (row ``SOURCE`` for pairs scored from the
+    source document). Cold-start users never receive a gradient, so a trained user bias
+    would be fitted for training users and left at its initial value for the users it is
+    evaluated on; and taking it from the document's domain means a cross-domain training
+    pair's bias never contains the rating it predicts, exactly as for a cold-start user at
+    test time. A 1-D ``user_offset`` is used for both domains. ``μ_i`` (buffers
+    ``item_mean_0``/``item_mean_1``) is the domain's global mean for items with no rating.
     """
 
     def __init__(self, cfg: CATNConfig, item_mean_source: np.ndarray | None = None,
@@ -96,13 +109,28 @@ class CATN(nn.Module):
         self.user_centre, self.item_centre = centres(), centres()
         self.fusion = AuxFusion(cfg.latent_dim) if cfg.use_aux else None
         self.W = _trunc((cfg.latent_dim, cfg.latent_dim), 0.3)
+        self.W_in = nn.ParameterList(_trunc((cfg.latent_dim, cfg.latent_dim), 0.3)
+                                     for _ in (SOURCE, TARGET)) if cfg.in_domain else None
+        # gains of the cross-domain and the in-domain aspect term
+        self.aspect_gain = nn.Parameter(torch.full((2 if cfg.in_domain else 1,),
+                                                   cfg.aspect_gain_init))
+        self._init_prior(item_mean_source, item_mean_target, user_offset)
+        self.loop_over_aspects = False  # the benchmark's reference path
+
+    def _init_prior(self, item_mean_source: np.ndarray | None,
+                    item_mean_target: np.ndarray | None, user_offset: np.ndarray | None
+                    ) -> None:
+        cfg = self.cfg
 
         def init(v, n, fill):
             return torch.as_tensor(v, dtype=torch.float32) if v is not None else \
                 torch.full((n,), fill)
-        self.item_bias = nn.ParameterList([
-            nn.Parameter(init(item_mean_source, cfg.num_items_source, 3.0).clone()),
-            nn.Parameter(init(item_mean_target, cfg.num_items_target, 3.0).clone())])
+        for dom, mean, n in ((SOURCE, item_mean_source, cfg.num_items_source),
+                             (TARGET, item_mean_target, cfg.num_items_target)):
+            self.register_buffer(f"item_mean_{dom}", init(mean, n, 3.0).clone())
+        self.item_residual = nn.ParameterList([
+            nn.Parameter(torch.zeros(cfg.num_items_source)),
+            nn.Parameter(torch.zeros(cfg.num_items_target))])
         ub = init(user_offset, cfg.num_users, 0.0)
         if ub.dim() == 1:
             ub = ub.expand(2, -1)
@@ -110,7 +138,10 @@ class CATN(nn.Module):
             raise ValueError(f"user_offset {tuple(ub.shape)} is not (num_users,) or "
                              f"(2, num_users) with num_users={cfg.num_users}")
         self.register_buffer("user_bias", ub.clone())
-        self.loop_over_aspects = False  # the benchmark's reference path
+
+    def item_bias(self, domain: int) -> torch.Tensor:
+        """(num_items,) μ_i + δ_i of ``domain``."""
+        return getattr(self, f"item_mean_{domain}") + self.item_residual[domain]
 
     def global_correlation(self) -> torch.Tensor:
         """S (M, M): rows source aspects, columns target aspects."""
@@ -143,24 +174,45 @@ class CATN(nn.Module):
             a = self.fusion(a, self.encode(aux_docs, domain, aux=True))
         return a
 
-    def score(self, b: FlowBatch) -> torch.Tensor:
-        """Predicted ratings (B,) for one flow."""
-        ud, idom = b.user_domain, 1 - b.user_domain
+    def aspect_term(self, b: FlowBatch) -> torch.Tensor:
+        """The gained aspect interaction (B,) of one flow (0 when the gain is 0)."""
+        ud, idom = b.user_domain, b.items_from
         a_u = self.dropout(self.user_centre[ud](self.encode_user(b.user_docs, b.aux_docs, ud)))
         a_i = self.dropout(self.item_centre[idom](self.encode(b.item_docs, idom)))
         a_u, a_i = a_u[b.user_index], a_i[b.item_index]
+        if ud == idom:
+            if self.W_in is None:
+                raise ValueError("an in-domain batch for a model built without in_domain")
+            return self.aspect_gain[1] * (a_u @ self.W_in[ud] @ a_i.transpose(1, 2)).mean(
+                dim=(1, 2))
         a_s, a_t = (a_u, a_i) if ud == SOURCE else (a_i, a_u)
         s_ui = a_s @ self.W @ a_t.transpose(1, 2)  # (B, M, M)
-        inter = (self.global_correlation() * s_ui).mean(dim=(1, 2))
-        return inter + self.user_bias[ud][b.users] + self.item_bias[idom][b.items]
+        return self.aspect_gain[0] * (self.global_correlation() * s_ui).mean(dim=(1, 2))
+
+    def prior(self, b: FlowBatch) -> torch.Tensor:
+        """b_u + μ_i + δ_i (B,) of one flow."""
+        return self.user_bias[b.user_domain][b.users] + self.item_bias(b.items_from)[b.items]
+
+    def score(self, b: FlowBatch) -> torch.Tensor:
+        """Predicted ratings (B,) for one flow."""
+        return self.prior(b) + self.aspect_term(b)
 
     def forward(self, *flows: FlowBatch) -> list[torch.Tensor]:
-        """One prediction vector per flow (a training step passes both flows at once)."""
-        return [self.score(b) for b in flows]
+        """(prediction, aspect term) per flow (a training step passes both flows at once)."""
+        out = []
+        for b in flows:
+            aspect = self.aspect_term(b)
+            out.append((self.prior(b) + aspect, aspect))
+        return out
 
-    def l2_penalty(self) -> torch.Tensor:
-        """½ Σ w² over weights (not embeddings, biases or attention vectors), as the authors."""
-        terms = [self.W]
+    def l2_penalty(self, in_domain: bool = False) -> torch.Tensor:
+        """½ Σ w² over weights (not embeddings, biases or attention vectors), as the authors.
+
+        Of the interaction matrices, only those of the flows trained: ``W_in`` for in-domain
+        steps, ``W`` otherwise (under DistributedDataParallel a penalty on a matrix the
+        step's forward did not use would give it a gradient DDP does not expect).
+        """
+        terms = list(self.W_in or ()) if in_domain else [self.W]
         for ext in self.extractors:
             terms += [ext.conv.weight, ext.proj.weight]
             if ext.aux_conv is not None:

@@ -14,17 +14,19 @@ def _cfg(**kw):
                       word_dim=8, num_filters=6, num_aspects=3, latent_dim=4, **kw)
 
 
-def _batch(user_domain, B=5, seed=0):
+def _batch(user_domain, B=5, seed=0, item_domain=None):
     g = torch.Generator().manual_seed(seed)
     docs = torch.randint(1, V, (3, L), generator=g)
     docs[1, 6:] = 0  # padding
     aux = torch.randint(1, V, (3, L), generator=g)
     aux[2] = 0  # a user without auxiliary reviews
-    n_items = 4 if user_domain == TARGET else 5
+    idom = 1 - user_domain if item_domain is None else item_domain
+    n_items = 4 if idom == SOURCE else 5
     return FlowBatch(user_domain, docs, aux, torch.randint(0, V, (2, L), generator=g),
                      torch.randint(0, 3, (B,), generator=g), torch.randint(0, 2, (B,), generator=g),
                      torch.randint(0, 7, (B,), generator=g),
-                     torch.randint(0, n_items, (B,), generator=g), torch.rand(B, generator=g) * 5)
+                     torch.randint(0, n_items, (B,), generator=g), torch.rand(B, generator=g) * 5,
+                     item_domain)
 
 
 def test_extractor_shapes_masking_and_loop_equivalence():
@@ -61,7 +63,12 @@ def test_model_prediction_formula():
     m = CATN(_cfg(), np.full(4, 3.5, np.float32), np.full(5, 4.0, np.float32),
              np.linspace(-0.3, 0.3, 7).astype(np.float32)).eval()
     b = _batch(SOURCE)
-    assert m.score(b).shape == (5,)
+    with torch.no_grad():  # gain 0 and no item residual: the model is the prior exactly
+        m.aspect_gain.zero_()
+    assert torch.equal(m.score(b), m.user_bias[SOURCE][b.users] + 4.0)
+    with torch.no_grad():
+        m.aspect_gain.fill_(0.7)
+        m.item_residual[TARGET].normal_()
     # give the centres a non-zero mean, as after training
     for c in (*m.user_centre, *m.item_centre):
         c.mean.normal_()
@@ -71,19 +78,38 @@ def test_model_prediction_formula():
     a_u, a_i = a_u[b.user_index], a_i[b.item_index]
     S = torch.nn.functional.leaky_relu(m.extractors[0].v @ m.W @ m.extractors[1].v.T, 0.2)
     S = S / (S.abs().mean() + 1e-12)
-    want = (S * (a_u @ m.W @ a_i.transpose(1, 2))).mean((1, 2)) + m.user_bias[SOURCE][b.users]
+    want = 0.7 * (S * (a_u @ m.W @ a_i.transpose(1, 2))).mean((1, 2)) + \
+        m.user_bias[SOURCE][b.users] + m.item_residual[TARGET][b.items]
     assert torch.allclose(pred, want + 4.0, atol=1e-5)
-    # an unseen target item's bias is its prior, never 0
-    assert torch.allclose(m.item_bias[1].detach(), torch.full((5,), 4.0))
+    # an unseen target item's prior is the given mean, never 0
+    assert torch.equal(m.item_mean_1, torch.full((5,), 4.0))
 
 
-@pytest.mark.parametrize("flags", [{}, {"use_aux": False}, {"use_global_correlation": False}])
+def test_in_domain_pairs_use_their_own_matrix_and_gain():
+    torch.manual_seed(5)
+    m = CATN(_cfg(in_domain=True, dropout=0.0)).eval()
+    b = _batch(TARGET, item_domain=TARGET)
+    a_u = m.encode_user(b.user_docs, b.aux_docs, TARGET) - m.user_centre[TARGET].mean
+    a_i = m.encode(b.item_docs, TARGET) - m.item_centre[TARGET].mean
+    a_u, a_i = a_u[b.user_index], a_i[b.item_index]
+    want = (a_u @ m.W_in[TARGET] @ a_i.transpose(1, 2)).mean((1, 2))
+    assert torch.allclose(m.aspect_term(b), want, atol=1e-5)
+    assert torch.allclose(m.score(b), want + m.user_bias[TARGET][b.users] + 3.0, atol=1e-5)
+    with pytest.raises(ValueError, match="in_domain"):
+        CATN(_cfg()).score(b)
+
+
+@pytest.mark.parametrize("flags", [{}, {"use_aux": False}, {"use_global_correlation": False},
+                                   {"in_domain": True}])
 def test_gradients_reach_every_branch(flags):
     torch.manual_seed(2)
-    m = CATN(_cfg(**flags))
-    fs, ft = _batch(TARGET, seed=1), _batch(SOURCE, seed=2)
-    ps, pt = m(fs, ft)
-    loss = ((ps - fs.ratings) ** 2).mean() + ((pt - ft.ratings) ** 2).mean() + m.l2_penalty()
+    m = CATN(_cfg(aspect_gain_init=0.5, **flags))
+    flows = [_batch(TARGET, seed=1), _batch(SOURCE, seed=2)]
+    if flags.get("in_domain"):
+        flows += [_batch(SOURCE, seed=3, item_domain=SOURCE),
+                  _batch(TARGET, seed=4, item_domain=TARGET)]
+    loss = sum(((p - b.ratings) ** 2).mean() for (p, _), b in zip(m(*flows), flows))
+    loss = loss + m.l2_penalty()
     loss.backward()
     for name, p in m.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -143,10 +169,9 @@ def test_global_correlation_is_normalised():
 
 def test_user_bias_comes_from_the_document_domain():
     off = np.stack([np.zeros(7), np.full(7, 0.5)]).astype(np.float32)
-    m = CATN(_cfg(dropout=0.0), np.full(4, 3.0, np.float32), np.full(5, 3.0, np.float32),
+    m = CATN(_cfg(dropout=0.0, aspect_gain_init=0.0), np.full(4, 3.0, np.float32),
+             np.full(5, 3.0, np.float32),
              off).eval()
-    with torch.no_grad():
-        m.W.zero_()  # bias terms only
     assert torch.allclose(m.score(_batch(SOURCE)), torch.full((5,), 3.0))
     assert torch.allclose(m.score(_batch(TARGET)), torch.full((5,), 3.5))
     with pytest.raises(ValueError, match="user_offset"):

@@ -1,13 +1,14 @@
 """`catn-train`: bad arguments are one line and exit 2 before any work; an earlier run's
-results.json is replaced only with --overwrite."""
+results.json and models are replaced only with --overwrite; --help documents every flag."""
 
 import json
 import os
 
 import pytest
 
-from catn import train
-from catn.train import main
+from catn import cli as train
+from catn.cli import main
+from catn.config import TrainConfig
 from tests.files import file_tree
 
 SMALL = {"overlap_users": 160, "source_only_users": 30, "target_only_users": 30,
@@ -113,7 +114,7 @@ def test_default_out_is_checked_too(tmp_path, capsys, monkeypatch):
     assert (d / "results.json").read_text() == "{}"
 
 
-def test_overwrite_replaces_only_results_json(earlier_run, capsys, monkeypatch):
+def test_overwrite_replaces_only_the_runs_outputs(earlier_run, capsys, monkeypatch):
     orig = train.parse_args
 
     def parse(argv):
@@ -130,6 +131,8 @@ def test_overwrite_replaces_only_results_json(earlier_run, capsys, monkeypatch):
     assert set(res["eta"]["1.0"]) == {"item_mean", "global_mean"}
     after = file_tree(earlier_run)
     assert after.pop("results.json") != before.pop("results.json")
+    # the run's own new outputs; the user's other files are untouched
+    assert after.pop("results.csv") and after.pop("mse_vs_eta.png")
     assert after == before
 
 
@@ -147,13 +150,56 @@ def test_flags_are_the_config_fields_and_old_spellings_still_work():
 
 
 def test_parser_defaults_are_the_configs():
-    assert train.parse_args([]) == train.TrainConfig()
+    assert train.parse_args([]) == TrainConfig()
 
 
 def test_every_flag_field_has_a_flag_and_synthetic_has_none():
     from dataclasses import fields
 
     flags = {o for a in train._parser()._actions for o in a.option_strings}
-    for f in fields(train.TrainConfig):
+    for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         assert (flag in flags) == (f.name != "synthetic"), flag
+
+
+def test_earlier_models_are_kept_without_overwrite(tmp_path, capsys):
+    d = tmp_path / "run"
+    (d / "models" / "eta_1.0").mkdir(parents=True)
+    before = file_tree(d)
+    rc, err = call(["--out", str(d), "--no-progress"], capsys)
+    assert_one_line(rc, err, "models exists")
+    assert file_tree(d) == before
+
+
+def _flag_help(text: str) -> dict[str, str]:
+    """``--flag`` -> its help text, from argparse's --help output."""
+    out, flag = {}, None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("-"):
+            head, _, rest = stripped.partition("  ")
+            flag = head.split(",")[0].split()[0].split("/")[0]
+            out[flag] = rest.strip()
+        elif flag and stripped:
+            out[flag] += " " + stripped
+        else:
+            flag = None
+    return out
+
+
+@pytest.mark.parametrize("command", ["catn-train", "catn-data build", "catn-data info"])
+def test_help_shows_meaning_and_default_of_every_flag(capsys, command):
+    from catn.data.cli import main as data_main
+
+    argv = command.split()[1:] + ["--help"]
+    with pytest.raises(SystemExit) as e:
+        (main if command == "catn-train" else data_main)(argv)
+    assert e.value.code == 0
+    helps = _flag_help(capsys.readouterr().out)
+    assert len(helps) >= (20 if command == "catn-train" else 2)
+    for flag, text in helps.items():
+        if flag in ("-h", "--help"):
+            continue
+        assert len(text) > 10, (flag, text)  # a meaning, not just a name
+        # the default, shown by the formatter or said in words (what "none given" means)
+        assert "default" in text.lower(), (flag, text)
