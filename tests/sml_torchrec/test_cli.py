@@ -218,7 +218,7 @@ def test_the_synthetic_default_is_never_built_over_something_else(tmp_path, caps
 def test_a_synthetic_default_of_another_seed_needs_overwrite(tmp_path, capsys):
     from dataclasses import asdict
 
-    from sml_torchrec.cli import _built_with, _synthetic_config
+    from sml_torchrec.api import _built_with, _synthetic_config
     from sml_torchrec.retrain.config import RetrainConfig
 
     out = tmp_path / "run"
