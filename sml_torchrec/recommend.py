@@ -37,7 +37,6 @@ from recsys_common.errors import (
     refuse_to_replace,
     run_command,
 )
-from sml_torchrec.retrain.export import FORMAT, MANIFEST
 
 PROG = "sml-recommend"
 USERS = ("known", "period")
@@ -87,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
 def load_snapshot(model_dir: str | Path, strategy: str | None = None,
                   serves_period: int | None = None) -> tuple[dict, dict]:
     """(manifest, the chosen snapshot's entry) of a saved model; UserError naming the file."""
+    from sml_torchrec.retrain.export import FORMAT, MANIFEST
+
     path = Path(model_dir) / MANIFEST
     try:
         manifest = json.loads(path.read_text())

@@ -2,8 +2,8 @@
 
 ``results.csv``: one row per (protocol, strategy, tested period, metric), columns
 ``protocol, strategy, period, role, metric, value, size``: ``role`` is ``val`` or ``test``,
-``metric`` one of the protocol's keys (:func:`~sml_torchrec.metrics.metric_keys`: recall@K or
-hit@K, and ndcg@K), ``size`` the period's ``users`` (full protocol) or ``interactions``
+``metric`` every metric of the period's row in results.json (recall@K or hit@K, ndcg@K, and
+any others), ``size`` the period's ``users`` (full protocol) or ``interactions``
 (sampled); the same numbers as ``protocols.<p>.<strategy>.per_period`` in results.json.
 
 ``results.png``: recall@20 (full) or hit@20 (sampled) and NDCG@20 against the period, one
@@ -22,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from sml_torchrec.metrics import hit_metric, metric_keys
+from sml_torchrec.metrics import hit_metric
 
 CSV_NAME = "results.csv"
 PLOT_NAME = "results.png"
@@ -30,17 +30,9 @@ PLOT_K = 20
 _SIZE = {"full": "users", "sampled": "interactions"}
 
 
-def per_period_rows(results: dict) -> list[dict]:
-    """Every tested period of every strategy and protocol, as flat rows."""
-    rows = []
-    for protocol, strategies in results["protocols"].items():
-        keys = metric_keys(protocol)
-        for name, r in strategies.items():
-            for row in r["per_period"]:
-                rows.append({"protocol": protocol, "strategy": name, "period": row["period"],
-                             "role": row["role"], **{k: row[k] for k in keys},
-                             "size": row.get(_SIZE.get(protocol, ""), "")})
-    return rows
+def _metrics(row: dict) -> list[str]:
+    """The metric keys of a per-period row: all but its period, role and size."""
+    return [k for k in row if k not in ("period", "role", *_SIZE.values())]
 
 
 def _replace(path: Path, data: bytes) -> None:
@@ -55,10 +47,12 @@ def write_csv(results: dict, path: str | Path) -> Path:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["protocol", "strategy", "period", "role", "metric", "value", "size"])
-    for row in per_period_rows(results):
-        for k in metric_keys(row["protocol"]):
-            w.writerow([row["protocol"], row["strategy"], row["period"], row["role"], k,
-                        repr(float(row[k])), row["size"]])
+    for protocol, strategies in results["protocols"].items():
+        for name, r in strategies.items():
+            for row in r["per_period"]:
+                for k in _metrics(row):
+                    w.writerow([protocol, name, row["period"], row["role"], k,
+                                repr(float(row[k])), row.get(_SIZE.get(protocol, ""), "")])
     _replace(path, buf.getvalue().encode())
     return path
 
