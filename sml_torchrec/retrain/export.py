@@ -32,16 +32,17 @@ import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from recsys_common.errors import UserError
 from recsys_common.files import write_json_atomic
-from recsys_common.process_group import rank_world
 from sml_torchrec.data.period_dataset import PeriodDataset
 from sml_torchrec.retrain.config import RetrainConfig
-from sml_torchrec.retrain.model import ShardedModel
+
+if TYPE_CHECKING:  # checking an output directory before a run needs no torch
+    from sml_torchrec.retrain.model import ShardedModel
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +85,18 @@ def _write_npy(path: Path, array: np.ndarray) -> dict:
     return {"shape": list(array.shape), "dtype": "float32"}
 
 
-@torch.no_grad()
 def served_arrays(model: ShardedModel, num_users: int) -> tuple[np.ndarray, np.ndarray]:
     """(user vectors [num_users, d], item rows [num_items, d]) of a served model, on every
     rank (a collective: every rank calls it). The same calls evaluation makes, so a saved
     model scores exactly as the run's evaluation did."""
+    import torch
+
     users = np.arange(num_users, dtype=np.int64)
-    parts = [model.user_vectors(users[c : c + USER_CHUNK])
-             for c in range(0, max(num_users, 1), USER_CHUNK)]
-    user = torch.cat(parts)[:num_users] if parts else torch.empty(0)
-    return user.float().numpy(), model.item_table().float().numpy()
+    with torch.no_grad():
+        parts = [model.user_vectors(users[c : c + USER_CHUNK])
+                 for c in range(0, num_users, USER_CHUNK)]
+        item = model.item_table().float().numpy()
+    return torch.cat(parts).float().numpy(), item
 
 
 class ModelWriter:
@@ -105,6 +108,8 @@ class ModelWriter:
         self.cfg, self.ds, self.dataset_name = cfg, ds, dataset_name
         self.out = Path(cfg.out)
         self.staging = self.out / STAGING_DIR
+        from recsys_common.process_group import rank_world
+
         self.rank = rank_world()[0]
 
     def begin(self, resumed: bool) -> None:
