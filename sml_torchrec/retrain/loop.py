@@ -24,7 +24,7 @@ from sml_torchrec.metrics import KS, hit_metric, metric_keys, upgrade_sampled_ke
 from sml_torchrec.retrain import checkpoint, progress_bars
 from sml_torchrec.retrain.config import RUN_ONLY_FIELDS, PeriodRoles, RetrainConfig
 from sml_torchrec.retrain.evaluate import PeriodTest, evaluate, prepare_test
-from sml_torchrec.retrain.export import ModelWriter
+from sml_torchrec.retrain.export import MODEL_DIR, ModelWriter
 from sml_torchrec.retrain.model import RetrainModel
 from sml_torchrec.retrain.strategies import strategy_class
 from sml_torchrec.retrain.strategies.base import Strategy
@@ -201,10 +201,7 @@ def run(
     model_dir = writer.finish() if writer is not None else None
     return {"dataset": dataset_name, "config": asdict(cfg),
             "protocols": summarise(progress, cfg),
-            "model": MODEL_DIR_NAME if model_dir is not None else None}
-
-
-MODEL_DIR_NAME = "model"  # results.json's "model": relative to the run directory
+            "model": MODEL_DIR if model_dir is not None else None}  # relative to OUT
 
 
 def _save(writer: ModelWriter, name: str, strategy: Strategy, t: int) -> None:

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from sml_torchrec.data.synthetic import SyntheticConfig, build_synthetic
@@ -78,6 +79,15 @@ def test_kill_a_rank_then_relaunch_gives_identical_results(uninterrupted, tiny_d
     resumed = _run(args)
     assert "resuming from" in resumed.stderr and "ckpt-000010" in resumed.stderr
     assert _metrics(out) == _metrics(ref)
+    # sml finished before the kill: its saved model comes from the first launch's staging.
+    for run in (out, ref):
+        manifest = json.loads((run / "model" / "manifest.json").read_text())
+        assert list(manifest["strategies"]) == ["sml", "fine_tune", "full_retrain",
+                                                "sample_based"]
+    for strategy in ("sml", "fine_tune"):
+        for table in ("user", "item"):
+            f = f"model/{strategy}/serves-6/{table}.npy"
+            assert np.array_equal(np.load(out / f), np.load(ref / f)), f
 
 
 def test_corrupt_newest_checkpoint_falls_back(uninterrupted, tiny_data, tmp_path):
