@@ -183,7 +183,13 @@ def _table(users: np.ndarray, vals: np.ndarray, ids: np.ndarray, ds):
 
 
 def _body(argv: list[str] | None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    from recsys_common.process_group import max_local_ranks
+
+    if args.nproc > max_local_ranks():
+        parser.error(f"argument --nproc: {args.nproc} local ranks on a machine with "
+                     f"{os.cpu_count()} CPUs; at most {max_local_ranks()}")
     out = Path(args.out)
     check_output_dir(out.parent if str(out.parent) else ".", "--out")
     refuse_to_replace(out, args.overwrite)

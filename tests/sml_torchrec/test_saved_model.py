@@ -155,3 +155,24 @@ def test_csv_matches_results_json(run_dir):
                                                          "ndcg@10", "ndcg@20"}
     png = (run_dir / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_recommend_mistakes_are_one_line(run_dir, tmp_path, capsys):
+    from sml_torchrec.recommend import main
+
+    model = str(run_dir / "model")
+    out = str(tmp_path / "r.parquet")
+    for args, fragment in [
+        (["--model", str(tmp_path)], "manifest.json"),
+        (["--model", model, "--strategy", "caser"], "'caser' is not saved"),
+        (["--model", model, "--serves-period", "99"], "no snapshot of sml serves period 99"),
+        (["--model", model, "--nproc", "100000"], "--nproc: 100000 local ranks"),
+    ]:
+        try:
+            rc = main([*args, "--out", out])
+        except SystemExit as e:
+            rc = e.code
+        err = [x for x in capsys.readouterr().err.splitlines() if not x.startswith("usage:")]
+        assert rc == 2 and len(err) == 1 and fragment in err[0], err
+        assert err[0].startswith("sml-recommend: error: ")
+    assert not (tmp_path / "r.parquet").exists()
