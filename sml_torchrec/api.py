@@ -173,6 +173,9 @@ KNOWN_WARNINGS = (
     (FutureWarning, r"HeuristicalStorageReservation is known to cause issues", r"torchrec\."),
     # TorchRec's documented way to attach fused optimizers (README "SML inside your model").
     (DeprecationWarning, r"This API is deprecated\. Please use Pytorch Distributed", r"torchrec\."),
+    # TorchRec's row-wise sharding collectives (on 2+ ranks), reported from torch's c10d.
+    (FutureWarning, r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` is "
+     r"deprecated", r"torch\.distributed\."),
     # TorchRec and FBGEMM script and import their kernels at import time.
     (DeprecationWarning, r"`torch\.jit\.(script|interface)` is deprecated", r"torch\.jit\."),
     (DeprecationWarning, r"\s*\S*\s*(Failed to import|The Python module fbgemm_gpu)",
@@ -181,7 +184,8 @@ KNOWN_WARNINGS = (
 
 
 def _narrow_warnings() -> None:
-    """Silence the :data:`KNOWN_WARNINGS` only, and TorchRec's planner log notes about
+    """Silence the :data:`KNOWN_WARNINGS` only (the ones a default run raises, seen with
+    ``-W default`` on 1 and 2 ranks), and TorchRec's planner log notes about
     hardware discovery (it logs them as warnings on every plan, on CPU too)."""
     import warnings
 

@@ -41,3 +41,24 @@ def test_run_in_one_process_without_a_process_group(tmp_path):
     assert got["model"] == str(out / "model") and (out / "model" / "manifest.json").is_file()
     assert got["png"] == str(out / "results.png") and not got["group_left"]
     assert "fine_tune period   5 (test)" in p.stderr  # the progress lines, on stderr
+
+
+def test_only_the_known_warnings_are_silenced():
+    import warnings
+
+    from sml_torchrec import api
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        api._narrow_warnings()
+        warnings.warn_explicit("Please use DTensor instead and we are deprecating ShardedTensor.",
+                               FutureWarning, "shard_ops.py", 1,
+                               module="sml_torchrec.distributed.shard_ops")
+        warnings.warn_explicit("`torch.distributed.all_gather_into_tensor` is deprecated.",
+                               FutureWarning, "c10d_logger.py", 83,
+                               module="torch.distributed.c10d_logger")
+        warnings.warn_explicit("`broadcast_buffers` is deprecated", FutureWarning, "mine.py", 1,
+                               module="mine")  # the same words from elsewhere still show
+        warnings.warn("anything else", UserWarning)
+    assert [str(w.message) for w in seen] == ["`broadcast_buffers` is deprecated",
+                                              "anything else"]
