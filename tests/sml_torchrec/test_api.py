@@ -59,6 +59,6 @@ def test_only_the_known_warnings_are_silenced():
                                module="torch.distributed.c10d_logger")
         warnings.warn_explicit("`broadcast_buffers` is deprecated", FutureWarning, "mine.py", 1,
                                module="mine")  # the same words from elsewhere still show
-        warnings.warn("anything else", UserWarning)
+        warnings.warn("anything else", UserWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["`broadcast_buffers` is deprecated",
                                               "anything else"]
