@@ -22,7 +22,7 @@ from torch import Tensor
 KS: tuple[int, ...] = (5, 10, 20)
 
 
-def hit_metric(protocol: str) -> str:
+def topk_metric(protocol: str) -> str:
     """The name of a protocol's first metric: ``recall`` over all of a user's test items in
     the full protocol, ``hit`` (one positive per test case) in the sampled one."""
     return "recall" if protocol == "full" else "hit"
@@ -31,7 +31,7 @@ def hit_metric(protocol: str) -> str:
 def metric_keys(protocol: str, ks: Sequence[int] = KS) -> list[str]:
     """results.json's metric keys of ``protocol``: ``recall@K`` (full) or ``hit@K``
     (sampled) for each K, then ``ndcg@K``."""
-    return [f"{hit_metric(protocol)}@{k}" for k in ks] + [f"ndcg@{k}" for k in ks]
+    return [f"{topk_metric(protocol)}@{k}" for k in ks] + [f"ndcg@{k}" for k in ks]
 
 
 def upgrade_sampled_keys(row: dict) -> dict:

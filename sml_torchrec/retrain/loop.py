@@ -20,7 +20,7 @@ import torch
 
 from recsys_common.process_group import rank_world
 from sml_torchrec.data.period_dataset import PeriodDataset
-from sml_torchrec.metrics import KS, hit_metric, metric_keys, upgrade_sampled_keys
+from sml_torchrec.metrics import KS, metric_keys, topk_metric, upgrade_sampled_keys
 from sml_torchrec.retrain import checkpoint, progress_bars
 from sml_torchrec.retrain.config import RUN_ONLY_FIELDS, PeriodRoles, RetrainConfig
 from sml_torchrec.retrain.evaluate import PeriodTest, evaluate, prepare_test
@@ -218,7 +218,7 @@ def _record(progress: Progress, name: str, s: int, role: str, m: dict) -> None:
     for p, row in m.items():
         progress.per_period[name][p].append({"period": s, "role": role, **row})
     _print(f"  {name:>12} period {s:>3} ({role}): " + "  ".join(
-        f"{p} {hit_metric(p)}@20 {row[f'{hit_metric(p)}@20']:.4f} N@20 {row['ndcg@20']:.4f}"
+        f"{p} {topk_metric(p)}@20 {row[f'{topk_metric(p)}@20']:.4f} N@20 {row['ndcg@20']:.4f}"
         for p, row in m.items()))
 
 
@@ -248,7 +248,7 @@ def format_table(results: dict) -> str:
     lines = []
     for p, rows in results["protocols"].items():
         lines.append(f"\n[{p} protocol] average over test periods")
-        hit = hit_metric(p)
+        hit = topk_metric(p)
         head = (f"{'method':>14} " + " ".join(f"{hit + '@' + str(k):>10}" for k in KS)
                 + f" {'RI':>8} " + " ".join(f"{'NDCG@' + str(k):>10}" for k in KS) + f" {'RI':>8}")
         lines.append(head)

@@ -22,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from sml_torchrec.metrics import hit_metric
+from sml_torchrec.metrics import topk_metric
 
 CSV_NAME = "results.csv"
 PLOT_NAME = "results.png"
@@ -83,7 +83,7 @@ def write_plot(results: dict, path: str | Path) -> Path:
     for row, protocol in zip(axes, protocols):
         strategies = results["protocols"][protocol]
         what = "all items ranked" if protocol == "full" else "sampled negatives"
-        for ax, metric in zip(row, (hit_metric(protocol), "ndcg")):
+        for ax, metric in zip(row, (topk_metric(protocol), "ndcg")):
             _panel(ax, strategies, f"{metric}@{PLOT_K}", f"{protocol} protocol ({what})")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 7))
