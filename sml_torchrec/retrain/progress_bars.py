@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -25,6 +26,11 @@ def configure(enabled: bool) -> None:
     """Turn the bars on for this process if ``enabled``, it is rank 0 and stderr is a tty."""
     global _enabled
     _enabled = bool(enabled) and rank_world()[0] == 0 and sys.stderr.isatty()
+    if _enabled:
+        # tqdm's default lock is a multiprocessing semaphore; a rank stopped by its launcher
+        # would leave it behind (and the resource tracker complains at exit). One thread
+        # draws the bars, so a thread lock is enough.
+        tqdm.set_lock(threading.RLock())
 
 
 def enabled() -> bool:
@@ -41,13 +47,17 @@ def bar(iterable: Iterable[T], desc: str, total: int | None = None) -> Iterator[
 
 
 class TqdmLoggingHandler(logging.StreamHandler):
-    """Writes records to stderr through ``tqdm.write``, so they do not break a bar."""
+    """Writes records to stderr, through ``tqdm.write`` while bars are on so that they do
+    not break a bar."""
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
     def emit(self, record: logging.LogRecord) -> None:
+        if not _enabled:
+            super().emit(record)
+            return
         try:
             tqdm.write(self.format(record), file=self.stream)
-        except Exception:  # noqa: BLE001 - logging must never raise into the run
+        except Exception:  # logging must never raise into the run
             self.handleError(record)

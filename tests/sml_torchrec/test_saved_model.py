@@ -172,7 +172,8 @@ def test_recommend_mistakes_are_one_line(run_dir, tmp_path, capsys):
             rc = main([*args, "--out", out])
         except SystemExit as e:
             rc = e.code
-        err = [x for x in capsys.readouterr().err.splitlines() if not x.startswith("usage:")]
+        err = [x for x in capsys.readouterr().err.splitlines()  # but argparse's usage lines
+               if not x.startswith(("usage:", " "))]
         assert rc == 2 and len(err) == 1 and fragment in err[0], err
         assert err[0].startswith("sml-recommend: error: ")
     assert not (tmp_path / "r.parquet").exists()
