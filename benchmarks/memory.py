@@ -46,7 +46,7 @@ def _maxrss() -> int:
 
 
 def _sampled_summary(results: dict) -> dict:
-    return {name: {k: v for k, v in r.items() if k.startswith(("recall", "ndcg"))}
+    return {name: {k: v for k, v in r.items() if k.startswith(("hit", "ndcg"))}
             for name, r in results["protocols"].get("sampled", {}).items()}
 
 

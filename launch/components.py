@@ -83,9 +83,9 @@ def sml_retrain(
         script_args: further sml-retrain flags, e.g. ``-- --dim 64 --sharding row_wise``
         data: period dataset directory from ``sml-data build`` (empty: built-in synthetic)
         strategies: comma list of {strategies}
-        out: output directory (results.json)
+        out: run directory (results.json, results.csv, results.png, the saved model/)
         checkpoint_dir: per-period checkpoints (empty: OUT/checkpoints); a relaunch resumes
-        overwrite: replace OUT/results.json of an earlier run and discard checkpoints of
+        overwrite: replace an earlier run's outputs in OUT and discard checkpoints of
             another run (another dataset or config) in checkpoint_dir
         nnodes: number of nodes
         nproc_per_node: ranks per node
@@ -142,7 +142,7 @@ def catn_train(
         data: dataset directory from ``catn-data build`` (empty: built-in synthetic)
         methods: comma list of methods (rows of the table), from {methods}
         eta: comma list of η shares of overlapping training users, each in (0, 1]
-        out: output directory (results.json)
+        out: run directory (results.json, results.csv, results.png, the saved model/)
         overwrite: replace OUT/results.json of an earlier run
         nnodes: number of nodes
         nproc_per_node: ranks per node

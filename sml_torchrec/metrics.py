@@ -22,6 +22,24 @@ from torch import Tensor
 KS: tuple[int, ...] = (5, 10, 20)
 
 
+def topk_metric(protocol: str) -> str:
+    """The name of a protocol's first metric: ``recall`` over all of a user's test items in
+    the full protocol, ``hit`` (one positive per test case) in the sampled one."""
+    return "recall" if protocol == "full" else "hit"
+
+
+def metric_keys(protocol: str, ks: Sequence[int] = KS) -> list[str]:
+    """results.json's metric keys of ``protocol``: ``recall@K`` (full) or ``hit@K``
+    (sampled) for each K, then ``ndcg@K``."""
+    return [f"{topk_metric(protocol)}@{k}" for k in ks] + [f"ndcg@{k}" for k in ks]
+
+
+def upgrade_sampled_keys(row: dict) -> dict:
+    """A sampled-protocol row of an older version, whose hit@K was called ``recall@K``."""
+    return {("hit" + k[len("recall"):] if k.startswith("recall@") else k): v
+            for k, v in row.items()}
+
+
 def _gains(n: int, dtype: torch.dtype = torch.float64) -> Tensor:
     """Discount 1 / log2(rank + 2) of 0-based ranks 0..n-1: [n]."""
     return 1.0 / torch.log2(torch.arange(n, dtype=dtype) + 2.0)
@@ -124,7 +142,7 @@ def sampled_ranking_metrics(
         ks: cut-offs.
 
     Returns:
-        ``{"recall@K": [N], "ndcg@K": [N]}`` (float64): recall@K is hit@K = 1[rank < K],
+        ``{"hit@K": [N], "ndcg@K": [N]}`` (float64): hit@K = 1[rank < K],
         NDCG@K = 1 / log2(rank + 2) if rank < K else 0.
     """
     ks = _check_ks(ks)
@@ -152,7 +170,7 @@ def sampled_metrics_from_ranks(rank: Tensor, ks: Sequence[int] = KS) -> dict[str
     score in chunks keep only this [N] vector, not the [N, M] scores.
 
     Returns:
-        ``{"recall@K": [N], "ndcg@K": [N]}`` (float64), as :func:`sampled_ranking_metrics`.
+        ``{"hit@K": [N], "ndcg@K": [N]}`` (float64), as :func:`sampled_ranking_metrics`.
     """
     ks = _check_ks(ks)
     rank = torch.as_tensor(rank)
@@ -161,7 +179,7 @@ def sampled_metrics_from_ranks(rank: Tensor, ks: Sequence[int] = KS) -> dict[str
     gain = 1.0 / torch.log2(rank.to(torch.float64) + 2.0)
     out: dict[str, Tensor] = {}
     for k in ks:
-        out[f"recall@{k}"] = (rank < k).to(torch.float64)
+        out[f"hit@{k}"] = (rank < k).to(torch.float64)
     for k in ks:
         out[f"ndcg@{k}"] = torch.where(rank < k, gain, torch.zeros_like(gain))
     return out

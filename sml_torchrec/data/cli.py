@@ -54,7 +54,9 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     )
     p.add_argument("--debug", action="store_true", dest="debug_top",
                    help="show the traceback of an error too")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{build,info}",
+                           help="build: make a period dataset from a raw log; info: describe "
+                                "one")
     b = sub.add_parser(
         "build", help="build a period dataset from a raw log", formatter_class=HelpFormatter,
         allow_abbrev=False,
@@ -62,8 +64,8 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     )
     b.add_argument("--source", choices=SOURCE_NAMES, required=True, help="format of the raw log")
     b.add_argument("--input", type=path_arg,
-                   help="raw file or directory (every source except synthetic); compressed "
-                        "files (gzip, bz2, xz) are read by content")
+                   help="raw file or directory (required by every source except synthetic, "
+                        "no default); compressed files (gzip, bz2, xz) are read by content")
     b.add_argument("--out", type=path_arg, required=True,
                    help="output dataset directory: new, empty, or a period dataset to replace "
                         "with --overwrite; never the input, its directory, or inside an input "

@@ -131,10 +131,9 @@ def latest_valid(root: str | Path, report: bool = True) -> Path | None:
         if problem is None:
             return d
         if report:
-            msg = f"checkpoint {d} is damaged ({problem}); falling back to an older one"
-            log.warning(msg)
             if rank_world()[0] == 0:
-                print(msg, flush=True)
+                log.warning("checkpoint %s is damaged (%s); falling back to an older one", d,
+                            problem)
     return None
 
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from recsys_common.errors import ConfigError
 from sml_torchrec.distributed.names import SHARDING_NAMES
 from sml_torchrec.retrain.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
+    import tomli as tomllib
 
 PROTOCOL_NAMES = ("full", "sampled")
 
@@ -41,8 +47,9 @@ class RetrainConfig:
     data: str | None = _opt(None, "period dataset directory from `sml-data build` "
                                   "(default: a built-in synthetic dataset, built once under "
                                   "OUT/data)", metavar="DIR")
-    out: str = _opt("runs/default", "run directory: results.json (an earlier run's is replaced "
-                                    "only with --overwrite)", metavar="DIR")
+    out: str = _opt("runs/default", "run directory: results.json, results.csv, results.png and "
+                                    "the saved model (an earlier run's are replaced only with "
+                                    "--overwrite)", metavar="DIR")
     strategies: list[str] = _opt(lambda: list(DEFAULT_STRATEGIES),
                                  "comma-separated strategies, rows of the table",
                                  choices=STRATEGY_NAMES)
@@ -82,7 +89,15 @@ class RetrainConfig:
                               "checkpoints, unless --overwrite)")
     keep_checkpoints: int = _opt(2, "complete checkpoints kept (older ones of this run are "
                                     "deleted)")
-    overwrite: bool = _opt(False, "replace OUT/results.json of an earlier run, and discard "
+    save_model: bool = _opt(True, "save every strategy's served tables (and SML's Theta) after "
+                                  "the last period to OUT/model as .npy files with a JSON "
+                                  "manifest (--no-save-model: save nothing)")
+    save_every_period: bool = _opt(False, "with --save-model, also keep the served tables after "
+                                          "every period, not only the last")
+    progress: bool = _opt(True, "progress bars over periods and epochs on rank 0 when stderr is "
+                                "a terminal (--no-progress: none)")
+    overwrite: bool = _opt(False, "replace an earlier run's OUT/results.json (.csv, .png) and "
+                                  "OUT/model, and discard "
                                   "CHECKPOINT_DIR's checkpoints of another run (or of this one "
                                   "with --no-resume)")
 
@@ -124,6 +139,13 @@ class RetrainConfig:
             if getattr(self, name) == "":
                 raise ConfigError(f"{_flag(name)}: empty path")
 
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> RetrainConfig:
+        """The config in a TOML file (keys are field names, as flags with ``_``), with
+        ``overrides`` on top; a key that is no field, or a value of the wrong type, is a
+        :class:`ConfigError` naming the key and the file."""
+        return cls(**{**read_toml(path), **overrides})
+
     def decisive(self) -> dict[str, Any]:
         """The fields that decide the numbers: what a resumed checkpoint must match."""
         return {k: v for k, v in asdict(self).items() if k not in RUN_ONLY_FIELDS}
@@ -131,7 +153,8 @@ class RetrainConfig:
 
 # Settings that only say how and where a run goes; a run may be resumed with other values.
 RUN_ONLY_FIELDS = frozenset(
-    {"nproc", "resume", "out", "checkpoint_dir", "keep_checkpoints", "overwrite"}
+    {"nproc", "resume", "out", "checkpoint_dir", "keep_checkpoints", "overwrite", "save_model",
+     "save_every_period", "progress"}
 )
 
 
@@ -167,3 +190,56 @@ class PeriodRoles:
         if s < self.first_online:
             return "offline"
         return "val" if s < self.first_test else "test"
+
+
+def _toml_value(path: Path, key: str, value: Any, default: Any) -> Any:
+    """``value`` of ``key`` as the field's type (a list may be given as "a,b" too)."""
+    def bad(kind: str) -> ConfigError:
+        return ConfigError(f"{path}: key {key!r} must be {kind}, got {value!r}")
+
+    if isinstance(default, list):
+        if isinstance(value, str):
+            return [s.strip() for s in value.split(",") if s.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        raise bad("a list of names")
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    if not isinstance(value, str):  # paths and names (None defaults are paths)
+        raise bad("a string")
+    return value
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The :class:`RetrainConfig` fields set in a TOML file (``--config``), type-checked.
+
+    Keys are the field names (``init_periods``, or ``init-periods`` as on the command line),
+    all at the top level.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror or e})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not a valid TOML file ({e})") from None
+    defaults = RetrainConfig()
+    names = {f.name for f in fields(RetrainConfig)}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in names:
+            raise ConfigError(f"{path}: unknown key {key!r}; the keys are the fields of "
+                              f"RetrainConfig ({', '.join(sorted(names))})")
+        out[name] = _toml_value(path, key, value, getattr(defaults, name))
+    return out

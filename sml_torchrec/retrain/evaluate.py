@@ -188,7 +188,7 @@ def evaluate(model: ShardedModel, test: PeriodTest, protocols: list[str]) -> dic
         u = model.user_vectors(uid)
         u_row = torch.from_numpy(np.searchsorted(uid, test.data.user_id[sl]))
         ranks = _sampled_ranks(
-            u, u_row, items, torch.from_numpy(test.data.item_id[sl]),
+            u, u_row, items, torch.tensor(test.data.item_id[sl]),  # parquet's are read-only
             test.candidates.items, test.candidates.valid,
         )
         m = sampled_metrics_from_ranks(ranks, KS)

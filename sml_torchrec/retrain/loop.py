@@ -4,7 +4,9 @@
     for each strategy:   start(initial)
         for t in init .. P-2:   train_period(t);  if t+1 is online: test on D_{t+1}
 
-Runs on every rank (same code, same order of collectives); rank 0 prints and returns results.
+Runs on every rank (same code, same order of collectives); rank 0 logs and returns results.
+After each strategy's last period (every period with ``save_every_period``) its served model
+is saved (``export.py``).
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import torch
 
 from recsys_common.process_group import rank_world
 from sml_torchrec.data.period_dataset import PeriodDataset
-from sml_torchrec.metrics import KS
-from sml_torchrec.retrain import checkpoint
+from sml_torchrec.metrics import KS, metric_keys, topk_metric, upgrade_sampled_keys
+from sml_torchrec.retrain import checkpoint, progress_bars
 from sml_torchrec.retrain.config import RUN_ONLY_FIELDS, PeriodRoles, RetrainConfig
 from sml_torchrec.retrain.evaluate import PeriodTest, evaluate, prepare_test
+from sml_torchrec.retrain.export import MODEL_DIR, ModelWriter
 from sml_torchrec.retrain.model import RetrainModel
 from sml_torchrec.retrain.strategies import strategy_class
 from sml_torchrec.retrain.strategies.base import Strategy
@@ -38,7 +41,7 @@ def train_initial(
     data = ds.periods(0, roles.init)
     items = ds.meta.items_upto[roles.init - 1]
     best, best_score = None, -1.0
-    for e in range(cfg.init_epochs):
+    for e in progress_bars.bar(range(cfg.init_epochs), "initial MF epochs"):
         loss = model.train_epoch(data, items, cfg.seed * 7919 + e)
         score = evaluate(model, test, ["full"])["full"]["recall@20"]
         _print(f"  initial MF epoch {e + 1}/{cfg.init_epochs}: loss {loss:.4f}, "
@@ -50,11 +53,11 @@ def train_initial(
 
 def _print(msg: str) -> None:
     if rank_world()[0] == 0:
-        print(msg, flush=True)
+        log.info(msg)
 
 
 def _average(rows: list[dict], weight_key: str) -> dict[str, float]:
-    keys = [f"{m}@{k}" for m in ("recall", "ndcg") for k in KS]
+    keys = metric_keys("full" if weight_key == "users" else "sampled")
     if weight_key == "users":  # full protocol: each period's user average counts once
         return {k: float(np.mean([r[k] for r in rows])) for k in keys}
     w = np.array([r[weight_key] for r in rows], dtype=np.float64)
@@ -112,6 +115,9 @@ class LoopCheckpointer:
         torch.set_rng_state(self.extra["torch_rng"])
         np.random.set_state(self.extra["numpy_rng"])
         progress = self.extra["progress"]
+        for per_protocol in progress.per_period.values():  # a checkpoint from before hit@K
+            per_protocol["sampled"] = [upgrade_sampled_keys(r)
+                                       for r in per_protocol.get("sampled", [])]
         _print(f"resuming from {self.resume_from} (strategy {progress.position})")
         return progress
 
@@ -158,6 +164,10 @@ def run(
     }
     ckpt = LoopCheckpointer(cfg, identity)
     progress = ckpt.restore()
+    progress_bars.configure(cfg.progress)
+    writer = ModelWriter(cfg, ds, dataset_name) if cfg.save_model else None
+    if writer is not None:
+        writer.begin(resumed=progress.position is not None)
     if progress.initial is None:
         init_test = prepare_test(ds, roles.init, ["full"], cfg.num_eval_negatives, cfg.seed)
         progress.initial = train_initial(ds, roles, cfg, init_test)
@@ -175,18 +185,32 @@ def run(
         else:
             progress.per_period[name] = {p: [] for p in cfg.protocols}
             progress.seconds[name] = 0.0
-        for t in range(first_t, periods - 1):
+        for t in progress_bars.bar(range(first_t, periods - 1), f"{name} periods",
+                                   total=periods - 1 - first_t):
             ts = time.monotonic()
             strategy.train_period(t)
             if t + 1 in tests:
                 _record(progress, name, t + 1, roles.role(t + 1),
                         evaluate(strategy.model, tests[t + 1], cfg.protocols))
             progress.seconds[name] += time.monotonic() - ts
+            if writer is not None and (cfg.save_every_period or t == periods - 2):
+                _save(writer, name, strategy, t)
             progress.position = (i, t)
             ckpt.save(1 + i * periods + t, progress, strategy)
     _print(f"done in {time.monotonic() - t0:.0f}s")
+    model_dir = writer.finish() if writer is not None else None
     return {"dataset": dataset_name, "config": asdict(cfg),
-            "protocols": summarise(progress, cfg)}
+            "protocols": summarise(progress, cfg),
+            "model": MODEL_DIR if model_dir is not None else None}  # relative to OUT
+
+
+def _save(writer: ModelWriter, name: str, strategy: Strategy, t: int) -> None:
+    """Snapshot of the strategy's served model after period t; a strategy without a sharded
+    model (nothing trained yet, or nothing to serve from tables) is skipped."""
+    model = strategy.model
+    if model is None or not hasattr(model, "user_vectors"):
+        return
+    writer.save(name, model, t)
 
 
 def _record(progress: Progress, name: str, s: int, role: str, m: dict) -> None:
@@ -194,7 +218,8 @@ def _record(progress: Progress, name: str, s: int, role: str, m: dict) -> None:
     for p, row in m.items():
         progress.per_period[name][p].append({"period": s, "role": role, **row})
     _print(f"  {name:>12} period {s:>3} ({role}): " + "  ".join(
-        f"{p} R@20 {row['recall@20']:.4f} N@20 {row['ndcg@20']:.4f}" for p, row in m.items()))
+        f"{p} {topk_metric(p)}@20 {row[f'{topk_metric(p)}@20']:.4f} N@20 {row['ndcg@20']:.4f}"
+        for p, row in m.items()))
 
 
 def summarise(progress: Progress, cfg: RetrainConfig) -> dict:
@@ -218,11 +243,13 @@ def summarise(progress: Progress, cfg: RetrainConfig) -> dict:
 
 
 def format_table(results: dict) -> str:
-    """Paper Table 1 style: strategies x recall/NDCG@5/10/20, SML's relative improvement."""
+    """Paper Table 1 style: strategies x recall/NDCG@5/10/20, SML's relative improvement
+    (the sampled protocol's first columns are hit@K)."""
     lines = []
     for p, rows in results["protocols"].items():
         lines.append(f"\n[{p} protocol] average over test periods")
-        head = (f"{'method':>14} " + " ".join(f"{'recall@' + str(k):>10}" for k in KS)
+        hit = topk_metric(p)
+        head = (f"{'method':>14} " + " ".join(f"{hit + '@' + str(k):>10}" for k in KS)
                 + f" {'RI':>8} " + " ".join(f"{'NDCG@' + str(k):>10}" for k in KS) + f" {'RI':>8}")
         lines.append(head)
         sml = rows.get("sml")
@@ -233,8 +260,8 @@ def format_table(results: dict) -> str:
                 return f"{100 * (sml[metric] / r[metric] - 1):>7.1f}%"
 
             lines.append(
-                f"{name:>14} " + " ".join(f"{r[f'recall@{k}']:>10.4f}" for k in KS)
-                + f" {ri('recall@20')} " + " ".join(f"{r[f'ndcg@{k}']:>10.4f}" for k in KS)
+                f"{name:>14} " + " ".join(f"{r[f'{hit}@{k}']:>10.4f}" for k in KS)
+                + f" {ri(f'{hit}@20')} " + " ".join(f"{r[f'ndcg@{k}']:>10.4f}" for k in KS)
                 + f" {ri('ndcg@20')}"
             )
     return "\n".join(lines)

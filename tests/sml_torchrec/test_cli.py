@@ -226,7 +226,7 @@ def test_the_synthetic_default_is_never_built_over_something_else(tmp_path, caps
 def test_a_synthetic_default_of_another_seed_needs_overwrite(tmp_path, capsys):
     from dataclasses import asdict
 
-    from sml_torchrec.cli import _built_with, _synthetic_config
+    from sml_torchrec.api import _built_with, _synthetic_config
     from sml_torchrec.retrain.config import RetrainConfig
 
     out = tmp_path / "run"
@@ -248,3 +248,36 @@ def test_an_out_that_cannot_be_written_is_refused_before_work(tiny, tmp_path, ca
         locked.mkdir(mode=0o500)
         rc, err = call(["--data", str(tiny), "--out", str(locked / "run")], capsys)
         assert_one_line(rc, err, "locked is not writable")
+
+
+@pytest.mark.parametrize("nproc", ["1", "2"])
+def test_an_earlier_model_or_a_foreign_model_dir_is_kept(tiny, tmp_path, capsys, nproc):
+    """OUT/model is replaced only with --overwrite and only if it is a saved model; a staging
+    directory that is not ours is never touched. All refused before any work."""
+    out = tmp_path / "run"
+    model = out / "model"
+    model.mkdir(parents=True)
+    (model / "manifest.json").write_text('{"format": "sml-torchrec-model"}')
+    args = ["--data", str(tiny), *FLAGS, "--nproc", nproc, "--out", str(out)]
+    before = file_tree(out)
+    rc, err = call(args, capsys)
+    assert_one_line(rc, err, "model exists (an earlier run's model); pass --overwrite")
+    (model / "manifest.json").write_text('{"mine": true}')
+    before = file_tree(out)
+    rc, err = call([*args, "--overwrite"], capsys)
+    assert_one_line(rc, err, "model exists and is not a saved model")
+    assert file_tree(out) == before
+    (model / "manifest.json").unlink()
+    model.rmdir()
+    (out / ".model-partial").mkdir()
+    (out / ".model-partial" / "notes.txt").write_text("mine")
+    before = file_tree(out)
+    rc, err = call([*args, "--overwrite"], capsys)
+    assert_one_line(rc, err, ".model-partial exists and was not made by sml-retrain")
+    assert file_tree(out) == before
+    from sml_torchrec.api import check_inputs
+    from sml_torchrec.retrain.config import RetrainConfig
+
+    # Without saving a model, the directory is no obstacle.
+    check_inputs(RetrainConfig(data=str(tiny), out=str(out), save_model=False, init_periods=2,
+                               val_periods=1, test_periods=2))

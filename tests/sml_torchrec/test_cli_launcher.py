@@ -88,7 +88,7 @@ def test_killing_the_launcher_leaves_no_rank_and_no_results(tiny, tmp_path, sig)
         proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, env=ENV)
     ranks: list[int] = []
     try:
-        assert wait_until(lambda: "initial MF epoch 1/" in log.read_text(), 240), (
+        assert wait_until(lambda: "initial MF epoch 1/" in err.read_text(), 240), (
             log.read_text()[-2000:] + err.read_text()[-2000:])
         ranks = ranks_of(proc.pid)
         assert len(ranks) == 2 and all(alive(r) for r in ranks)

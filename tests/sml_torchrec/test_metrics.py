@@ -97,15 +97,15 @@ def test_sampled_ranking_hand_computed_with_ties_and_padding():
     ])
     valid = torch.tensor([[True] * 3, [True] * 3, [True] * 3, [True, False, False]])
     m = sampled_ranking_metrics(pos, neg, valid, ks=(1, 2))
-    assert m["recall@1"].tolist() == [1.0, 0.0, 0.0, 0.0]
-    assert m["recall@2"].tolist() == [1.0, 1.0, 0.0, 1.0]
+    assert m["hit@1"].tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert m["hit@2"].tolist() == [1.0, 1.0, 0.0, 1.0]
     assert m["ndcg@2"].tolist() == pytest.approx([1.0, g(1), 0.0, g(1)])
     assert m["ndcg@1"].tolist() == [1.0, 0.0, 0.0, 0.0]
 
 
 def test_sampled_constant_scores_get_nothing():
     m = sampled_ranking_metrics(torch.zeros(3), torch.zeros(3, 10), ks=(5,))
-    assert m["recall@5"].sum().item() == 0.0
+    assert m["hit@5"].sum().item() == 0.0
 
 
 def test_sampled_matches_loop_on_random_data():
@@ -119,7 +119,7 @@ def test_sampled_matches_loop_on_random_data():
     for n in range(N):
         rank = sum(1 for j in range(M) if valid[n, j] and neg[n, j] >= pos[n])
         for k in KS:
-            assert m[f"recall@{k}"][n].item() == float(rank < k)
+            assert m[f"hit@{k}"][n].item() == float(rank < k)
             assert m[f"ndcg@{k}"][n].item() == pytest.approx(g(rank) if rank < k else 0.0)
 
 

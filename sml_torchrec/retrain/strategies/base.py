@@ -13,6 +13,7 @@ import torch
 from sml_torchrec.data.period_dataset import Interactions, PeriodDataset
 from sml_torchrec.retrain.config import PeriodRoles, RetrainConfig
 from sml_torchrec.retrain.model import RetrainModel
+from sml_torchrec.retrain.progress_bars import bar
 
 
 class Strategy:
@@ -64,5 +65,5 @@ class Strategy:
 
     def _fit_tables(self, data: Interactions, t: int, epochs: int, salt: int = 0) -> None:
         items = self.ds.meta.items_upto[t]
-        for e in range(epochs):
+        for e in bar(range(epochs), f"period {t} epochs"):
             self.model.train_epoch(data, items, self._seed(t, 100 * salt + e), "tables")

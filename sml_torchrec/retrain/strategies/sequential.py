@@ -24,6 +24,7 @@ import torch
 from sml_torchrec.data.period_dataset import Interactions
 from sml_torchrec.modules.caser import CaserConfig
 from sml_torchrec.modules.gru4rec import GRU4RecConfig
+from sml_torchrec.retrain.progress_bars import bar
 from sml_torchrec.retrain.sequential_model import SequentialModel
 from sml_torchrec.retrain.strategies.base import Strategy
 
@@ -53,7 +54,7 @@ class SequentialStrategy(Strategy):
                 self.model.train_epoch(data, Interactions.concat([]),
                                        self.ds.meta.items_upto[init - 1], self._seed(t, 7000 + e))
         history = self.ds.periods(0, t)
-        for e in range(self.cfg.epochs):
+        for e in bar(range(self.cfg.epochs), f"period {t} epochs"):
             self.model.train_epoch(self.ds[t], history, self.ds.meta.items_upto[t],
                                    self._seed(t, e))
         self.model.set_history(Interactions.concat([history, self.ds[t]]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sml_torchrec.retrain.progress_bars import bar
 from sml_torchrec.retrain.strategies.base import Strategy
 
 
@@ -28,7 +29,7 @@ class SML(Strategy):
         if t < last_offline:
             # Algorithm 1: Ŵ_t <- W_{t-1}; alternate steps on D_t and D_{t+1}; W_t = f(.).
             # (prev and new both hold W_{t-1} here: start() and materialize() ensure it.)
-            for k in range(r):
+            for k in bar(range(r), f"period {t} rounds"):
                 self._step1(t, k)
                 self._step2(t + 1, k)
             self.model.materialize()
@@ -39,10 +40,10 @@ class SML(Strategy):
         else:
             # Algorithm 2, after W_{t-1} = f(prev, new) was tested on D_t: refit Θ on D_t and
             # Ŵ_{t-1} on D_{t-1}, one more Θ step, W_{t-1} = f(.), then learn Ŵ_t on D_t.
-            for k in range(r):
+            for k in bar(range(r), f"period {t} rounds"):
                 self._step2(t, k)
                 self._step1(t - 1, 1000 + k)
             self._step2(t, r)
             self.model.materialize()
-            for k in range(max(r, self.cfg.epochs)):
+            for k in bar(range(max(r, self.cfg.epochs)), f"period {t} epochs"):
                 self._step1(t, 2000 + k)

@@ -33,7 +33,7 @@ def test_checkpoint_of_another_layout_is_refused_by_name(tmp_path):
     assert torch.equal(target["w"], torch.zeros(4, 3))  # nothing half-loaded
 
 
-def test_truncated_newest_falls_back_and_says_so(tmp_path, capsys):
+def test_truncated_newest_falls_back_and_says_so(tmp_path, caplog):
     for step in range(2):
         checkpoint.save(tmp_path, step, _state(step), {"step": step})
     newest = tmp_path / "ckpt-000001"
@@ -41,7 +41,7 @@ def test_truncated_newest_falls_back_and_says_so(tmp_path, capsys):
     victim.write_bytes(victim.read_bytes()[:-7])
     assert "truncated" in checkpoint.verify(newest)
     assert checkpoint.latest_valid(tmp_path) == tmp_path / "ckpt-000000"
-    assert "ckpt-000001 is damaged" in capsys.readouterr().out
+    assert "ckpt-000001 is damaged" in caplog.text
 
 
 def test_unfinished_checkpoint_is_ignored(tmp_path):

@@ -38,3 +38,45 @@ def test_resume_refuses_a_changed_configuration():
     a = asdict(RetrainConfig())
     b = asdict(RetrainConfig(dim=64, nproc=4, out="elsewhere"))
     assert _config_changes(a, b) == ["dim: 32 -> 64"]
+
+
+def test_config_file_fills_the_dataclass_and_flags_override_it(tmp_path):
+    f = tmp_path / "run.toml"
+    f.write_text('strategies = ["sml", "fine_tune"]\ninit-periods = 4\ndim = 16\n'
+                 'table_lr = 1\nsave_every_period = true\n')
+    cfg = parse_config(["--config", str(f), "--dim", "24"])
+    assert cfg.strategies == ["sml", "fine_tune"] and cfg.init_periods == 4
+    assert cfg.dim == 24 and cfg.table_lr == 1.0 and cfg.save_every_period
+    assert RetrainConfig.from_toml(f, dim=12) == RetrainConfig(
+        strategies=["sml", "fine_tune"], init_periods=4, dim=12, table_lr=1.0,
+        save_every_period=True)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("dimm = 3\n", "unknown key 'dimm'"),
+    ("dim = '3'\n", "key 'dim' must be an integer"),
+    ("strategies = 3\n", "key 'strategies' must be a list of names"),
+    ("dim = \n", "not a valid TOML file"),
+])
+def test_config_file_mistakes_name_the_key_and_the_file(tmp_path, text, fragment):
+    from recsys_common.errors import ConfigError
+
+    f = tmp_path / "run.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=fragment) as e:
+        RetrainConfig.from_toml(f)
+    assert str(f) in str(e.value)
+
+
+def test_cli_reports_a_bad_config_file_in_one_line(tmp_path, capsys):
+    from sml_torchrec.cli import main
+
+    f = tmp_path / "run.toml"
+    f.write_text("epochz = 1\n")
+    try:
+        rc = main(["--config", str(f), "--out", str(tmp_path / "out")])
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and f"argument --config: {f}: unknown key 'epochz'" in err
+    assert not (tmp_path / "out").exists()

@@ -93,7 +93,7 @@ def test_sampled_protocol_peak_is_bounded_by_the_chunk():
     assert whole > 2 * limit  # the period is large enough to tell the two apart
     rec = _peak("sampled", n, num_users=4000, num_items=3000, m=m)
     assert rec["metrics"]["interactions"] == n
-    assert 0.0 <= rec["metrics"]["recall@20"] <= 1.0
+    assert 0.0 <= rec["metrics"]["hit@20"] <= 1.0
     assert rec["peak"] < limit, (rec["peak"] / 2**20, limit / 2**20)
 
 
