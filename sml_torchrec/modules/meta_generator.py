@@ -51,25 +51,37 @@ class ColumnGRU(nn.Module):
                                    (self.b_y, 1, 1)):
             p.uniform_(-1.0, 1.0).mul_(math.sqrt(6.0 / (d * (fan_in + fan_out))))
 
+    def _weights(self, col: int, cols: int) -> tuple[torch.Tensor, ...]:
+        """The columns' weights laid out for batched matmuls over the coordinates."""
+        c = slice(col, col + cols)
+        u = self.u[:, c].unsqueeze(2)  # [3, C, 1, H]
+        w_zr = torch.cat([self.w[0, c], self.w[1, c]], dim=-1)  # [C, H, 2H]
+        return u, w_zr, self.w[2, c], self.w_y[c].unsqueeze(-1), self.b_y[c].unsqueeze(-1)
+
+    @staticmethod
+    def _step(x: torch.Tensor, h: torch.Tensor, weights: tuple[torch.Tensor, ...]
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step, coordinates first: ``x [C, R]``, ``h [C, R, H]`` -> ``h', y [C, R]``."""
+        u, w_zr, w_g, w_y, b_y = weights
+        xu = x.unsqueeze(-1) * u  # [3, C, R, H]
+        z, r = torch.sigmoid(xu[:2] + torch.bmm(h, w_zr).unflatten(-1, (2, -1)).movedim(-2, 0))
+        g = torch.tanh(xu[2] + torch.bmm(r * h, w_g))
+        h = h + z * (g - h)
+        return h, torch.bmm(h, w_y).squeeze(-1) + b_y
+
     def step(
         self, x: torch.Tensor, h: torch.Tensor, col: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        cols = slice(col, col + x.shape[1])
-        u, w = self.u[:, cols], self.w[:, cols]
-        xu = x.unsqueeze(0).unsqueeze(-1) * u.unsqueeze(1)  # [3, R, C, H]
-        hw = torch.einsum("rch,gchk->grck", h, w[:2])
-        z = torch.sigmoid(xu[0] + hw[0])
-        r = torch.sigmoid(xu[1] + hw[1])
-        g = torch.tanh(xu[2] + torch.einsum("rch,chk->rck", r * h, w[2]))
-        h = (1 - z) * h + z * g
-        y = torch.einsum("rch,ch->rc", h, self.w_y[cols]) + self.b_y[cols]
-        return h, y
+        weights = self._weights(col, x.shape[1])
+        h, y = self._step(x.T, h.transpose(0, 1), weights)
+        return h.transpose(0, 1), y.T
 
     def forward(
         self, xs: torch.Tensor, h0: torch.Tensor, col: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        h, ys = h0, []
+        weights = self._weights(col, xs.shape[2])
+        h, ys = h0.transpose(0, 1), []
         for s in range(xs.shape[1]):
-            h, y = self.step(xs[:, s], h, col)
-            ys.append(y)
-        return torch.stack(ys, dim=1), h
+            h, y = self._step(xs[:, s].T, h, weights)
+            ys.append(y.T)
+        return torch.stack(ys, dim=1), h.transpose(0, 1)

@@ -275,19 +275,23 @@ class ASMG(Strategy):
             return
         ids = {f: np.concatenate([p[f] for p in parts]) for f in parts[0]}
         rows = self.bank.lookup(ids, window)
-        step = torch.repeat_interleave(torch.arange(len(parts)), torch.tensor(sizes))
         weight = torch.arange(1, len(parts) + 1, dtype=torch.float32)
         weight /= weight.sum()
-        row_weight = (weight / torch.tensor(sizes).clamp(min=1).float())[step]
-        out = {}
-        for t in self.bank.tables:
-            for f in t.feature_names:
-                xs, h = rows[f]
-                ys, _ = self.generators[t.name](xs, h)
-                out[f] = ys[torch.arange(len(step)), step]  # output k for target period k
-        pos = (out["user_id"] * out["item_id"]).sum(-1)
-        neg = (out["user_id"] * out["neg_item_id"]).sum(-1)
-        loss = ((F.softplus(-pos) + F.softplus(neg)) * row_weight).sum()
+        loss, start = torch.zeros(()), 0
+        for k, size in enumerate(sizes):
+            if size == 0:
+                continue
+            out = {}  # the generator's output after model k, for target period k's rows
+            for t in self.bank.tables:
+                for f in t.feature_names:
+                    xs, h = rows[f]
+                    ys, _ = self.generators[t.name](xs[start : start + size, : k + 1],
+                                                    h[start : start + size])
+                    out[f] = ys[:, -1]
+            pos = (out["user_id"] * out["item_id"]).sum(-1)
+            neg = (out["user_id"] * out["neg_item_id"]).sum(-1)
+            loss = loss + weight[k] * (F.softplus(-pos).mean() + F.softplus(neg).mean())
+            start += size
         self.meta_opt.zero_grad(set_to_none=True)
         loss.backward()
         params = list(self.generators.parameters())
