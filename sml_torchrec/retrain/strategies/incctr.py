@@ -20,17 +20,17 @@ The update of period t here:
 
 Choices the paper leaves open, and what is done here:
 
-* **KD-batch, not KD-self.** The paper offers a fixed teacher (the last period's model) or the
-  model being trained as its own teacher; the first is what the ASMG authors' reimplementation
-  runs (danni9594/ASMG, ``IncCTR``), with soft labels from the previous period's model, λ = 0.2
-  and no temperature. So here: the teacher is fixed for the whole period, λ defaults to 0.2 and
-  the soft labels are σ(ỹ) (temperature 1).
+* **Teacher and loss.** The paper allows more than one teacher and more than one distillation
+  loss; here the teacher is the previous period's model, as in the ASMG authors'
+  reimplementation (danni9594/ASMG, ``IncCTR``: soft labels from the previous period's
+  model, ``(1 - λ) CE + λ CE(soft)``, λ = 0.2, no temperature). So here: the teacher is fixed
+  for the whole period, λ defaults to 0.2 and the soft labels are σ(ỹ) (temperature 1).
 * **Feature module.** The MF tables hold every id of the dataset from the start (rows of ids not
   yet seen keep the shared initial model's values), so no table is ever extended; a new id's row
   is the one it already has, as for every other strategy here.
 * **Soft labels are computed per batch,** by a second sharded MF holding the teacher's tables
   and looked up under ``no_grad`` (it never gets a gradient, so its fused table never moves),
-  rather than precomputed per example as the authors' code does: negatives are resampled every
+  rather than precomputed per example as the ASMG authors' code does: negatives are resampled every
   epoch, and a per-batch teacher needs no extra per-example storage.
 * **Reservoir size.** The paper does not fix it; ``--reservoir-size`` is shared with
   ``sample_based`` so the two differ only by the distillation term.
