@@ -183,3 +183,42 @@ def gather_shares(rows: torch.Tensor, n: int) -> torch.Tensor:
         dist.all_gather(parts, rows)
         rows = torch.cat(parts)
     return rows[:n]
+
+
+def same_layout(a: torch.Tensor | ShardedTensor, b: torch.Tensor | ShardedTensor) -> bool:
+    """Whether two tables have the same local shards (offsets and shapes) on every rank.
+
+    A collective when the tables are sharded: every rank gets the same answer.
+    """
+    mine = [(s.row, s.col, tuple(s.tensor.shape)) for s in local_shards(a)]
+    ok = torch.tensor([int(mine == [(s.row, s.col, tuple(s.tensor.shape))
+                                    for s in local_shards(b)])])
+    if (isinstance(a, ShardedTensor) or isinstance(b, ShardedTensor)) and dist.is_initialized() \
+            and dist.get_world_size() > 1:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
+
+
+@torch.no_grad()
+def write_blocks(
+    dst: torch.Tensor | ShardedTensor, blocks: list[LocalShard], full_shape: tuple[int, int],
+    aligned: bool,
+) -> None:
+    """Write ``blocks`` (this rank's part of a table; the ranks' parts together cover it once)
+    into ``dst``.
+
+    ``aligned`` (from :func:`same_layout`, the same on every rank): the blocks are ``dst``'s own
+    local shards, in order, and are copied locally; otherwise the table is assembled on every
+    rank (O(table) memory, one all-reduce) and each rank loads its shards from it.
+    """
+    if aligned:
+        for s, b in zip(local_shards(dst), blocks):
+            s.tensor.copy_(b.tensor)
+        return
+    full = torch.zeros(full_shape)
+    for b in blocks:
+        r, c = b.tensor.shape
+        full[b.row : b.row + r, b.col : b.col + c] = b.tensor.cpu()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(full)
+    load_full(dst, full)

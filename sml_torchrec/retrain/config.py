@@ -70,7 +70,14 @@ class RetrainConfig:
     transfer_hidden: int = _opt(512, "hidden width of the transfer's MLP")
     transfer_n1: int = _opt(10, "transfer's first convolution: number of filters (n1)")
     transfer_n2: int = _opt(5, "transfer's second convolution: number of filters (n2)")
-    reservoir_size: int = _opt(10_000, "sample_based: old interactions replayed each period")
+    reservoir_size: int = _opt(10_000, "sample_based and incctr: old interactions replayed "
+                                       "each period")
+    kd_weight: float = _opt(0.2, "incctr: weight lambda of distilling the previous period's "
+                                 "model: (1 - lambda) x log loss + lambda x distillation")
+    asmg_window: int = _opt(3, "asmg: past periods' models the generator is trained over per "
+                               "period (its GRU state carries the older ones)")
+    asmg_hidden: int = _opt(4, "asmg: GRU hidden units per embedding coordinate")
+    asmg_lr: float = _opt(1e-2, "asmg: Adam learning rate of the generator")
     sharding: str = _opt("row_wise", "how the tables are sharded over ranks",
                          choices=SHARDING_NAMES)
     protocols: list[str] = _opt(lambda: ["full", "sampled"],
@@ -119,13 +126,14 @@ class RetrainConfig:
                               f"from {','.join(SHARDING_NAMES)}")
         for name in ("init_periods", "test_periods", "dim", "batch_size", "transfer_batch_size",
                      "init_epochs", "rounds", "transfer_hidden", "transfer_n1", "transfer_n2",
-                     "num_eval_negatives", "nproc", "keep_checkpoints"):
+                     "num_eval_negatives", "nproc", "keep_checkpoints", "asmg_window",
+                     "asmg_hidden"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_flag(name)}: must be >= 1, got {getattr(self, name)}")
         for name in ("val_periods", "epochs", "reservoir_size"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{_flag(name)}: must be >= 0, got {getattr(self, name)}")
-        for name in ("table_lr", "transfer_lr"):
+        for name in ("table_lr", "transfer_lr", "asmg_lr"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise ConfigError(f"{_flag(name)}: must be a positive number, got {v}")
@@ -133,6 +141,8 @@ class RetrainConfig:
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ConfigError(f"{_flag(name)}: must be a number >= 0, got {v}")
+        if not (math.isfinite(self.kd_weight) and 0 <= self.kd_weight <= 1):
+            raise ConfigError(f"{_flag('kd_weight')}: must be in [0, 1], got {self.kd_weight}")
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"{_flag('seed')}: must be in 0..{2**32 - 1}, got {self.seed}")
         for name in ("out", "data", "checkpoint_dir"):

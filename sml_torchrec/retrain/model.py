@@ -15,6 +15,8 @@ Works on one process without any process group too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -137,12 +139,15 @@ class RetrainModel(ShardedModel):
 
     # -- training -----------------------------------------------------------------------------
     def train_epoch(
-        self, data: Interactions, num_items: int, seed: int, step: str = "tables"
+        self, data: Interactions, num_items: int, seed: int, step: str = "tables",
+        loss_fn: Callable[[KeyedJaggedTensor, torch.Tensor, torch.Tensor], torch.Tensor]
+        | None = None,
     ) -> float:
         """One epoch over ``data`` (split disjointly across ranks); returns the mean loss.
 
         ``step="tables"``: update the tables only (plain MF, or SML step 1);
-        ``step="transfer"``: update Θ only (SML step 2).
+        ``step="transfer"``: update Θ only (SML step 2). ``loss_fn(features, pos, neg)``
+        replaces the log loss L0 (the L2 term is added to it as usual).
         """
         if len(data) == 0:
             return float("nan")
@@ -155,7 +160,7 @@ class RetrainModel(ShardedModel):
         for b in iterate_batches(data.user_id, data.item_id, neg, batch, seed=seed,
                                  rank=self.rank, world_size=self.world_size):
             pos, negs, sq = self.dmp(b.features.to(self.device))
-            loss = log_loss(pos, negs)
+            loss = log_loss(pos, negs) if loss_fn is None else loss_fn(b.features, pos, negs)
             if step == "tables":
                 if self.transfer:  # λ1 applies to the Ŵ_t rows behind the batch
                     sq = self.embedding.new_table_sq_norm()

@@ -18,6 +18,8 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "sample_based": ("baselines", "SampleBased"),
     "gru4rec": ("sequential", "GRU4RecStrategy"),
     "caser": ("sequential", "CaserStrategy"),
+    "incctr": ("incctr", "IncCTR"),
+    "asmg": ("asmg", "ASMG"),
 }
 STRATEGY_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 DEFAULT_STRATEGIES: tuple[str, ...] = ("sml", "fine_tune", "full_retrain", "sample_based")
