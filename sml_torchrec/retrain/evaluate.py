@@ -4,7 +4,7 @@
   item table's rows scored where they live (``sharded_topk``); recall/NDCG@{5,10,20} averaged
   over users.
 * ``sampled``: the authors' protocol: each interaction ranks its item among 999 sampled
-  negatives (see ``sml_torchrec.metrics.sample_eval_negatives``); averaged over interactions.
+  negatives (see ``sml_torchrec.data.eval_candidates``); averaged over interactions.
 
 The test data of a period is prepared once (:class:`PeriodTest`) and shared by all strategies,
 so every strategy is scored on exactly the same users and candidates.
@@ -20,15 +20,10 @@ import torch
 import torch.distributed as dist
 
 from recsys_common.process_group import rank_world
+from sml_torchrec.data.eval_candidates import SampledCandidates, sample_eval_negatives
 from sml_torchrec.data.period_dataset import Interactions, PeriodDataset
 from sml_torchrec.distributed.sharded_topk import sharded_topk
-from sml_torchrec.metrics import (
-    KS,
-    SampledCandidates,
-    full_ranking_metrics,
-    sample_eval_negatives,
-    sampled_metrics_from_ranks,
-)
+from sml_torchrec.metrics import KS, full_ranking_metrics, sampled_metrics_from_ranks
 from sml_torchrec.retrain.model import ShardedModel
 
 log = logging.getLogger(__name__)
