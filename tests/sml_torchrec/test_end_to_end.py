@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from sml_torchrec.data.synthetic import SyntheticConfig, build_synthetic
+from sml_torchrec.retrain.strategies import DEFAULT_STRATEGIES
 from tests.faults import fault_env
 
 TINY = SyntheticConfig(num_users=160, periods=7, initial_items=40, new_items_per_period=15,
@@ -55,10 +56,12 @@ def test_results_json_and_table(uninterrupted):
     assert r["dataset"] == "tiny" and r["config"]["nproc"] == 2
     for proto in ("full", "sampled"):
         rows = r["protocols"][proto]
-        assert set(rows) == {"sml", "fine_tune", "full_retrain", "sample_based"}
+        assert set(rows) == set(DEFAULT_STRATEGIES)
         for s in rows.values():
             assert {"recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20",
-                    "per_period", "seconds"} <= set(s)
+                    "per_period", "seconds", "cold_warm"} <= set(s)
+            assert set(s["cold_warm"]) == {"cold_users", "warm_users", "cold_items",
+                                           "warm_items"}
             assert [p["period"] for p in s["per_period"]] == [4, 5, 6]
             assert 0 <= s["recall@5"] <= s["recall@10"] <= s["recall@20"] <= 1
     assert "[full protocol]" in stdout and "[sampled protocol]" in stdout
