@@ -32,26 +32,10 @@ def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
     return ks
 
 
-def full_ranking_metrics(
-    topk_ids: Tensor, truth_indptr: Tensor, truth_items: Tensor, ks: Sequence[int] = KS
-) -> dict[str, Tensor]:
-    """Per-user recall@K and NDCG@K of a full ranking.
-
-    Args:
-        topk_ids: [U, Kmax] int64 item ids ranked best first, Kmax >= max(ks). Negative ids
-            (the -1 padding of :func:`~sml_torchrec.distributed.sharded_topk.sharded_topk` when
-            fewer than Kmax items could be ranked) never count as hits.
-        truth_indptr: [U + 1] CSR row pointer; user u's relevant items are
-            ``truth_items[truth_indptr[u]:truth_indptr[u + 1]]``. Every user needs at least one.
-        truth_items: [nnz] int64 relevant item ids. Repeats within a user count once.
-        ks: cut-offs.
-
-    Returns:
-        ``{"recall@K": [U], "ndcg@K": [U]}`` (float64) for each K in ``ks``.
-        recall@K = |top-K ∩ truth| / |truth|; NDCG@K = DCG@K / IDCG@K with binary relevance,
-        gain 1 / log2(rank + 2) (rank 0-based) and IDCG over min(|truth|, K) hits.
-    """
-    ks = _check_ks(ks)
+def _check_full_inputs(
+    topk_ids: Tensor, truth_indptr: Tensor, truth_items: Tensor, ks: tuple[int, ...]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(topk_ids [U, Kmax], relevant items per user [U], truth_items [nnz]) as int64, checked."""
     topk_ids = torch.as_tensor(topk_ids).long()
     indptr = torch.as_tensor(truth_indptr).long()
     items = torch.as_tensor(truth_items).long()
@@ -72,6 +56,31 @@ def full_ranking_metrics(
         raise ValueError(f"users without relevant items cannot be scored (rows {bad} ...)")
     if len(items) and int(items.min()) < 0:
         raise ValueError("truth_items must be non-negative ids")
+    return topk_ids, counts, items
+
+
+def full_ranking_metrics(
+    topk_ids: Tensor, truth_indptr: Tensor, truth_items: Tensor, ks: Sequence[int] = KS
+) -> dict[str, Tensor]:
+    """Per-user recall@K and NDCG@K of a full ranking.
+
+    Args:
+        topk_ids: [U, Kmax] int64 item ids ranked best first, Kmax >= max(ks). Negative ids
+            (the -1 padding of :func:`~sml_torchrec.distributed.sharded_topk.sharded_topk` when
+            fewer than Kmax items could be ranked) never count as hits.
+        truth_indptr: [U + 1] CSR row pointer; user u's relevant items are
+            ``truth_items[truth_indptr[u]:truth_indptr[u + 1]]``. Every user needs at least one.
+        truth_items: [nnz] int64 relevant item ids. Repeats within a user count once.
+        ks: cut-offs.
+
+    Returns:
+        ``{"recall@K": [U], "ndcg@K": [U]}`` (float64) for each K in ``ks``.
+        recall@K = |top-K ∩ truth| / |truth|; NDCG@K = DCG@K / IDCG@K with binary relevance,
+        gain 1 / log2(rank + 2) (rank 0-based) and IDCG over min(|truth|, K) hits.
+    """
+    ks = _check_ks(ks)
+    topk_ids, counts, items = _check_full_inputs(topk_ids, truth_indptr, truth_items, ks)
+    U, kmax = topk_ids.shape
 
     # One sorted key per (user, item) makes membership a binary search, for all users at once.
     stride = int(max(int(items.max()) if len(items) else 0, int(topk_ids.max()) if U else 0)) + 1
