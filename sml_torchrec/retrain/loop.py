@@ -229,6 +229,13 @@ def _summary(rows: list[dict], protocol: str, seconds: float) -> dict:
     }
 
 
+def _val_score(rows: list[dict], protocol: str) -> float:
+    """The selection metric averaged over the validation periods of one run."""
+    val_rows = [r for r in rows if r["role"] == "val"]
+    weight = "users" if protocol == "full" else "interactions"
+    return _average(val_rows, weight).get(tuning.SELECTION_METRIC, 0.0)
+
+
 def summarise(progress: Progress, cfg: RetrainConfig) -> dict:
     """results.json's ``protocols``: per protocol and strategy, the test-period averages (the
     full protocol averages periods, the sampled one weighs them by interactions), their
@@ -240,20 +247,20 @@ def summarise(progress: Progress, cfg: RetrainConfig) -> dict:
     all_runs = tuning.runs(cfg)
     for name in cfg.strategies:
         candidates = [r for r in all_runs if r.name == name]
-        val = {r.label: _average([x for x in progress.per_period[r.label][metric_protocol]
-                                  if x["role"] == "val"], "users" if metric_protocol == "full"
-                                 else "interactions").get(tuning.SELECTION_METRIC, 0.0)
-               for r in candidates} if cfg.tune and len(candidates) > 1 else {}
-        chosen = tuning.choose(candidates, val) if val else candidates[0]
+        val = {r.label: _val_score(progress.per_period[r.label][metric_protocol],
+                                   metric_protocol) for r in candidates}
+        chosen = tuning.choose(candidates, val)
         for p in cfg.protocols:
             entry = _summary(progress.per_period[chosen.label][p], p,
                              sum(progress.seconds[r.label] for r in candidates))
             if cfg.tune:
+                key = "val_" + tuning.SELECTION_METRIC
                 entry["tuned"] = {
                     "setting": chosen.setting,
                     "selected_on": f"{metric_protocol} {tuning.SELECTION_METRIC}, validation "
                                    "periods",
-                    "grid": [{**r.setting, "val": val[r.label]} for r in candidates if val],
+                    "grid": [{**r.setting, key: val[r.label]} for r in candidates
+                             if r.setting],
                 }
             results[p][name] = entry
     return results
