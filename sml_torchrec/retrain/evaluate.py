@@ -17,14 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from recsys_common.process_group import rank_world
 from sml_torchrec.data.eval_candidates import SampledCandidates, sample_eval_negatives
 from sml_torchrec.data.period_dataset import Interactions, PeriodDataset
 from sml_torchrec.distributed.sharded_topk import sharded_topk
 from sml_torchrec.metrics import KS, full_ranking_metrics, sampled_metrics_from_ranks
-from sml_torchrec.retrain.serving import Served, ServedModel, serve
+from sml_torchrec.retrain.serving import Served, ServedModel, all_reduce_sum, serve
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +108,8 @@ def prepare_test(
 
 def _mean_over_ranks(sums: dict[str, float], count: int) -> dict[str, float]:
     keys = sorted(sums)
-    t = torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
+    t = all_reduce_sum(torch.tensor([sums[k] for k in keys] + [float(count)],
+                                    dtype=torch.float64))
     return {k: float(t[i] / t[-1]) for i, k in enumerate(keys)}
 
 
@@ -223,18 +221,12 @@ def _sampled(served: Served, test: PeriodTest) -> dict:
     for name, mask in (("cold_users", cold_user), ("warm_users", ~cold_user),
                        ("cold_items", cold_item), ("warm_items", ~cold_item)):
         count = torch.tensor([float(mask.sum())])
-        total = int(_all_reduce_sum(count).item())
+        total = int(all_reduce_sum(count).item())
         group = _mean_over_ranks({k: float(v[mask].sum()) for k, v in m.items()},
                                  int(mask.sum())) if total else {}
         split[name] = {**group, "interactions": total}
     out["cold_warm"] = split
     return out
-
-
-def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
-    return t
 
 
 @torch.no_grad()

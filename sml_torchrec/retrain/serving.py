@@ -43,7 +43,8 @@ class ServedModel(Protocol):
         and the id of its first row."""
 
 
-def _all_reduce(t: Tensor) -> Tensor:
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """``t`` summed over the ranks, in place (``t`` itself on one process)."""
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)
     return t
@@ -73,7 +74,7 @@ def gather_rows(block: Tensor, offset: int, num_rows: int) -> Tensor:
     [num_rows, d] table on every rank (a collective)."""
     full = torch.zeros(num_rows, block.shape[1], dtype=block.dtype)
     full[offset : offset + len(block)] = block
-    return _all_reduce(full)
+    return all_reduce_sum(full)
 
 
 def known_user_mean(model: ServedModel, known_users: int) -> Tensor:
@@ -91,7 +92,7 @@ def known_item_mean(block: Tensor, offset: int, known_items: int) -> Tensor:
     mine = block[: max(0, min(len(block), known_items - offset))]
     sums = torch.cat([mine.to(torch.float64).sum(0), torch.tensor([float(len(mine))],
                                                                    dtype=torch.float64)])
-    sums = _all_reduce(sums)
+    sums = all_reduce_sum(sums)
     return (sums[:-1] / sums[-1].clamp(min=1)).to(block.dtype)
 
 
