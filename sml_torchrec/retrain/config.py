@@ -17,6 +17,8 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
     import tomli as tomllib
 
 PROTOCOL_NAMES = ("full", "sampled")
+# sml_torchrec.retrain.serving.NEVER_TRAINED_RULES, named here for the same reason.
+NEVER_TRAINED_NAMES = ("mean", "untrained")
 
 
 __all__ = ["ConfigError", "PeriodRoles", "RetrainConfig"]
@@ -85,6 +87,14 @@ class RetrainConfig:
                                 "sampled = NUM_EVAL_NEGATIVES sampled negatives",
                                 choices=PROTOCOL_NAMES)
     num_eval_negatives: int = _opt(999, "sampled protocol: negatives per test interaction")
+    never_trained: str = _opt("mean", "served vector of a user or item first seen in the tested "
+                                      "period, for every strategy: mean = the mean of the "
+                                      "served rows of the ids seen before, untrained = the "
+                                      "model's own (initial) row", choices=NEVER_TRAINED_NAMES)
+    tune: bool = _opt(False, "select each strategy's table_lr, epochs and l2_tables on the "
+                             "validation periods' full recall@20 from a small grid around the "
+                             "given values (retrain/tuning.py); results.json records the "
+                             "choice")
     seed: int = _opt(0, "random seed (training and the synthetic data)")
     nproc: int = _opt(1, "local ranks to start (gloo on CPU); under torchrun ranks come "
                          "from the environment")
@@ -121,6 +131,9 @@ class RetrainConfig:
             dup = sorted({s for s in values if values.count(s) > 1})
             if dup:
                 raise ConfigError(f"{_flag(name)}: lists {','.join(dup)} more than once")
+        if self.never_trained not in NEVER_TRAINED_NAMES:
+            raise ConfigError(f"{_flag('never_trained')}: unknown rule {self.never_trained!r}; "
+                              f"choose from {','.join(NEVER_TRAINED_NAMES)}")
         if self.sharding not in SHARDING_NAMES:
             raise ConfigError(f"{_flag('sharding')}: unknown sharding {self.sharding!r}; choose "
                               f"from {','.join(SHARDING_NAMES)}")
@@ -143,6 +156,9 @@ class RetrainConfig:
                 raise ConfigError(f"{_flag(name)}: must be a number >= 0, got {v}")
         if not (math.isfinite(self.kd_weight) and 0 <= self.kd_weight <= 1):
             raise ConfigError(f"{_flag('kd_weight')}: must be in [0, 1], got {self.kd_weight}")
+        if self.tune and self.val_periods < 1:
+            raise ConfigError(f"{_flag('tune')} selects on the validation periods: needs "
+                              f"{_flag('val_periods')} >= 1, got {self.val_periods}")
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"{_flag('seed')}: must be in 0..{2**32 - 1}, got {self.seed}")
         for name in ("out", "data", "checkpoint_dir"):

@@ -4,7 +4,7 @@
   item table's rows scored where they live (``sharded_topk``); recall/NDCG@{5,10,20} averaged
   over users.
 * ``sampled``: the authors' protocol: each interaction ranks its item among 999 sampled
-  negatives (see ``sml_torchrec.metrics.sample_eval_negatives``); averaged over interactions.
+  negatives (see ``sml_torchrec.data.eval_candidates``); averaged over interactions.
 
 The test data of a period is prepared once (:class:`PeriodTest`) and shared by all strategies,
 so every strategy is scored on exactly the same users and candidates.
@@ -17,19 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from recsys_common.process_group import rank_world
+from sml_torchrec.data.eval_candidates import SampledCandidates, sample_eval_negatives
 from sml_torchrec.data.period_dataset import Interactions, PeriodDataset
 from sml_torchrec.distributed.sharded_topk import sharded_topk
-from sml_torchrec.metrics import (
-    KS,
-    SampledCandidates,
-    full_ranking_metrics,
-    sample_eval_negatives,
-    sampled_metrics_from_ranks,
-)
-from sml_torchrec.retrain.model import ShardedModel
+from sml_torchrec.metrics import KS, full_ranking_metrics, sampled_metrics_from_ranks
+from sml_torchrec.retrain.serving import Served, ServedModel, all_reduce_sum, serve
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +62,10 @@ class PeriodTest:
     # This rank's share of the sampled candidates: rows _share(len(data)) of the period's
     # [n, M], since a rank scores only its share of the interactions.
     candidates: SampledCandidates | None
+    # Ids below these were seen before period s (ids are numbered by first appearance): the
+    # others are "cold", first seen in the tested period.
+    known_users: int = 0
+    known_items: int = 0
 
 
 def _share(n: int) -> slice:
@@ -105,14 +103,13 @@ def prepare_test(
             candidates = SampledCandidates(candidates.items[sl].clone(),
                                            candidates.valid[sl].clone(), candidates.short_pools)
     return PeriodTest(s, ds.meta.items_upto[s], users, indptr, torch.from_numpy(pi), d,
-                      candidates)
+                      candidates, ds.meta.users_upto[s - 1], ds.meta.items_upto[s - 1])
 
 
 def _mean_over_ranks(sums: dict[str, float], count: int) -> dict[str, float]:
     keys = sorted(sums)
-    t = torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
+    t = all_reduce_sum(torch.tensor([sums[k] for k in keys] + [float(count)],
+                                    dtype=torch.float64))
     return {k: float(t[i] / t[-1]) for i, k in enumerate(keys)}
 
 
@@ -163,35 +160,92 @@ def _sampled_ranks(
     return rank
 
 
-@torch.no_grad()
-def evaluate(model: ShardedModel, test: PeriodTest, protocols: list[str]) -> dict:
-    """Metrics of the served model on ``test``: ``{"full": {...}, "sampled": {...}}``."""
-    out: dict[str, dict[str, float]] = {}
+def _group(per: dict[str, torch.Tensor], mask: torch.Tensor, count_key: str) -> dict:
+    """Means of per-user (full) metrics over ``mask`` [U], with the group's size."""
+    n = int(mask.sum())
+    return {**({k: float(v[mask].mean()) for k, v in per.items()} if n else {}), count_key: n}
+
+
+def _truth_subset(test: PeriodTest, keep: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The truth CSR restricted to the pairs ``keep`` [nnz]: (users kept [U] bool, indptr,
+    items); a user is kept when any of their pairs is."""
+    counts = test.truth_indptr[1:] - test.truth_indptr[:-1]
+    owner = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    sub = torch.bincount(owner[keep], minlength=len(counts))
+    rows = sub > 0
+    indptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(sub[rows], 0)])
+    return rows, indptr, test.truth_items[keep]
+
+
+def _full(served: Served, test: PeriodTest) -> dict:
+    """Full ranking: overall, and split by cold/warm users and by the truth's cold/warm items."""
     kmax = max(KS)
+    block, offset = served.item_block, served.offset
+    # Only items that exist by the end of period s are candidates.
+    block = block[: max(0, min(len(block), test.num_items - offset))]
+    chunk = max(1, min(1024, FULL_EVAL_SCORES // max(1, len(block))))
+    _, ids = sharded_topk(served.user_vectors, block, offset, kmax, query_chunk=chunk)
+    per_user = full_ranking_metrics(ids, test.truth_indptr, test.truth_items, KS)
+    out: dict = {k: float(v.mean()) for k, v in per_user.items()}
+    out["users"] = len(test.users)
+    cold_user = torch.from_numpy(test.users >= test.known_users)
+    split = {"cold_users": _group(per_user, cold_user, "users"),
+             "warm_users": _group(per_user, ~cold_user, "users")}
+    cold_item = test.truth_items >= test.known_items
+    for name, keep in (("cold_items", cold_item), ("warm_items", ~cold_item)):
+        rows, indptr, items = _truth_subset(test, keep)
+        per = full_ranking_metrics(ids[rows], indptr, items, KS) if rows.any() else {}
+        split[name] = _group(per, torch.ones(int(rows.sum()), dtype=torch.bool), "users")
+    out["cold_warm"] = split
+    return out
+
+
+def _sampled(served: Served, test: PeriodTest) -> dict:
+    """Sampled ranking over this rank's share of the interactions, averaged over all ranks;
+    also over the interactions of cold/warm users and of cold/warm items."""
+    items = served.item_table()
+    n = len(test.data)
+    sl = _share(n)
+    if len(test.candidates.items) != sl.stop - sl.start:
+        raise ValueError("test.candidates is not this rank's share; use prepare_test")
+    user_id, item_id = test.data.user_id[sl], test.data.item_id[sl]
+    u_row = torch.from_numpy(np.searchsorted(served.users, user_id))
+    # A copy: the period's columns are read-only views of parquet buffers.
+    ranks = _sampled_ranks(served.user_vectors, u_row, items, torch.tensor(item_id),
+                           test.candidates.items, test.candidates.valid)
+    m = sampled_metrics_from_ranks(ranks, KS)
+    out: dict = _mean_over_ranks({k: float(v.sum()) for k, v in m.items()}, len(ranks))
+    out["interactions"] = n
+    cold_user = torch.from_numpy(user_id >= test.known_users)
+    cold_item = torch.from_numpy(item_id >= test.known_items)
+    split = {}
+    for name, mask in (("cold_users", cold_user), ("warm_users", ~cold_user),
+                       ("cold_items", cold_item), ("warm_items", ~cold_item)):
+        count = torch.tensor([float(mask.sum())])
+        total = int(all_reduce_sum(count).item())
+        group = _mean_over_ranks({k: float(v[mask].sum()) for k, v in m.items()},
+                                 int(mask.sum())) if total else {}
+        split[name] = {**group, "interactions": total}
+    out["cold_warm"] = split
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: ServedModel, test: PeriodTest, protocols: list[str],
+             never_trained: str = "mean") -> dict:
+    """Metrics of the served model on ``test``: ``{"full": {...}, "sampled": {...}}``.
+
+    The model is served once (:func:`~sml_torchrec.retrain.serving.serve`, which applies the
+    never-trained-id rule) and both protocols score those same vectors. Each protocol's dict
+    holds the metrics, its count (``users`` / ``interactions``) and ``cold_warm``: the same
+    metrics over the test users (or interactions) of users first seen in this period
+    (``cold_users``) or before (``warm_users``), and over the test interactions whose item is
+    first seen in this period (``cold_items``) or before (``warm_items``), each with its count.
+    """
+    served = serve(model, test.users, test.known_users, test.known_items, never_trained)
+    out: dict[str, dict] = {}
     if "full" in protocols:
-        queries = model.user_vectors(test.users)
-        block, offset = model.item_block()
-        # Only items that exist by the end of period s are candidates.
-        block = block[: max(0, min(len(block), test.num_items - offset))]
-        chunk = max(1, min(1024, FULL_EVAL_SCORES // max(1, len(block))))
-        _, ids = sharded_topk(queries, block, offset, kmax, query_chunk=chunk)
-        per_user = full_ranking_metrics(ids, test.truth_indptr, test.truth_items, KS)
-        out["full"] = {k: float(v.mean()) for k, v in per_user.items()}
-        out["full"]["users"] = len(test.users)
+        out["full"] = _full(served, test)
     if "sampled" in protocols and test.candidates is not None:
-        items = model.item_table()
-        n = len(test.data)
-        sl = _share(n)
-        if len(test.candidates.items) != sl.stop - sl.start:
-            raise ValueError("test.candidates is not this rank's share; use prepare_test")
-        uid = np.unique(test.data.user_id)
-        u = model.user_vectors(uid)
-        u_row = torch.from_numpy(np.searchsorted(uid, test.data.user_id[sl]))
-        ranks = _sampled_ranks(
-            u, u_row, items, torch.tensor(test.data.item_id[sl]),  # parquet's are read-only
-            test.candidates.items, test.candidates.valid,
-        )
-        m = sampled_metrics_from_ranks(ranks, KS)
-        out["sampled"] = _mean_over_ranks({k: float(v.sum()) for k, v in m.items()}, len(ranks))
-        out["sampled"]["interactions"] = n
+        out["sampled"] = _sampled(served, test)
     return out

@@ -12,7 +12,8 @@ A snapshot ``serves-<s>`` is the model trained through period ``s - 1`` that ser
 tested on) period ``s``; without ``--save-every-period`` there is one per strategy, the last
 (s = P - 1). The score of item i for user u is ``user[u] @ item[i]``, higher is better, for
 every strategy: for MF strategies (and SML's W_t) the user vectors are the user table's rows,
-for GRU4Rec/Caser the encoder's output over the user's last items of D_0..D_{s-1}. The full
+for GRU4Rec/Caser the encoder's output over the user's last items of D_0..D_{s-1}; ids first
+seen in period s hold what the never-trained rule serves them (``--never-trained``). The full
 protocol ranked items ``0 .. items_at_serving - 1``; items ``0 .. items_known - 1`` had
 appeared by the end of the training period. Reading a model needs only numpy and json
 (``docs/results.md`` has a ten-line example).
@@ -42,7 +43,7 @@ from sml_torchrec.data.period_dataset import PeriodDataset
 from sml_torchrec.retrain.config import RetrainConfig
 
 if TYPE_CHECKING:  # checking an output directory before a run needs no torch
-    from sml_torchrec.retrain.model import ShardedModel
+    from sml_torchrec.retrain.serving import ServedModel
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,6 @@ MANIFEST = "manifest.json"
 FORMAT = "sml-torchrec-model"
 FORMAT_VERSION = 1
 _STAGING_MARKER = ".sml-torchrec-partial-model"
-USER_CHUNK = 1 << 16  # users looked up at once when gathering the user vectors
 
 
 def is_saved_model(path: Path) -> bool:
@@ -85,18 +85,22 @@ def _write_npy(path: Path, array: np.ndarray) -> dict:
     return {"shape": list(array.shape), "dtype": "float32"}
 
 
-def served_arrays(model: ShardedModel, num_users: int) -> tuple[np.ndarray, np.ndarray]:
+def served_arrays(
+    model: ServedModel, num_users: int, known_users: int, known_items: int, rule: str,
+) -> tuple[np.ndarray, np.ndarray]:
     """(user vectors [num_users, d], item rows [num_items, d]) of a served model, on every
-    rank (a collective: every rank calls it). The same calls evaluation makes, so a saved
-    model scores exactly as the run's evaluation did."""
+    rank (a collective: every rank calls it), ids at or above ``known_users`` /
+    ``known_items`` served by the never-trained ``rule``. The same call evaluation makes
+    (:func:`~sml_torchrec.retrain.serving.serve`), so a saved model scores exactly as the run's
+    evaluation did."""
     import torch
 
-    users = np.arange(num_users, dtype=np.int64)
+    from sml_torchrec.retrain.serving import serve
+
     with torch.no_grad():
-        parts = [model.user_vectors(users[c : c + USER_CHUNK])
-                 for c in range(0, num_users, USER_CHUNK)]
-        item = model.item_table().float().numpy()
-    return torch.cat(parts).float().numpy(), item
+        served = serve(model, np.arange(num_users, dtype=np.int64), known_users, known_items,
+                       rule)
+        return served.user_vectors.float().numpy(), served.item_table().float().numpy()
 
 
 class ModelWriter:
@@ -122,9 +126,11 @@ class ModelWriter:
         self.staging.mkdir(parents=True, exist_ok=True)
         (self.staging / _STAGING_MARKER).touch()
 
-    def save(self, strategy: str, model: ShardedModel, t: int) -> None:
+    def save(self, strategy: str, model: ServedModel, t: int) -> None:
         """Snapshot of ``model`` trained through period ``t`` (serves period t + 1)."""
-        user, item = served_arrays(model, self.ds.num_users)
+        meta = self.ds.meta
+        user, item = served_arrays(model, self.ds.num_users, meta.users_upto[t],
+                                   meta.items_upto[t], self.cfg.never_trained)
         theta = None
         if getattr(model, "transfer", False):
             theta = {name: {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}

@@ -21,7 +21,7 @@ import torch
 from recsys_common.process_group import rank_world
 from sml_torchrec.data.period_dataset import PeriodDataset
 from sml_torchrec.metrics import KS, metric_keys, topk_metric, upgrade_sampled_keys
-from sml_torchrec.retrain import checkpoint, progress_bars
+from sml_torchrec.retrain import checkpoint, progress_bars, tuning
 from sml_torchrec.retrain.config import RUN_ONLY_FIELDS, PeriodRoles, RetrainConfig
 from sml_torchrec.retrain.evaluate import PeriodTest, evaluate, prepare_test
 from sml_torchrec.retrain.export import MODEL_DIR, ModelWriter
@@ -43,7 +43,7 @@ def train_initial(
     best, best_score = None, -1.0
     for e in progress_bars.bar(range(cfg.init_epochs), "initial MF epochs"):
         loss = model.train_epoch(data, items, cfg.seed * 7919 + e)
-        score = evaluate(model, test, ["full"])["full"]["recall@20"]
+        score = evaluate(model, test, ["full"], cfg.never_trained)["full"]["recall@20"]
         _print(f"  initial MF epoch {e + 1}/{cfg.init_epochs}: loss {loss:.4f}, "
                f"recall@20 on period {roles.init} {score:.4f}")
         if score > best_score:
@@ -56,9 +56,14 @@ def _print(msg: str) -> None:
         log.info(msg)
 
 
-def _average(rows: list[dict], weight_key: str) -> dict[str, float]:
+SPLIT_GROUPS = ("cold_users", "warm_users", "cold_items", "warm_items")
+
+
+def _average(rows: list[dict], weight_key: str, pooled: bool = False) -> dict[str, float]:
     keys = metric_keys("full" if weight_key == "users" else "sampled")
-    if weight_key == "users":  # full protocol: each period's user average counts once
+    if not rows:
+        return {}
+    if weight_key == "users" and not pooled:  # full protocol: each period's average counts once
         return {k: float(np.mean([r[k] for r in rows])) for k in keys}
     w = np.array([r[weight_key] for r in rows], dtype=np.float64)
     return {k: float(np.dot(w, [r[k] for r in rows]) / w.sum()) for k in keys}
@@ -173,10 +178,11 @@ def run(
         progress.initial = train_initial(ds, roles, cfg, init_test)
         ckpt.save(0, progress)
     periods = ds.num_periods
-    for i, name in enumerate(cfg.strategies):
+    for i, unit in enumerate(tuning.runs(cfg)):
         if progress.finished(i):
             continue
-        strategy = strategy_class(name)(ds, roles, cfg)
+        name = unit.label
+        strategy = strategy_class(unit.name)(ds, roles, unit.cfg)
         strategy.start(progress.initial)
         first_t = roles.init
         if progress.position is not None and progress.position[0] == i:
@@ -191,7 +197,7 @@ def run(
             strategy.train_period(t)
             if t + 1 in tests:
                 _record(progress, name, t + 1, roles.role(t + 1),
-                        evaluate(strategy.model, tests[t + 1], cfg.protocols))
+                        evaluate(strategy.model, tests[t + 1], cfg.protocols, cfg.never_trained))
             progress.seconds[name] += time.monotonic() - ts
             if writer is not None and (cfg.save_every_period or t == periods - 2):
                 _save(writer, name, strategy, t)
@@ -222,32 +228,78 @@ def _record(progress: Progress, name: str, s: int, role: str, m: dict) -> None:
         for p, row in m.items()))
 
 
+def _average_split(rows: list[dict], count_key: str) -> dict[str, dict]:
+    """Each cold/warm group pooled over ``rows``: periods weighted by the group's count."""
+    out = {}
+    for group in SPLIT_GROUPS:
+        parts = [r["cold_warm"][group] for r in rows if r["cold_warm"][group][count_key]]
+        n = sum(g[count_key] for g in parts)
+        out[group] = {**(_average(parts, count_key, pooled=True) if parts else {}),
+                      count_key: n}
+    return out
+
+
+def _summary(rows: list[dict], protocol: str, seconds: float) -> dict:
+    """One strategy's entry of one protocol: test averages, their cold/warm split, the
+    validation averages, every period's row and the seconds spent."""
+    weight = "users" if protocol == "full" else "interactions"
+    test_rows = [r for r in rows if r["role"] == "test"]
+    val_rows = [r for r in rows if r["role"] == "val"]
+    return {
+        **_average(test_rows, weight),
+        "cold_warm": _average_split(test_rows, weight),
+        "val": _average(val_rows, weight) if val_rows else {},
+        "per_period": rows,
+        "seconds": seconds,
+    }
+
+
+def _val_score(rows: list[dict], protocol: str) -> float:
+    """The selection metric averaged over the validation periods of one run."""
+    val_rows = [r for r in rows if r["role"] == "val"]
+    weight = "users" if protocol == "full" else "interactions"
+    return _average(val_rows, weight).get(tuning.selection_metric(protocol), 0.0)
+
+
 def summarise(progress: Progress, cfg: RetrainConfig) -> dict:
     """results.json's ``protocols``: per protocol and strategy, the test-period averages (the
-    full protocol averages periods, the sampled one weighs them by interactions), the
-    validation averages, every period's row and the seconds spent."""
+    full protocol averages periods, the sampled one weighs them by interactions), their
+    cold/warm split (``cold_warm``, each group pooled over the test periods), the validation
+    averages, every period's row and the seconds spent. With ``tune``, a strategy's entry is
+    its run chosen on the validation periods, and ``tuned`` holds the chosen setting."""
     results: dict = {p: {} for p in cfg.protocols}
+    metric_protocol = "full" if "full" in cfg.protocols else cfg.protocols[0]
+    all_runs = tuning.runs(cfg)
     for name in cfg.strategies:
+        candidates = [r for r in all_runs if r.name == name]
+        val = {r.label: _val_score(progress.per_period[r.label][metric_protocol],
+                                   metric_protocol) for r in candidates}
+        chosen = tuning.choose(candidates, val)
         for p in cfg.protocols:
-            rows = progress.per_period[name][p]
-            weight = "users" if p == "full" else "interactions"
-            test_rows = [r for r in rows if r["role"] == "test"]
-            val_rows = [r for r in rows if r["role"] == "val"]
-            results[p][name] = {
-                **_average(test_rows, weight),
-                "val": _average(val_rows, weight) if val_rows else {},
-                "per_period": rows,
-                "seconds": progress.seconds[name],
-            }
+            entry = _summary(progress.per_period[chosen.label][p], p,
+                             sum(progress.seconds[r.label] for r in candidates))
+            if cfg.tune:
+                key = "val_" + tuning.selection_metric(metric_protocol)
+                entry["tuned"] = {
+                    "setting": chosen.setting,
+                    "selected_on": f"{metric_protocol} {key[len('val_'):]}, validation periods",
+                    "grid": [{**r.setting, key: val[r.label]} for r in candidates
+                             if r.setting],
+                }
+            results[p][name] = entry
     return results
 
 
 def format_table(results: dict) -> str:
-    """Paper Table 1 style: strategies x recall/NDCG@5/10/20, SML's relative improvement
-    (the sampled protocol's first columns are hit@K)."""
+    """Paper Table 1 style: strategies x recall/NDCG@5/10/20 (the sampled protocol's first
+    columns are hit@K), SML's relative improvement; then recall/hit@20 split by cold/warm users
+    and items."""
     lines = []
     for p, rows in results["protocols"].items():
-        lines.append(f"\n[{p} protocol] average over test periods")
+        tuned = any("tuned" in r for r in rows.values())
+        lines.append(f"\n[{p} protocol] average over test periods"
+                     + (" (tuned: table_lr, epochs, l2_tables chosen on the validation "
+                        "periods)" if tuned else ""))
         hit = topk_metric(p)
         head = (f"{'method':>14} " + " ".join(f"{hit + '@' + str(k):>10}" for k in KS)
                 + f" {'RI':>8} " + " ".join(f"{'NDCG@' + str(k):>10}" for k in KS) + f" {'RI':>8}")
@@ -264,4 +316,23 @@ def format_table(results: dict) -> str:
                 + f" {ri(f'{hit}@20')} " + " ".join(f"{r[f'ndcg@{k}']:>10.4f}" for k in KS)
                 + f" {ri('ndcg@20')}"
             )
+        lines.extend(_split_lines(rows, p))
+        if tuned:
+            lines.extend(f"{name:>14} tuned: " + (", ".join(
+                f"{k} {v:g}" for k, v in r["tuned"]["setting"].items()) or "nothing to tune")
+                for name, r in rows.items())
     return "\n".join(lines)
+
+
+def _split_lines(rows: dict, protocol: str) -> list[str]:
+    """recall@20 (hit@20 when sampled) over the test periods' cold/warm users and items, with
+    the group sizes."""
+    count = "users" if protocol == "full" else "interactions"
+    metric = f"{topk_metric(protocol)}@20"
+    first = next(iter(rows.values()))["cold_warm"]
+    lines = [f"{metric + ' of':>14} " + " ".join(
+        f"{g.replace('_', ' ') + ' (' + str(first[g][count]) + ')':>22}" for g in SPLIT_GROUPS)]
+    for name, r in rows.items():
+        lines.append(f"{name:>14} " + " ".join(
+            f"{r['cold_warm'][g].get(metric, float('nan')):>22.4f}" for g in SPLIT_GROUPS))
+    return lines

@@ -19,7 +19,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim import RowWiseAdagrad
@@ -75,16 +74,6 @@ class ShardedModel:
         """This rank's block of served item rows (blocks disjoint across ranks, together all
         items) and the id of its first row."""
         raise NotImplementedError
-
-    @torch.no_grad()
-    def item_table(self) -> torch.Tensor:
-        """All served item rows ``[num_items, d]`` on every rank."""
-        block, offset = self.item_block()
-        full = torch.zeros(self.num_items, block.shape[1], dtype=block.dtype)
-        full[offset : offset + len(block)] = block
-        if self.world_size > 1:
-            dist.all_reduce(full)
-        return full
 
 
 class RetrainModel(ShardedModel):

@@ -131,8 +131,9 @@ def test_help_shows_meaning_choices_and_default_of_every_flag():
     assert "how the tables are sharded over ranks (default: row_wise)" in text
     from sml_torchrec.retrain.strategies import STRATEGY_NAMES
 
-    # argparse may wrap the long list inside a name: compare without whitespace
+    # argparse may break the long list inside a word: compare without any whitespace.
     assert "from" + ",".join(STRATEGY_NAMES) in "".join(text.split())
+    assert "--tune" in text and "--never-trained {mean,untrained}" in text
     assert "--overwrite" in text and "--debug" in text and "exit codes:" in text
     from sml_torchrec.distributed.sharding import SHARDING_TYPES
     from sml_torchrec.retrain.config import SHARDING_NAMES

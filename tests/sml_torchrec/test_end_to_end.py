@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from sml_torchrec.data.synthetic import SyntheticConfig, build_synthetic
+from sml_torchrec.retrain.strategies import DEFAULT_STRATEGIES
 from tests.faults import fault_env
 
 TINY = SyntheticConfig(num_users=160, periods=7, initial_items=40, new_items_per_period=15,
@@ -56,11 +57,13 @@ def test_results_json_and_table(uninterrupted):
     assert r["dataset"] == "tiny" and r["config"]["nproc"] == 2
     for proto in ("full", "sampled"):
         rows = r["protocols"][proto]
-        assert set(rows) == {"sml", "fine_tune", "full_retrain", "sample_based"}
+        assert set(rows) == set(DEFAULT_STRATEGIES)
         for s in rows.values():
             hit = "recall" if proto == "full" else "hit"  # sampled: one positive per case
             assert {f"{hit}@5", f"{hit}@10", f"{hit}@20", "ndcg@5", "ndcg@10", "ndcg@20",
-                    "per_period", "seconds"} <= set(s)
+                    "per_period", "seconds", "cold_warm"} <= set(s)
+            assert set(s["cold_warm"]) == {"cold_users", "warm_users", "cold_items",
+                                           "warm_items"}
             assert [p["period"] for p in s["per_period"]] == [4, 5, 6]
             assert 0 <= s[f"{hit}@5"] <= s[f"{hit}@10"] <= s[f"{hit}@20"] <= 1
     assert "[full protocol]" in stdout and "[sampled protocol]" in stdout

@@ -20,9 +20,13 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "caser": ("sequential", "CaserStrategy"),
     "incctr": ("incctr", "IncCTR"),
     "asmg": ("asmg", "ASMG"),
+    "pop": ("popularity", "Pop"),
+    "recent_pop": ("popularity", "RecentPop"),
 }
 STRATEGY_NAMES: tuple[str, ...] = tuple(_REGISTRY)
-DEFAULT_STRATEGIES: tuple[str, ...] = ("sml", "fine_tune", "full_retrain", "sample_based")
+DEFAULT_STRATEGIES: tuple[str, ...] = (
+    "sml", "fine_tune", "full_retrain", "sample_based", "pop", "recent_pop",
+)
 
 
 def strategy_class(name: str) -> type:

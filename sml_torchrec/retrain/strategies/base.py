@@ -19,6 +19,8 @@ from sml_torchrec.retrain.progress_bars import bar
 class Strategy:
     name = ""
     transfer = False
+    # RetrainConfig fields that ``--tune`` selects on the validation periods (tuning.py).
+    tuned_fields: tuple[str, ...] = ("table_lr", "epochs", "l2_tables")
 
     def __init__(self, ds: PeriodDataset, roles: PeriodRoles, cfg: RetrainConfig) -> None:
         self.ds, self.roles, self.cfg = ds, roles, cfg

@@ -27,7 +27,7 @@ import torch
 torch.set_num_threads(1)
 from sml_torchrec.data.period_dataset import Interactions
 from recsys_common.process_group import init_process_group
-from sml_torchrec.metrics import SampledCandidates
+from sml_torchrec.data.eval_candidates import SampledCandidates
 from sml_torchrec.retrain.config import RetrainConfig
 from sml_torchrec.retrain.evaluate import PeriodTest, evaluate
 from sml_torchrec.retrain.model import RetrainModel

@@ -74,6 +74,7 @@ def _learn(kind):
     from sml_torchrec.modules.gru4rec import GRU4RecConfig
     from sml_torchrec.retrain.config import RetrainConfig
     from sml_torchrec.retrain.sequential_model import SequentialModel
+    from sml_torchrec.retrain.serving import gather_rows
 
     torch.manual_seed(0)
     log = _cyclic_log()
@@ -87,7 +88,7 @@ def _learn(kind):
     for e in range(15):
         model.train_epoch(train, empty, NI, seed=e)
     model.set_history(train)
-    scores = model.user_vectors(test.user_id) @ model.item_table().T
+    scores = model.user_vectors(test.user_id) @ gather_rows(*model.item_block(), NI).T
     model_recall = _recall_at_20(scores, test.item_id)
     popular = np.argsort(-np.bincount(train.item_id, minlength=NI), kind="stable")[:20]
     pop_recall = float(np.isin(test.item_id, popular).mean())
@@ -126,6 +127,7 @@ def _tiny_dataset(path):
 def _one_period(path, kind):
     from sml_torchrec.retrain.config import PeriodRoles, RetrainConfig
     from sml_torchrec.retrain.evaluate import evaluate, prepare_test
+    from sml_torchrec.retrain.serving import gather_rows
     from sml_torchrec.retrain.strategies import strategy_class
 
     ds = PeriodDataset(path)
@@ -146,7 +148,7 @@ def _one_period(path, kind):
         "moved": float((after - before).abs().max()),
         "rank_diff": float((gathered[0] - gathered[1]).abs().max()),
         "user_vectors": uv,
-        "items": strategy.model.item_table(),
+        "items": gather_rows(*strategy.model.item_block(), strategy.model.num_items),
         "block_rows": len(strategy.model.item_block()[0]),
         "metrics": metrics,
         "ckpt_keys": sorted(strategy.checkpoint_state()),

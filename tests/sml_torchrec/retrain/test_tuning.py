@@ -1,0 +1,94 @@
+"""--tune: the grid, the choice by validation score, and a 2-rank run that keeps the best
+validation setting and reports exactly what an untuned run with that setting reports."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from recsys_common.errors import ConfigError
+from recsys_common.process_group import run_local
+from sml_torchrec.data.period_dataset import PeriodDataset, write_period_dataset
+from sml_torchrec.retrain.config import RetrainConfig
+from sml_torchrec.retrain.tuning import Run, choose, grid, runs
+
+FIELDS = ("table_lr", "epochs", "l2_tables")
+
+
+def test_grid_starts_at_the_configured_setting_and_has_no_repeats():
+    cfg = RetrainConfig(table_lr=0.05, epochs=2, l2_tables=1e-6)
+    points = grid(cfg, FIELDS)
+    assert points[0] == {"table_lr": 0.05, "epochs": 2, "l2_tables": 1e-6}
+    assert len(points) == 8 and len({tuple(p.values()) for p in points}) == 8
+    assert all(isinstance(p["epochs"], int) for p in points)
+    # An L2 of 0 has no multiples: those points would be repeats.
+    assert len(grid(dataclasses.replace(cfg, l2_tables=0.0), FIELDS)) == 4
+
+
+def test_runs_cover_the_grid_of_trained_strategies_only():
+    cfg = RetrainConfig(strategies=["fine_tune", "pop"], tune=True)
+    by_name = {}
+    for r in runs(cfg):
+        by_name.setdefault(r.name, []).append(r)
+        assert {k: getattr(r.cfg, k) for k in r.setting} == r.setting
+    assert len(by_name["fine_tune"]) == 8 and len(by_name["pop"]) == 1
+    assert [r.label for r in runs(dataclasses.replace(cfg, tune=False))] == ["fine_tune", "pop"]
+    with pytest.raises(ConfigError, match="--val-periods"):
+        RetrainConfig(tune=True, val_periods=0)
+
+
+def test_choose_takes_the_best_validation_score_and_the_first_on_a_tie():
+    cands = [Run("x", f"x{i}", RetrainConfig(), {"epochs": i}) for i in range(4)]
+    assert choose(cands, {"x0": 0.1, "x1": 0.3, "x2": 0.2, "x3": 0.3}).label == "x1"
+    assert choose(cands, {"x0": 0.5, "x1": 0.5, "x2": 0.5, "x3": 0.5}).label == "x0"
+
+
+def _dataset(path, periods=5, users=40, items=30, per=150):
+    rng = np.random.default_rng(0)
+    user = rng.integers(0, users, periods * per)
+    # A popularity skew the model can learn, with some user-item affinity.
+    item = (rng.zipf(1.6, periods * per) + user % 3) % items
+    _, uf = np.unique(user, return_index=True)
+    _, itf = np.unique(item, return_index=True)
+    umap = np.empty(users, dtype=np.int64)
+    umap[np.unique(user)[np.argsort(uf)]] = np.arange(len(uf))
+    imap = np.empty(items, dtype=np.int64)
+    imap[np.unique(item)[np.argsort(itf)]] = np.arange(len(itf))
+    period = np.repeat(np.arange(periods), per).astype(np.int32)
+    write_period_dataset(path, umap[user], imap[item], np.arange(len(user)), period, cut="given")
+
+
+def _run(path, cfg, one_point=None):
+    from sml_torchrec.retrain import tuning
+    from sml_torchrec.retrain.loop import run
+
+    if one_point is not None:  # a grid of the one setting given (multipliers of cfg's values)
+        tuning.TUNE_GRID = {k: (v,) for k, v in one_point.items()}
+    return run(cfg, PeriodDataset(path), "tiny")
+
+
+def test_tuning_keeps_the_best_validation_setting(tmp_path):
+    _dataset(tmp_path / "ds")
+    cfg = RetrainConfig(strategies=["fine_tune", "pop"], init_periods=1, val_periods=2,
+                        test_periods=1, dim=4, epochs=1, init_epochs=1, table_lr=0.02,
+                        num_eval_negatives=5, tune=True)
+    tuned, _ = run_local(_run, 2, (str(tmp_path / "ds"), cfg), threads=1, backend="gloo",
+                         timeout_s=300)
+    entry = tuned["protocols"]["full"]["fine_tune"]
+    chosen, scores = entry["tuned"]["setting"], entry["tuned"]["grid"]
+    assert len(scores) == 8 and set(chosen) == set(FIELDS)
+    best = max(s["val_recall@20"] for s in scores)
+    assert len({s["val_recall@20"] for s in scores}) > 1  # the grid points do differ on validation
+    first_best = next(s for s in scores if s["val_recall@20"] == best)
+    assert chosen == {k: first_best[k] for k in FIELDS}
+    assert entry["val"]["recall@20"] == pytest.approx(best)
+    assert tuned["protocols"]["full"]["pop"]["tuned"]["setting"] == {}
+    # The chosen row is that setting's own run: a grid of that one point (from the same shared
+    # initial model, which is trained with the configured values) reports the same rows.
+    point = {k: chosen[k] / getattr(cfg, k) for k in FIELDS}
+    plain, _ = run_local(_run, 2, (str(tmp_path / "ds"),
+                                   dataclasses.replace(cfg, strategies=["fine_tune"]), point),
+                         threads=1, backend="gloo", timeout_s=300)
+    for p in ("full", "sampled"):
+        want = plain["protocols"][p]["fine_tune"]
+        assert tuned["protocols"][p]["fine_tune"]["per_period"] == want["per_period"], p
