@@ -184,13 +184,22 @@ class ModelWriter:
             found.append(json.loads(p.read_text()))
         return sorted(found, key=lambda e: e["serves_period"])
 
-    def finish(self) -> Path | None:
-        """Rank 0: write the manifest and move the model into place; returns its path."""
+    def finish(self, chosen: dict[str, str] | None = None) -> Path | None:
+        """Rank 0: write the manifest and move the model into place; returns its path.
+
+        ``chosen`` maps a strategy to the run that stands for it (with ``--tune``, the grid
+        point chosen on the validation periods, whose snapshots were saved under its label);
+        the other grid points' snapshots are deleted."""
         if self.rank != 0:
             return None
+        chosen = chosen or {}
+        keep = {chosen.get(name, name) for name in self.cfg.strategies}
+        for d in self.staging.iterdir():
+            if d.is_dir() and d.name not in keep and "[" in d.name:  # a grid point not chosen
+                shutil.rmtree(d)
         strategies = {}
         for name in self.cfg.strategies:
-            snaps = self._snapshots(name)
+            snaps = self._snapshots(chosen.get(name, name))
             if snaps:
                 strategies[name] = snaps
             else:  # e.g. finished before a resume by a run that saved no model

@@ -204,10 +204,19 @@ def run(
             progress.position = (i, t)
             ckpt.save(1 + i * periods + t, progress, strategy)
     _print(f"done in {time.monotonic() - t0:.0f}s")
-    model_dir = writer.finish() if writer is not None else None
-    return {"dataset": dataset_name, "config": asdict(cfg),
-            "protocols": summarise(progress, cfg),
+    protocols = summarise(progress, cfg)
+    model_dir = None
+    if writer is not None:
+        model_dir = writer.finish({name: _chosen_label(name, entry) for name, entry
+                                   in next(iter(protocols.values())).items()})
+    return {"dataset": dataset_name, "config": asdict(cfg), "protocols": protocols,
             "model": MODEL_DIR if model_dir is not None else None}  # relative to OUT
+
+
+def _chosen_label(name: str, entry: dict) -> str:
+    """The label of the run reported for strategy ``name`` (itself unless tuned)."""
+    setting = entry.get("tuned", {}).get("setting")
+    return tuning.label(name, setting) if setting else name
 
 
 def _save(writer: ModelWriter, name: str, strategy: Strategy, t: int) -> None:

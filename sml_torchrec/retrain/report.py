@@ -4,7 +4,9 @@
 ``protocol, strategy, period, role, metric, value, size``: ``role`` is ``val`` or ``test``,
 ``metric`` every metric of the period's row in results.json (recall@K or hit@K, ndcg@K, and
 any others), ``size`` the period's ``users`` (full protocol) or ``interactions``
-(sampled); the same numbers as ``protocols.<p>.<strategy>.per_period`` in results.json.
+(sampled); the same numbers as ``protocols.<p>.<strategy>.per_period`` in results.json. The
+period's cold/warm groups follow as metrics ``<group>/<metric>`` (``cold_users/recall@20``),
+``size`` being the group's.
 
 ``results.png``: recall@20 (full) or hit@20 (sampled) and NDCG@20 against the period, one
 line per strategy, one row of panels per protocol; validation periods are shaded.
@@ -31,8 +33,19 @@ _SIZE = {"full": "users", "sampled": "interactions"}
 
 
 def _metrics(row: dict) -> list[str]:
-    """The metric keys of a per-period row: all but its period, role and size."""
-    return [k for k in row if k not in ("period", "role", *_SIZE.values())]
+    """The metric keys of a per-period row: all but its period, role, size and groups."""
+    return [k for k in row if k not in ("period", "role", "cold_warm", *_SIZE.values())]
+
+
+def _csv_rows(protocol: str, name: str, row: dict) -> list[list]:
+    """The CSV rows of one per-period row: its metrics, then each cold/warm group's."""
+    size = _SIZE.get(protocol, "")
+    out = [[protocol, name, row["period"], row["role"], k, repr(float(row[k])), row.get(size, "")]
+           for k in _metrics(row)]
+    for group, g in row.get("cold_warm", {}).items():
+        out += [[protocol, name, row["period"], row["role"], f"{group}/{k}", repr(float(g[k])),
+                 g.get(size, "")] for k in _metrics(g)]
+    return out
 
 
 def _replace(path: Path, data: bytes) -> None:
@@ -50,9 +63,7 @@ def write_csv(results: dict, path: str | Path) -> Path:
     for protocol, strategies in results["protocols"].items():
         for name, r in strategies.items():
             for row in r["per_period"]:
-                for k in _metrics(row):
-                    w.writerow([protocol, name, row["period"], row["role"], k,
-                                repr(float(row[k])), row.get(_SIZE.get(protocol, ""), "")])
+                w.writerows(_csv_rows(protocol, name, row))
     _replace(path, buf.getvalue().encode())
     return path
 

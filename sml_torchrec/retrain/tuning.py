@@ -63,10 +63,15 @@ def runs(cfg: RetrainConfig) -> list[Run]:
         fields = strategy_class(name).tuned_fields if cfg.tune else ()
         points = grid(cfg, fields) if fields else [{}]
         for point in points:
-            label = name if not point else name + "[" + ",".join(
-                f"{k}={v:g}" for k, v in point.items()) + "]"
-            out.append(Run(name, label, replace(cfg, **point), point))
+            out.append(Run(name, label(name, point), replace(cfg, **point), point))
     return out
+
+
+def label(name: str, setting: dict) -> str:
+    """How a strategy's run under ``setting`` is keyed: ``fine_tune[table_lr=0.2,...]``."""
+    if not setting:
+        return name
+    return name + "[" + ",".join(f"{k}={v:g}" for k, v in setting.items()) + "]"
 
 
 def choose(candidates: list[Run], val_score: dict[str, float]) -> Run:

@@ -146,13 +146,23 @@ def test_csv_matches_results_json(run_dir):
         for p, strategies in results["protocols"].items()
         for s, r in strategies.items()
         for row in r["per_period"]
-        for k in row if k not in ("period", "role", "users", "interactions")
+        for k in row if k not in ("period", "role", "users", "interactions", "cold_warm")
     }
+    want.update({  # each cold/warm group of the period, as <group>/<metric>
+        (p, s, row["period"], f"{group}/{k}"): g[k]
+        for p, strategies in results["protocols"].items()
+        for s, r in strategies.items()
+        for row in r["per_period"]
+        for group, g in row["cold_warm"].items()
+        for k in g if k not in ("users", "interactions")
+    })
     got = {(r["protocol"], r["strategy"], int(r["period"]), r["metric"]): float(r["value"])
            for r in rows}
     assert got == want
-    assert {k[3] for k in got if k[0] == "sampled"} == {"hit@5", "hit@10", "hit@20", "ndcg@5",
-                                                         "ndcg@10", "ndcg@20"}
+    assert {k[3] for k in got if k[0] == "sampled" and "/" not in k[3]} == {
+        "hit@5", "hit@10", "hit@20", "ndcg@5", "ndcg@10", "ndcg@20"}
+    assert ("full", "sml", results["protocols"]["full"]["sml"]["per_period"][0]["period"],
+            "cold_users/recall@20") in got
     png = (run_dir / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 

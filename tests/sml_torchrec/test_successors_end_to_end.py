@@ -35,7 +35,8 @@ def test_successors_run_beside_sml(tiny_data, tmp_path):
         for name in strategies:
             row = r["protocols"][proto][name]
             assert [p["period"] for p in row["per_period"]] == [4, 5, 6]
-            assert 0 <= row["recall@20"] <= 1 and row["seconds"] > 0
+            hit = "recall" if proto == "full" else "hit"  # sampled: one positive per case
+            assert 0 <= row[f"{hit}@20"] <= 1 and row["seconds"] > 0
 
 
 @pytest.mark.timeout(600)
@@ -54,7 +55,7 @@ def test_successors_resume_exactly_after_kills(tiny_data, tmp_path):
     (out / "ckpt" / ".fault-fired").unlink()  # arm the fault once more, later in the run
     second = _run(_args(tiny_data, out, strategies), fault_env(in_incctr), check=False)
     assert second.returncode != 0 and f"after checkpoint {in_incctr}" in second.stdout
-    assert f"ckpt-{in_asmg:06d}" in second.stdout
+    assert f"ckpt-{in_asmg:06d}" in second.stderr
     last = _run(_args(tiny_data, out, strategies))
-    assert f"ckpt-{in_incctr:06d}" in last.stdout
+    assert f"ckpt-{in_incctr:06d}" in last.stderr
     assert _metrics(out) == _metrics(ref)

@@ -2,6 +2,7 @@
 validation setting and reports exactly what an untuned run with that setting reports."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -71,7 +72,7 @@ def test_tuning_keeps_the_best_validation_setting(tmp_path):
     _dataset(tmp_path / "ds")
     cfg = RetrainConfig(strategies=["fine_tune", "pop"], init_periods=1, val_periods=2,
                         test_periods=1, dim=4, epochs=1, init_epochs=1, table_lr=0.02,
-                        num_eval_negatives=5, tune=True)
+                        num_eval_negatives=5, tune=True, out=str(tmp_path / "out"))
     tuned, _ = run_local(_run, 2, (str(tmp_path / "ds"), cfg), threads=1, backend="gloo",
                          timeout_s=300)
     entry = tuned["protocols"]["full"]["fine_tune"]
@@ -83,6 +84,13 @@ def test_tuning_keeps_the_best_validation_setting(tmp_path):
     assert chosen == {k: first_best[k] for k in FIELDS}
     assert entry["val"]["recall@20"] == pytest.approx(best)
     assert tuned["protocols"]["full"]["pop"]["tuned"]["setting"] == {}
+    # The saved model of a tuned strategy is its chosen run's; the other grid points' are gone.
+    from sml_torchrec.retrain.tuning import label
+
+    model = tmp_path / "out" / "model"
+    snaps = json.loads((model / "manifest.json").read_text())["strategies"]["fine_tune"]
+    assert {e["user"]["file"].split("/")[0] for e in snaps} == {label("fine_tune", chosen)}
+    assert [d.name for d in model.glob("fine_tune*")] == [label("fine_tune", chosen)]
     # The chosen row is that setting's own run: a grid of that one point (from the same shared
     # initial model, which is trained with the configured values) reports the same rows.
     point = {k: chosen[k] / getattr(cfg, k) for k in FIELDS}
