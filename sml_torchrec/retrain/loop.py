@@ -177,32 +177,9 @@ def run(
         init_test = prepare_test(ds, roles.init, ["full"], cfg.num_eval_negatives, cfg.seed)
         progress.initial = train_initial(ds, roles, cfg, init_test)
         ckpt.save(0, progress)
-    periods = ds.num_periods
     for i, unit in enumerate(tuning.runs(cfg)):
-        if progress.finished(i):
-            continue
-        name = unit.label
-        strategy = strategy_class(unit.name)(ds, roles, unit.cfg)
-        strategy.start(progress.initial)
-        first_t = roles.init
-        if progress.position is not None and progress.position[0] == i:
-            ckpt.restore_strategy(strategy)
-            first_t = progress.position[1] + 1
-        else:
-            progress.per_period[name] = {p: [] for p in cfg.protocols}
-            progress.seconds[name] = 0.0
-        for t in progress_bars.bar(range(first_t, periods - 1), f"{name} periods",
-                                   total=periods - 1 - first_t):
-            ts = time.monotonic()
-            strategy.train_period(t)
-            if t + 1 in tests:
-                _record(progress, name, t + 1, roles.role(t + 1),
-                        evaluate(strategy.model, tests[t + 1], cfg.protocols, cfg.never_trained))
-            progress.seconds[name] += time.monotonic() - ts
-            if writer is not None and (cfg.save_every_period or t == periods - 2):
-                _save(writer, name, strategy, t)
-            progress.position = (i, t)
-            ckpt.save(1 + i * periods + t, progress, strategy)
+        if not progress.finished(i):
+            _run_strategy(i, unit, ds, roles, tests, progress, ckpt, writer)
     _print(f"done in {time.monotonic() - t0:.0f}s")
     protocols = summarise(progress, cfg)
     model_dir = None
@@ -211,6 +188,37 @@ def run(
                                    in next(iter(protocols.values())).items()})
     return {"dataset": dataset_name, "config": asdict(cfg), "protocols": protocols,
             "model": MODEL_DIR if model_dir is not None else None}  # relative to OUT
+
+
+def _run_strategy(
+    i: int, unit: tuning.Run, ds: PeriodDataset, roles: PeriodRoles,
+    tests: dict[int, PeriodTest], progress: Progress, ckpt: LoopCheckpointer,
+    writer: ModelWriter | None,
+) -> None:
+    """The ``i``-th run of the loop (one strategy, one setting) through the periods, resumed
+    where ``progress`` stopped, evaluated, saved and checkpointed after each period."""
+    cfg, name, periods = unit.cfg, unit.label, ds.num_periods
+    strategy = strategy_class(unit.name)(ds, roles, cfg)
+    strategy.start(progress.initial)
+    first_t = roles.init
+    if progress.position is not None and progress.position[0] == i:
+        ckpt.restore_strategy(strategy)
+        first_t = progress.position[1] + 1
+    else:
+        progress.per_period[name] = {p: [] for p in cfg.protocols}
+        progress.seconds[name] = 0.0
+    for t in progress_bars.bar(range(first_t, periods - 1), f"{name} periods",
+                               total=periods - 1 - first_t):
+        ts = time.monotonic()
+        strategy.train_period(t)
+        if t + 1 in tests:
+            _record(progress, name, t + 1, roles.role(t + 1),
+                    evaluate(strategy.model, tests[t + 1], cfg.protocols, cfg.never_trained))
+        progress.seconds[name] += time.monotonic() - ts
+        if writer is not None and (cfg.save_every_period or t == periods - 2):
+            _save(writer, name, strategy, t)
+        progress.position = (i, t)
+        ckpt.save(1 + i * periods + t, progress, strategy)
 
 
 def _chosen_label(name: str, entry: dict) -> str:
