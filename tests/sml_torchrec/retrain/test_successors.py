@@ -10,6 +10,7 @@ import torch.distributed as dist
 from recsys_common.process_group import run_local
 from sml_torchrec.data.period_dataset import PeriodDataset, write_period_dataset
 from sml_torchrec.distributed.shard_ops import gather_full, same_layout, table_weights
+from sml_torchrec.retrain.serving import gather_rows
 
 NU, NI, D, P = 30, 24, 8, 6
 SHARDINGS = ["table_wise", "row_wise", "column_wise"]
@@ -73,7 +74,7 @@ def _incctr(path, sharding):
     s.train_period(2)
     report["teacher_is_student"] = _max_diff(_full(s.teacher), _full(s.model))
     report["reservoir"] = len(s.reservoir)
-    report["served"] = s.model.item_table()
+    report["served"] = gather_rows(*s.model.item_block(), s.model.num_items)
     return report
 
 
@@ -159,7 +160,7 @@ def _asmg(path, sharding):
     with torch.no_grad():
         want = {t: s.generators[t].step(oldest[t], h0[t])[0] for t in ("user", "item")}
     report["advance_err"] = _max_diff({t: _state_full(s, t) for t in ("user", "item")}, want)
-    report["served"] = s.model.item_table()
+    report["served"] = gather_rows(*s.model.item_block(), s.model.num_items)
     return report
 
 
