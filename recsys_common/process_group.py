@@ -50,6 +50,14 @@ def rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def rank_block(n: int) -> slice:
+    """This rank's contiguous block of ``n`` rows: ceil(n / world) each, the last ones shorter
+    or empty; together the blocks tile ``0..n-1`` in rank order."""
+    rank, world_size = rank_world()
+    per = -(-n // world_size)
+    return slice(min(n, rank * per), min(n, (rank + 1) * per))
+
+
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
 

@@ -146,22 +146,20 @@ def topk_rank(model_dir: str, entry: dict, users: np.ndarray, num_items: int, k:
     ``users`` and merge over the ranks; rank 0 returns (scores [U, k], item ids [U, k])."""
     import torch
 
-    from recsys_common.process_group import rank_world
+    from recsys_common.process_group import rank_block, rank_world
     from sml_torchrec.distributed.sharded_topk import sharded_topk
 
-    rank, world = rank_world()
     root = Path(model_dir)
-    per = -(-num_items // world)
-    lo, hi = min(num_items, rank * per), min(num_items, (rank + 1) * per)
+    rows = rank_block(num_items)
     items = np.load(root / entry["item"]["file"], mmap_mode="r")
     user_rows = np.load(root / entry["user"]["file"], mmap_mode="r")
     queries = torch.from_numpy(np.array(user_rows[users]))  # copies: the files are read-only
-    block = torch.from_numpy(np.array(items[lo:hi]))
+    block = torch.from_numpy(np.array(items[rows]))
     eq = ei = None
     if exclude is not None:
         eq, ei = torch.from_numpy(exclude[0]), torch.from_numpy(exclude[1])
-    vals, ids = sharded_topk(queries, block, lo, k, eq, ei)
-    return (vals.numpy(), ids.numpy()) if rank == 0 else None
+    vals, ids = sharded_topk(queries, block, rows.start, k, eq, ei)
+    return (vals.numpy(), ids.numpy()) if rank_world()[0] == 0 else None
 
 
 def _table(users: np.ndarray, vals: np.ndarray, ids: np.ndarray, ds):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from recsys_common.process_group import rank_world
+from recsys_common.process_group import rank_block, rank_world
 from sml_torchrec.data.eval_candidates import SampledCandidates, sample_eval_negatives
 from sml_torchrec.data.period_dataset import Interactions, PeriodDataset
 from sml_torchrec.distributed.sharded_topk import sharded_topk
@@ -59,20 +59,13 @@ class PeriodTest:
     truth_indptr: torch.Tensor  # [U+1]
     truth_items: torch.Tensor  # [nnz]
     data: Interactions
-    # This rank's share of the sampled candidates: rows _share(len(data)) of the period's
+    # This rank's share of the sampled candidates: rows rank_block(len(data)) of the period's
     # [n, M], since a rank scores only its share of the interactions.
     candidates: SampledCandidates | None
     # Ids below these were seen before period s (ids are numbered by first appearance): the
     # others are "cold", first seen in the tested period.
     known_users: int = 0
     known_items: int = 0
-
-
-def _share(n: int) -> slice:
-    """The contiguous rows of ``n`` test interactions this rank scores (sampled protocol)."""
-    rank, world_size = rank_world()
-    per = -(-n // world_size)
-    return slice(min(n, rank * per), min(n, (rank + 1) * per))
 
 
 def prepare_test(
@@ -98,7 +91,7 @@ def prepare_test(
         # Every rank draws the whole period (the draw runs in time order over all of it) but
         # keeps only its share: the [n, M] candidates of every online period are held for the
         # whole run, so this divides that memory by the number of ranks.
-        sl = _share(len(d))
+        sl = rank_block(len(d))
         if sl.stop - sl.start < len(d):
             candidates = SampledCandidates(candidates.items[sl].clone(),
                                            candidates.valid[sl].clone(), candidates.short_pools)
@@ -205,7 +198,7 @@ def _sampled(served: Served, test: PeriodTest) -> dict:
     also over the interactions of cold/warm users and of cold/warm items."""
     items = served.item_table()
     n = len(test.data)
-    sl = _share(n)
+    sl = rank_block(n)
     if len(test.candidates.items) != sl.stop - sl.start:
         raise ValueError("test.candidates is not this rank's share; use prepare_test")
     user_id, item_id = test.data.user_id[sl], test.data.item_id[sl]

@@ -192,11 +192,12 @@ class ModelWriter:
         the other grid points' snapshots are deleted."""
         if self.rank != 0:
             return None
+        from sml_torchrec.retrain.tuning import runs
+
         chosen = chosen or {}
-        keep = {chosen.get(name, name) for name in self.cfg.strategies}
-        for d in self.staging.iterdir():
-            if d.is_dir() and d.name not in keep and "[" in d.name:  # a grid point not chosen
-                shutil.rmtree(d)
+        for label in {r.label for r in runs(self.cfg)} - set(chosen.values()):
+            if label not in self.cfg.strategies:  # a grid point that was not chosen
+                shutil.rmtree(self.staging / label, ignore_errors=True)
         strategies = {}
         for name in self.cfg.strategies:
             snaps = self._snapshots(chosen.get(name, name))

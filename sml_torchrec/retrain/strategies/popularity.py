@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recsys_common.process_group import rank_world
+from recsys_common.process_group import rank_block
 from sml_torchrec.data.period_dataset import Interactions
 from sml_torchrec.retrain.strategies.base import Strategy
 
@@ -32,10 +32,8 @@ class PopularityModel:
 
     def item_block(self) -> tuple[torch.Tensor, int]:
         """This rank's equal share of the rows (the last rank's may be shorter or empty)."""
-        rank, world_size = rank_world()
-        per = -(-self.num_items // world_size)
-        start = min(self.num_items, rank * per)
-        return self.counts[start : start + per, None].clone(), start
+        rows = rank_block(self.num_items)
+        return self.counts[rows, None].clone(), rows.start
 
 
 class _Popularity(Strategy):
