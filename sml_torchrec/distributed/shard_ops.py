@@ -222,3 +222,12 @@ def write_blocks(
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(full)
     load_full(dst, full)
+
+
+def copy_tables(
+    src: dict[str, torch.Tensor | ShardedTensor], dst: dict[str, torch.Tensor | ShardedTensor]
+) -> None:
+    """``dst[name]`` = ``src[name]`` for every table of ``src``, shard by shard (a collective:
+    every rank calls it)."""
+    for name, s in src.items():
+        write_blocks(dst[name], local_shards(s), global_shape(s), same_layout(s, dst[name]))

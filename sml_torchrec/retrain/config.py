@@ -59,6 +59,10 @@ class RetrainConfig:
     val_periods: int = _opt(2, "online periods reported as validation (before the test ones)")
     test_periods: int = _opt(5, "last periods, averaged in the table")
     dim: int = _opt(32, "embedding dimension of the user and item tables")
+    biases: bool = _opt(False, "MF-based strategies (sml, fine_tune, full_retrain, sample_based, "
+                               "incctr, asmg) score p_u.q_i + b_u + b_i with a learned user and "
+                               "item bias, trained like the tables (SML: in step 1; its "
+                               "transfer covers the embeddings only)")
     table_lr: float = _opt(0.05, "learning rate of the tables (FBGEMM fused row-wise Adagrad)")
     l2_tables: float = _opt(1e-6, "L2 penalty on looked-up table rows (lambda1)")
     batch_size: int = _opt(1024, "interactions per step of table training, per rank")

@@ -38,7 +38,15 @@ from sml_torchrec.distributed.shard_ops import (
     table_weights,
 )
 from sml_torchrec.distributed.sharding import plan_sharding, shard_model
-from sml_torchrec.modules.mf import ITEM_TABLE, USER_TABLE, MatrixFactorization, log_loss, mf_tables
+from sml_torchrec.modules.mf import (
+    ITEM_BIAS_TABLE,
+    ITEM_TABLE,
+    USER_TABLE,
+    MatrixFactorization,
+    bias_tables,
+    log_loss,
+    mf_tables,
+)
 from sml_torchrec.modules.transfer import TransferConfig
 from sml_torchrec.modules.transfer_embedding import TransferEmbeddingBagCollection
 from sml_torchrec.retrain.config import RetrainConfig
@@ -80,7 +88,12 @@ class RetrainModel(ShardedModel):
     """MF over sharded tables; ``transfer=True`` makes it SML's f_Θ(W_{t-1}, Ŵ_t) model.
 
     ``embedding`` is the sharded collection (a ``ShardedTransferEmbeddingBagCollection`` for
-    SML, TorchRec's sharded EBC otherwise).
+    SML, TorchRec's sharded EBC otherwise); ``bias`` the sharded EBC of the user and item
+    biases with ``cfg.biases`` (trained like the tables, by fused row-wise Adagrad; outside the
+    transfer, so SML fits them in step 1 only), else None.
+
+    Served rows carry the biases as two extra columns, users [p_u, 1, b_u] and items
+    [q_i, b_i, 1], so that a dot product of served rows is the trained logit.
     """
 
     def __init__(
@@ -99,8 +112,13 @@ class RetrainModel(ShardedModel):
             emb = EmbeddingBagCollection(tables=tables, device=meta)
             trained = emb.parameters()
         apply_optimizer_in_backward(RowWiseAdagrad, trained, {"lr": cfg.table_lr})
-        super().__init__(MatrixFactorization(emb), num_items, cfg, device)
-        self.embedding = self.dmp.module.embedding
+        bias = None
+        if cfg.biases:
+            bias = EmbeddingBagCollection(tables=bias_tables(num_users, num_items), device=meta)
+            apply_optimizer_in_backward(RowWiseAdagrad, bias.parameters(), {"lr": cfg.table_lr})
+        super().__init__(MatrixFactorization(emb, bias), num_items, cfg, device)
+        self.mf: MatrixFactorization = self.dmp.module
+        self.embedding, self.bias = self.mf.embedding, self.mf.bias
         if transfer:
             self.dense_opt = torch.optim.Adam(
                 self.embedding.transfer_parameters(), lr=cfg.transfer_lr,
@@ -108,19 +126,28 @@ class RetrainModel(ShardedModel):
             )
 
     # -- tables -------------------------------------------------------------------------------
+    def bias_weights(self) -> dict[str, torch.Tensor]:
+        """The bias tables by name (sharded), empty without biases."""
+        return table_weights(self.bias) if self.bias is not None else {}
+
     def load_tables(self, full: dict[str, torch.Tensor]) -> None:
-        """Set W (plain) or both W_{t-1} and Ŵ_t (transfer) to the given full tables."""
+        """Set W (plain) or both W_{t-1} and Ŵ_t (transfer), and the biases, to the given full
+        tables (as :meth:`export_tables` returns them)."""
         if self.transfer:
-            self.embedding.reset_tables(full)
-            return
-        for name, weight in table_weights(self.embedding).items():
+            self.embedding.reset_tables({name: full[name] for name in TABLES})
+        else:
+            for name, weight in table_weights(self.embedding).items():
+                load_full(weight, full[name])
+        for name, weight in self.bias_weights().items():
             load_full(weight, full[name])
 
     def export_tables(self) -> dict[str, torch.Tensor]:
-        """Full tables of the model being served."""
+        """Full tables of the model being served (with the bias tables, if any)."""
         if self.transfer:
-            return self.embedding.served_weights()
-        return {name: gather_full(w) for name, w in table_weights(self.embedding).items()}
+            out = self.embedding.served_weights()
+        else:
+            out = {name: gather_full(w) for name, w in table_weights(self.embedding).items()}
+        return out | {name: gather_full(w) for name, w in self.bias_weights().items()}
 
     def materialize(self) -> None:
         """W_t = f(W_{t-1}, Ŵ_t) into the W_{t-1} tables, then Ŵ_{t+1} starts from W_t."""
@@ -145,6 +172,7 @@ class RetrainModel(ShardedModel):
         batch = max(1, batch // self.world_size)
         if self.transfer:
             self.embedding.set_mode(step)
+        self.mf.train_bias = step == "tables"
         losses = []
         for b in iterate_batches(data.user_id, data.item_id, neg, batch, seed=seed,
                                  rank=self.rank, world_size=self.world_size):
@@ -152,7 +180,7 @@ class RetrainModel(ShardedModel):
             loss = log_loss(pos, negs) if loss_fn is None else loss_fn(b.features, pos, negs)
             if step == "tables":
                 if self.transfer:  # λ1 applies to the Ŵ_t rows behind the batch
-                    sq = self.embedding.new_table_sq_norm()
+                    sq = self.embedding.new_table_sq_norm() + self.mf.bias_sq_norm
                 loss = loss + self.cfg.l2_tables * sq / b.size
             else:
                 self.dense_opt.zero_grad(set_to_none=True)
@@ -175,7 +203,11 @@ class RetrainModel(ShardedModel):
         ).to(self.device)
         if self.transfer:
             self.embedding.set_mode("frozen")
-        return gather_shares(self.embedding(kjt).to_dict()["user_id"].cpu(), len(users))
+        rows = self.embedding(kjt).to_dict()["user_id"].cpu()
+        if self.bias is not None:
+            b = self.bias(kjt).to_dict()["user_id"].cpu().mean(-1, keepdim=True)
+            rows = torch.cat([rows, torch.ones_like(b), b], dim=1)
+        return gather_shares(rows, len(users))
 
     @torch.no_grad()
     def item_block(self) -> tuple[torch.Tensor, int]:
@@ -184,4 +216,9 @@ class RetrainModel(ShardedModel):
             block, offset = self.embedding.served_block(ITEM_TABLE)
         else:
             block, offset = row_block(table_weights(self.embedding)[ITEM_TABLE])
-        return block.cpu(), offset
+        block = block.cpu()
+        if self.bias is not None:  # O(items) floats on every rank: small next to the table
+            b = gather_full(self.bias_weights()[ITEM_BIAS_TABLE]).mean(-1, keepdim=True)
+            b = b[offset : offset + len(block)]
+            block = torch.cat([block, b, torch.ones_like(b)], dim=1)
+        return block, offset

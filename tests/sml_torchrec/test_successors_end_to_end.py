@@ -1,6 +1,7 @@
 """`sml-retrain` with SML's successors beside it on 2 ranks, and their resume after a kill: a rank
 is SIGKILLed in the middle of ASMG, the relaunch is killed again in the middle of IncCTR, and the
-last relaunch must give the uninterrupted run's numbers exactly."""
+last relaunch must give the uninterrupted run's numbers exactly, biases on (their tables and
+optimizer state are checkpointed like the embeddings)."""
 
 import json
 
@@ -21,9 +22,9 @@ def tiny_data(tmp_path_factory):
     return str(d)
 
 
-def _args(data, out, strategies):
+def _args(data, out, strategies, *extra):
     return ["--data", data, "--nproc", "2", "--out", str(out), "--checkpoint-dir",
-            str(out / "ckpt"), "--strategies", ",".join(strategies), *FLAGS]
+            str(out / "ckpt"), "--strategies", ",".join(strategies), *FLAGS, *extra]
 
 
 def test_successors_run_beside_sml(tiny_data, tmp_path):
@@ -47,15 +48,15 @@ def test_successors_resume_exactly_after_kills(tiny_data, tmp_path):
         return 1 + strategies.index(strategy) * PERIODS + period
 
     ref = tmp_path / "ref"
-    _run(_args(tiny_data, ref, strategies))
+    _run(_args(tiny_data, ref, strategies, "--biases"))
     out = tmp_path / "killed"
     in_asmg, in_incctr = step("asmg", 3), step("incctr", 2)
-    first = _run(_args(tiny_data, out, strategies), fault_env(in_asmg), check=False)
+    first = _run(_args(tiny_data, out, strategies, "--biases"), fault_env(in_asmg), check=False)
     assert first.returncode != 0 and f"after checkpoint {in_asmg}" in first.stdout
     (out / "ckpt" / ".fault-fired").unlink()  # arm the fault once more, later in the run
-    second = _run(_args(tiny_data, out, strategies), fault_env(in_incctr), check=False)
+    second = _run(_args(tiny_data, out, strategies, "--biases"), fault_env(in_incctr), check=False)
     assert second.returncode != 0 and f"after checkpoint {in_incctr}" in second.stdout
     assert f"ckpt-{in_asmg:06d}" in second.stderr
-    last = _run(_args(tiny_data, out, strategies))
+    last = _run(_args(tiny_data, out, strategies, "--biases"))
     assert f"ckpt-{in_incctr:06d}" in last.stderr
     assert _metrics(out) == _metrics(ref)

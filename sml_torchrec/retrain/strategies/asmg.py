@@ -29,7 +29,9 @@ Choices the paper leaves open, and what is done here:
 * **Only the tables are generated** (MF has no dense weights). Inputs are IU models, as the
   authors' code (it runs ``IU`` first and reads its checkpoints); the shared initial model is the
   first input model, so meta-training starts at the first retraining period with n = 1, and the
-  window grows to L (the authors start only once L IU models exist).
+  window grows to L (the authors start only once L IU models exist). With ``--biases`` the
+  generator still makes the embedding tables only; the served model takes the IU model's biases,
+  which the meta loss adds to the generated scores too.
 * **Hidden state.** Zero before the first model, then carried from period to period (the
   authors restore it from the previous period's run after its first step): training unrolls
   the GRU over the window only (truncated back-propagation), the state summarises the rest.
@@ -62,10 +64,11 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from sml_torchrec.data.batching import rank_slice
+from sml_torchrec.data.batching import make_kjt, rank_slice
 from sml_torchrec.data.sampling import sample_negatives
 from sml_torchrec.distributed.shard_ops import (
     LocalShard,
+    copy_tables,
     global_shape,
     local_shards,
     same_layout,
@@ -275,6 +278,7 @@ class ASMG(Strategy):
             return
         ids = {f: np.concatenate([p[f] for p in parts]) for f in parts[0]}
         rows = self.bank.lookup(ids, window)
+        bias = self._iu_biases(ids)
         weight = torch.arange(1, len(parts) + 1, dtype=torch.float32)
         weight /= weight.sum()
         loss, start = torch.zeros(()), 0
@@ -290,6 +294,10 @@ class ASMG(Strategy):
                     out[f] = ys[:, -1]
             pos = (out["user_id"] * out["item_id"]).sum(-1)
             neg = (out["user_id"] * out["neg_item_id"]).sum(-1)
+            if bias is not None:
+                b = {f: v[start : start + size] for f, v in bias.items()}
+                pos = pos + b["user_id"] + b["item_id"]
+                neg = neg + b["user_id"] + b["neg_item_id"]
             loss = loss + weight[k] * (F.softplus(-pos).mean() + F.softplus(neg).mean())
             start += size
         self.meta_opt.zero_grad(set_to_none=True)
@@ -297,6 +305,15 @@ class ASMG(Strategy):
         params = list(self.generators.parameters())
         _average_gradients(params)
         self.meta_opt.step()
+
+    @torch.no_grad()
+    def _iu_biases(self, ids: dict[str, np.ndarray]) -> dict[str, torch.Tensor] | None:
+        """The IU model's biases [B] per MF feature (a collective), or None without biases:
+        the generator makes the embeddings only, the served model takes the IU biases."""
+        if self.iu.bias is None:
+            return None
+        kjt = make_kjt(ids["user_id"], ids["item_id"], ids["neg_item_id"]).to(self.iu.device)
+        return {f: v.mean(-1).cpu() for f, v in self.iu.bias(kjt).to_dict().items()}
 
     def _meta_train(self, t: int) -> None:
         window = self._window()
@@ -313,6 +330,7 @@ class ASMG(Strategy):
             self.iu.train_epoch(self.ds[t], items, self._seed(t, e), "tables")
         self._push_iu()
         self._generate()
+        copy_tables(self.iu.bias_weights(), self.model.bias_weights())
 
     # -- checkpoints --------------------------------------------------------------------------
     def checkpoint_state(self) -> dict:

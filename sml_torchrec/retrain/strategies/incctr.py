@@ -46,13 +46,7 @@ import torch.nn.functional as F
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from sml_torchrec.data.period_dataset import Interactions
-from sml_torchrec.distributed.shard_ops import (
-    global_shape,
-    local_shards,
-    same_layout,
-    table_weights,
-    write_blocks,
-)
+from sml_torchrec.distributed.shard_ops import copy_tables, table_weights
 from sml_torchrec.modules.mf import log_loss
 from sml_torchrec.retrain.model import RetrainModel
 from sml_torchrec.retrain.strategies.baselines import SampleBased
@@ -68,12 +62,10 @@ def distillation_loss(
     return bce(pos, torch.sigmoid(teacher_pos)) + bce(neg, torch.sigmoid(teacher_neg))
 
 
-def copy_tables(src: RetrainModel, dst: RetrainModel) -> None:
-    """``dst``'s tables = ``src``'s, shard by shard (a collective: every rank calls it)."""
-    s, d = table_weights(src.embedding), table_weights(dst.embedding)
-    for name in s:
-        write_blocks(d[name], local_shards(s[name]), global_shape(s[name]),
-                     same_layout(s[name], d[name]))
+def copy_model(src: RetrainModel, dst: RetrainModel) -> None:
+    """``dst``'s tables and biases = ``src``'s (a collective: every rank calls it)."""
+    copy_tables(table_weights(src.embedding) | src.bias_weights(),
+                table_weights(dst.embedding) | dst.bias_weights())
 
 
 class IncCTR(SampleBased):
@@ -102,10 +94,10 @@ class IncCTR(SampleBased):
         items = self.ds.meta.items_upto[t]
         for e in range(self.cfg.epochs):
             self.model.train_epoch(data, items, self._seed(t, e), "tables", loss_fn=self._loss)
-        copy_tables(self.model, self.teacher)
+        copy_model(self.model, self.teacher)
         self._add_to_reservoir(self.ds[t])
 
     def load_checkpoint_state(self, state: dict) -> None:
         # At every period boundary the teacher is the served model: it is not saved twice.
         super().load_checkpoint_state(state)
-        copy_tables(self.model, self.teacher)
+        copy_model(self.model, self.teacher)

@@ -73,17 +73,21 @@ def test_popularity_matches_a_hand_computed_ranking(name, tmp_path):
 
 
 # -- the never-trained-id rule ------------------------------------------------------------------
-def _served_rows(path):
+def _served_rows(path, biases):
     from sml_torchrec.retrain.config import PeriodRoles, RetrainConfig
     from sml_torchrec.retrain.serving import gather_rows, serve
     from sml_torchrec.retrain.strategies import STRATEGY_NAMES, strategy_class
 
     ds = PeriodDataset(path)
     roles = PeriodRoles(num_periods=3, init=1, first_online=2, first_test=2)
-    cfg = RetrainConfig(dim=4, epochs=1, init_epochs=1, rounds=1, transfer_hidden=8)
+    cfg = RetrainConfig(dim=4, epochs=1, init_epochs=1, rounds=1, transfer_hidden=8,
+                        biases=biases)
     g = torch.Generator().manual_seed(0)
     initial = {"user": torch.randn(ds.num_users, 4, generator=g),
                "item": torch.randn(ds.num_items, 4, generator=g)}
+    if biases:
+        initial |= {"user_bias": torch.randn(ds.num_users, 1, generator=g).repeat(1, 4),
+                    "item_bias": torch.randn(ds.num_items, 1, generator=g).repeat(1, 4)}
     known_users, known_items = ds.meta.users_upto[1], ds.meta.items_upto[1]
     users = np.arange(ds.num_users)
     out = {}
@@ -104,12 +108,13 @@ def _served_rows(path):
     return out, known_users, known_items
 
 
-def test_never_trained_ids_get_the_mean_of_known_rows_in_every_strategy(tmp_path):
+@pytest.mark.parametrize("biases", [False, True])
+def test_never_trained_ids_get_the_mean_of_known_rows_in_every_strategy(biases, tmp_path):
     from sml_torchrec.retrain.strategies import STRATEGY_NAMES
 
     _dataset(tmp_path / "ds")
-    (r0, ku, ki), (r1, _, _) = run_local(_served_rows, 2, (str(tmp_path / "ds"),), threads=1,
-                                         backend="gloo", timeout_s=300)
+    (r0, ku, ki), (r1, _, _) = run_local(_served_rows, 2, (str(tmp_path / "ds"), biases),
+                                         threads=1, backend="gloo", timeout_s=300)
     assert (ku, ki) == (4, 7)  # user 4 and item 7 are cold in period 2
     assert set(r0) == set(STRATEGY_NAMES)
     for name, r in r0.items():
