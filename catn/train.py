@@ -35,6 +35,7 @@ from catn.data.dataset import CrossDomainCorpus, EtaData, load_corpus, load_eta
 from catn.data.errors import DataError
 from catn.evaluate import evaluate_distributed, mse_mae
 from catn.modules.model import CATN, CATNConfig
+from catn.prior import Prior, choose_prior
 from catn.report import out_dir, save_model
 from recsys_common.process_group import rank_world
 
@@ -48,7 +49,11 @@ def load_data(cfg: TrainConfig) -> CrossDomainCorpus:
     return load_corpus(cfg.data)
 
 
-def build_model(cfg: TrainConfig, corpus: CrossDomainCorpus, data: EtaData) -> CATN:
+def build_model(cfg: TrainConfig, corpus: CrossDomainCorpus, data: EtaData,
+                prior: Prior | None = None) -> CATN:
+    """The untrained CATN of ``cfg`` over ``corpus`` at ``data``'s η, starting from
+    ``prior`` (default: :func:`~catn.prior.choose_prior` of ``data``)."""
+    prior = prior or choose_prior(data)
     wv = corpus.word_vectors
     if cfg.word_vectors:
         from catn.data.text import load_word_vectors
@@ -62,7 +67,7 @@ def build_model(cfg: TrainConfig, corpus: CrossDomainCorpus, data: EtaData) -> C
         num_aspects=cfg.num_aspects, latent_dim=cfg.latent_dim, dropout=cfg.dropout,
         use_aux=cfg.use_aux, use_global_correlation=cfg.use_global_correlation,
         centre_aspects=cfg.centre_aspects, in_domain=cfg.pretrain_epochs > 0)
-    return CATN(mcfg, data.item_mean_s, data.item_mean_t, data.user_prior(), wv)
+    return CATN(mcfg, prior.item_mean_s, prior.item_mean_t, prior.user_prior, wv)
 
 
 def sync_buffers(model: torch.nn.Module) -> None:
@@ -160,16 +165,16 @@ class _Trainer:
 
 
 def _trainer(cfg: TrainConfig, corpus: CrossDomainCorpus, data: EtaData, seed: int,
-             log: Callable) -> _Trainer:
+             prior: Prior, log: Callable) -> _Trainer:
     rank, world = rank_world()
     if len(data.train_s[0]) == 0 or len(data.train_t[0]) == 0:
         raise DataError(cfg.data, f"eta={data.eta}: training users have no ratings in "
                                   f"{'the source' if len(data.train_s[0]) == 0 else 'the target'}"
                                   " domain")
     torch.manual_seed(seed)
-    model = build_model(cfg, corpus, data)
+    model = build_model(cfg, corpus, data, prior)
     # in-domain (pretraining) steps leave the cross-domain W and gain without a gradient
-    ddp = DistributedDataParallel(model, broadcast_buffers=False,
+    ddp = DistributedDataParallel(model, forward_sync_buffers=False,
                                   find_unused_parameters=cfg.pretrain_epochs > 0) \
         if world > 1 else model
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -183,12 +188,16 @@ def train_catn(cfg: TrainConfig, corpus: CrossDomainCorpus, data: EtaData, seed:
     by validation MSE and its history. Must be called by every rank.
 
     Candidates for the best: the bias-only prior (the untrained model with its aspect gain at
-    0, epoch 0), the model
+    0, epoch 0; its shrinkage chosen on the validation users, :mod:`catn.prior`), the model
     after each in-domain pretraining epoch over every review of both domains, and after each
     cross-domain epoch; training stops after ``patience`` cross-domain epochs without a
     better validation MSE. Every rank sees the same all-reduced MSE, so all stop together.
     """
-    t = _trainer(cfg, corpus, data, seed, log)
+    prior = choose_prior(data)
+    if rank_world()[0] == 0:
+        log(f"  eta={data.eta:g} seed={seed} prior: item shrinkage {prior.item_shrink:g}, "
+            f"user shrinkage {prior.user_shrink:g} (validation MSE {prior.val_mse:.4f})")
+    t = _trainer(cfg, corpus, data, seed, prior, log)
     with torch.no_grad():  # the prior: the model with its aspect terms switched off
         gain = t.model.aspect_gain.detach().clone()
         t.model.aspect_gain.zero_()
@@ -207,7 +216,8 @@ def train_catn(cfg: TrainConfig, corpus: CrossDomainCorpus, data: EtaData, seed:
     t.model.load_state_dict(t.best[1])
     best = next(h for h in t.history if h["val_mse"] == t.best[0])
     return t.model, {"history": t.history, "best_epoch": t.best[2],
-                     "best_phase": best["phase"], "best_val_mse": t.best[0]}
+                     "best_phase": best["phase"], "best_val_mse": t.best[0],
+                     "prior_shrinkage": {"item": prior.item_shrink, "user": prior.user_shrink}}
 
 
 def _baseline_rows(methods: list[Method], data: EtaData) -> dict[str, dict[str, float]]:

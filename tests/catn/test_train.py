@@ -87,6 +87,7 @@ def test_saved_model_reads_with_numpy_and_scores_as_the_run(cli_run):
     from catn.data.dataset import prepare_eta
     from catn.evaluate import evaluate_distributed
     from catn.modules.model import CATN, CATNConfig
+    from catn.prior import choose_prior
 
     res = json.loads((cli_run / "results.json").read_text())
     d = cli_run / "models" / "eta_0.5"
@@ -101,7 +102,9 @@ def test_saved_model_reads_with_numpy_and_scores_as_the_run(cli_run):
     u, i, _ = data.test
     prior = tensors["user_bias"][0, u] + tensors["item_mean_1"][i] + \
         tensors["item_residual.1"][i]
-    assert np.allclose(prior, data.user_source_offset[u] + data.item_mean_t[i] +
+    chosen = choose_prior(data)
+    assert run["prior_shrinkage"] == {"item": chosen.item_shrink, "user": chosen.user_shrink}
+    assert np.allclose(prior, chosen.user_prior[0, u] + chosen.item_mean_t[i] +
                        tensors["item_residual.1"][i], atol=1e-6)
     model = CATN(CATNConfig(**manifest["model_config"]))
     model.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
