@@ -210,6 +210,7 @@ def _run_strategy(
     for t in progress_bars.bar(range(first_t, periods - 1), f"{name} periods",
                                total=periods - 1 - first_t):
         ts = time.monotonic()
+        strategy.start_period()
         strategy.train_period(t)
         if t + 1 in tests:
             _record(progress, name, t + 1, roles.role(t + 1),

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
@@ -72,6 +73,16 @@ class ShardedModel:
         plan = plan_sharding(module, cfg.sharding, self.world_size, self.device)
         self.dmp = shard_model(module, plan, self.device)
         self.dense_opt: torch.optim.Optimizer | None = None
+
+    @torch.no_grad()
+    def reset_table_optimizer(self) -> None:
+        """Restart the tables' fused row-wise Adagrad: every accumulator back to 0, as a new
+        optimizer has it (this rank's shards; no collective)."""
+        for state in self.dmp.fused_optimizer.state.values():
+            for v in state.values():
+                shards = v.local_shards() if isinstance(v, ShardedTensor) else []
+                for t in [s.tensor for s in shards] or [v]:
+                    t.zero_()
 
     def user_vectors(self, users: np.ndarray) -> torch.Tensor:
         """Served user vectors for ``users`` [U] -> [U, d], identical on every rank (a

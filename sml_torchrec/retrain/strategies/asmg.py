@@ -202,6 +202,9 @@ class ASMG(Strategy):
         self.pushed = 0  # input models so far; model m sits in slot w{m % L}
         self._push_iu()
 
+    def trained_models(self) -> list[RetrainModel]:
+        return [self.iu]  # the served tables are generated, not trained
+
     # -- the window -------------------------------------------------------------------------
     def _window(self) -> list[int]:
         """Slots of the window's models, oldest first."""

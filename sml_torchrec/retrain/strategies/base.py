@@ -12,7 +12,7 @@ import torch
 
 from sml_torchrec.data.period_dataset import Interactions, PeriodDataset
 from sml_torchrec.retrain.config import PeriodRoles, RetrainConfig
-from sml_torchrec.retrain.model import RetrainModel
+from sml_torchrec.retrain.model import RetrainModel, ShardedModel
 from sml_torchrec.retrain.progress_bars import bar
 
 
@@ -33,6 +33,18 @@ class Strategy:
     def start(self, initial: dict[str, torch.Tensor]) -> None:
         self.model = self._new_model()
         self.model.load_tables(initial)
+
+    def trained_models(self) -> list[ShardedModel]:
+        """The models whose tables this strategy trains (the served one by default)."""
+        return [self.model] if self.model is not None else []
+
+    def start_period(self) -> None:
+        """Called before each ``train_period``: with ``cfg.fresh_optimizer``, the tables'
+        row-wise Adagrad restarts, so a row trained in earlier periods takes full-size steps on
+        D_t again instead of ever smaller ones."""
+        if self.cfg.fresh_optimizer:
+            for m in self.trained_models():
+                m.reset_table_optimizer()
 
     def train_period(self, t: int) -> None:
         raise NotImplementedError

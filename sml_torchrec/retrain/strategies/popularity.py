@@ -39,6 +39,9 @@ class PopularityModel:
 class _Popularity(Strategy):
     tuned_fields = ()
 
+    def trained_models(self) -> list:
+        return []  # counts, no tables
+
     def start(self, initial: dict[str, torch.Tensor]) -> None:
         del initial  # nothing is trained
 
