@@ -68,9 +68,10 @@ class RetrainConfig:
     batch_size: int = _opt(1024, "interactions per step of table training, per rank")
     epochs: int = _opt(3, "epochs per period: table training of the baselines and of SML's new "
                           "W_hat_t")
-    fresh_optimizer: bool = _opt(True, "restart the tables' row-wise Adagrad state at every "
-                                       "period (--no-fresh-optimizer: carry it over, so rows "
-                                       "trained in earlier periods take ever smaller steps)")
+    fresh_optimizer: bool = _opt(False, "restart the tables' row-wise Adagrad state at every "
+                                        "period (default: carry it over, as one long training "
+                                        "job does, so rows trained in earlier periods take ever "
+                                        "smaller steps)")
     init_epochs: int = _opt(10, "epochs of the initial MF (the best on period INIT_PERIODS kept)")
     transfer_lr: float = _opt(1e-3, "Adam learning rate of SML's transfer Theta")
     l2_transfer: float = _opt(1e-4, "L2 penalty on Theta (lambda2)")

@@ -41,7 +41,7 @@ class Strategy:
     def start_period(self) -> None:
         """Called before each ``train_period``: with ``cfg.fresh_optimizer``, the tables'
         row-wise Adagrad restarts, so a row trained in earlier periods takes full-size steps on
-        D_t again instead of ever smaller ones."""
+        D_t again instead of ever smaller ones (measured in the README)."""
         if self.cfg.fresh_optimizer:
             for m in self.trained_models():
                 m.reset_table_optimizer()
