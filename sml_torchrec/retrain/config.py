@@ -69,9 +69,9 @@ class RetrainConfig:
     epochs: int = _opt(3, "epochs per period: table training of the baselines and of SML's new "
                           "W_hat_t")
     fresh_optimizer: bool = _opt(False, "restart the tables' row-wise Adagrad state at every "
-                                        "period (default: carry it over, as one long training "
-                                        "job does, so rows trained in earlier periods take ever "
-                                        "smaller steps)")
+                                        "period instead of carrying it over as one long "
+                                        "training job does (carried, rows trained in earlier "
+                                        "periods take ever smaller steps)")
     init_epochs: int = _opt(10, "epochs of the initial MF (the best on period INIT_PERIODS kept)")
     transfer_lr: float = _opt(1e-3, "Adam learning rate of SML's transfer Theta")
     l2_transfer: float = _opt(1e-4, "L2 penalty on Theta (lambda2)")
