@@ -103,6 +103,9 @@ class RetrainConfig:
                              "validation periods' full recall@20 from a small grid around the "
                              "given values (retrain/tuning.py); results.json records the "
                              "choice")
+    tune_stages: int = _opt(1, "with --tune, at most this many grids per strategy: while the "
+                               "best setting so far is not its grid's centre, another grid "
+                               "around it (retrain/tuning.py)")
     seed: int = _opt(0, "random seed (training and the synthetic data)")
     nproc: int = _opt(1, "local ranks to start (gloo on CPU); under torchrun ranks come "
                          "from the environment")
@@ -148,7 +151,7 @@ class RetrainConfig:
         for name in ("init_periods", "test_periods", "dim", "batch_size", "transfer_batch_size",
                      "init_epochs", "rounds", "transfer_hidden", "transfer_n1", "transfer_n2",
                      "num_eval_negatives", "nproc", "keep_checkpoints", "asmg_window",
-                     "asmg_hidden"):
+                     "asmg_hidden", "tune_stages"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_flag(name)}: must be >= 1, got {getattr(self, name)}")
         for name in ("val_periods", "epochs", "reservoir_size"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -177,9 +178,12 @@ def run(
         init_test = prepare_test(ds, roles.init, ["full"], cfg.num_eval_negatives, cfg.seed)
         progress.initial = train_initial(ds, roles, cfg, init_test)
         ckpt.save(0, progress)
-    for i, unit in enumerate(tuning.runs(cfg)):
+    i, units = 0, tuning.runs(cfg, _scorer(progress, cfg))
+    while i < len(units):  # with --tune-stages, a finished run may add the next stage's runs
         if not progress.finished(i):
-            _run_strategy(i, unit, ds, roles, tests, progress, ckpt, writer)
+            _run_strategy(i, units[i], ds, roles, tests, progress, ckpt, writer)
+        i += 1
+        units = tuning.runs(cfg, _scorer(progress, cfg))
     _print(f"done in {time.monotonic() - t0:.0f}s")
     protocols = summarise(progress, cfg)
     model_dir = None
@@ -272,6 +276,22 @@ def _summary(rows: list[dict], protocol: str, seconds: float) -> dict:
     }
 
 
+def _selection_protocol(cfg: RetrainConfig) -> str:
+    return "full" if "full" in cfg.protocols else cfg.protocols[0]
+
+
+def _scorer(progress: Progress, cfg: RetrainConfig) -> Callable[[str], float | None]:
+    """label -> the run's validation score once all its validation periods are recorded."""
+    protocol = _selection_protocol(cfg)
+
+    def score(label: str) -> float | None:
+        rows = progress.per_period.get(label, {}).get(protocol, [])
+        if sum(r["role"] == "val" for r in rows) < cfg.val_periods:
+            return None
+        return _val_score(rows, protocol)
+    return score
+
+
 def _val_score(rows: list[dict], protocol: str) -> float:
     """The selection metric averaged over the validation periods of one run."""
     val_rows = [r for r in rows if r["role"] == "val"]
@@ -286,8 +306,8 @@ def summarise(progress: Progress, cfg: RetrainConfig) -> dict:
     averages, every period's row and the seconds spent. With ``tune``, a strategy's entry is
     its run chosen on the validation periods, and ``tuned`` holds the chosen setting."""
     results: dict = {p: {} for p in cfg.protocols}
-    metric_protocol = "full" if "full" in cfg.protocols else cfg.protocols[0]
-    all_runs = tuning.runs(cfg)
+    metric_protocol = _selection_protocol(cfg)
+    all_runs = tuning.runs(cfg, _scorer(progress, cfg))
     for name in cfg.strategies:
         candidates = [r for r in all_runs if r.name == name]
         val = {r.label: _val_score(progress.per_period[r.label][metric_protocol],

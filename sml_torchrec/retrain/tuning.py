@@ -7,11 +7,18 @@ goes through all periods as an untuned run would; the one with the best validati
 (full recall@20, or sampled hit@20 when the full protocol is not run; the first grid point on a tie)
 is the strategy's row, and its test periods are reported. The test periods of the other runs
 are never looked at. Strategies without trained parameters (``tuned_fields = ()``) run once.
+
+With ``tune_stages`` > 1, a strategy whose best setting so far is not the centre of its last grid
+gets another grid around that setting (points already run are not run again), until the best
+stays put or ``tune_stages`` grids were run: a best on the grid's edge means the search stopped
+too early. Which runs come next depends only on the validation scores of runs already done, so
+a resumed run rebuilds the same list.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from sml_torchrec.metrics import topk_metric
@@ -56,15 +63,34 @@ def _scaled(value: float | int, factor: float) -> float | int:
     return type(value)(value * factor)
 
 
-def runs(cfg: RetrainConfig) -> list[Run]:
-    """What the period loop runs: each strategy once, or once per grid point with ``tune``."""
+def runs(cfg: RetrainConfig,
+         val_score: Callable[[str], float | None] = lambda label: None) -> list[Run]:
+    """What the period loop runs, in order: each strategy once, or with ``tune`` once per grid
+    point, stage after stage; ``val_score(label)`` is a finished run's validation score (None
+    while it has none), which decides whether a strategy's next stage exists."""
     out = []
     for name in cfg.strategies:
         fields = strategy_class(name).tuned_fields if cfg.tune else ()
-        points = grid(cfg, fields) if fields else [{}]
-        for point in points:
-            out.append(Run(name, label(name, point), replace(cfg, **point), point))
+        out += _stages(name, cfg, fields, val_score) if fields else [Run(name, name, cfg, {})]
     return out
+
+
+def _stages(name: str, cfg: RetrainConfig, fields: tuple[str, ...],
+            val_score: Callable[[str], float | None]) -> list[Run]:
+    done: list[Run] = []
+    centre = {f: getattr(cfg, f) for f in fields}
+    for _ in range(cfg.tune_stages):
+        ran = [r.setting for r in done]
+        done += [Run(name, label(name, p), replace(cfg, **p), p)
+                 for p in grid(replace(cfg, **centre), fields) if p not in ran]
+        scores = {r.label: val_score(r.label) for r in done}
+        if any(v is None for v in scores.values()):
+            break  # the next stage waits for this one's scores
+        best = choose(done, scores)  # type: ignore[arg-type]
+        if best.setting == centre:
+            break
+        centre = best.setting
+    return done
 
 
 def label(name: str, setting: dict) -> str:

@@ -100,3 +100,64 @@ def test_tuning_keeps_the_best_validation_setting(tmp_path):
     for p in ("full", "sampled"):
         want = plain["protocols"][p]["fine_tune"]
         assert tuned["protocols"][p]["fine_tune"]["per_period"] == want["per_period"], p
+
+
+def _scores(best, pending=()):
+    """Validation scores by label, higher the closer (in log scale) a setting is to ``best``."""
+    def score(lbl):
+        if lbl in pending:
+            return None
+        setting = dict(kv.split("=") for kv in lbl[lbl.index("[") + 1 : -1].split(","))
+        return -sum(abs(np.log(float(v)) - np.log(best[k])) for k, v in setting.items())
+    return score
+
+
+def test_a_next_stage_is_centred_on_the_best_and_only_after_every_score_is_in():
+    cfg = RetrainConfig(strategies=["fine_tune"], tune=True, tune_stages=3,
+                        table_lr=0.05, epochs=1, l2_tables=1e-6)
+    first = runs(cfg)
+    assert len(first) == 8  # stage 1, waiting for its scores
+    edge = {"table_lr": 0.2, "epochs": 3.0, "l2_tables": 1e-6}
+    both = runs(cfg, _scores(edge))
+    assert both[:8] == first
+    stage2 = both[8:]
+    # around lr 0.2, epochs 3: lr {0.2, 0.8} x epochs {3, 9} x l2 {1e-6, 1e-4}, minus the two
+    # settings stage 1 ran already; the best stays at its centre, so there is no stage 3
+    assert len(stage2) == 6
+    assert all(r.setting["table_lr"] in (0.2, 0.8) and r.setting["epochs"] in (3, 9)
+               for r in stage2)
+    assert all(isinstance(r.setting["epochs"], int) for r in stage2)
+    # a stage-2 point wins: stage 3 around it
+    far = {"table_lr": 0.8, "epochs": 9.0, "l2_tables": 1e-6}
+    assert len(runs(cfg, _scores(far))) > 14
+    # but never more than tune_stages grids
+    assert len(runs(dataclasses.replace(cfg, tune_stages=2), _scores(far))) == 14
+    # one score missing: nothing beyond the stage it belongs to
+    assert runs(cfg, _scores(edge, pending={first[3].label})) == first
+    # the configured setting is best, or one stage is asked for: one stage only
+    assert runs(cfg, _scores({"table_lr": 0.05, "epochs": 1.0, "l2_tables": 1e-6})) == first
+    assert len(runs(dataclasses.replace(cfg, tune_stages=1), _scores(edge))) == 8
+
+
+def test_staged_tuning_runs_a_second_grid_around_an_edge_best(tmp_path):
+    _dataset(tmp_path / "ds")
+    cfg = RetrainConfig(strategies=["fine_tune"], init_periods=1, val_periods=2,
+                        test_periods=1, dim=4, epochs=1, init_epochs=1, table_lr=0.005,
+                        num_eval_negatives=5, tune=True, tune_stages=2,
+                        protocols=["full"], out=str(tmp_path / "out"))
+    tuned, _ = run_local(_run, 2, (str(tmp_path / "ds"), cfg), threads=1, backend="gloo",
+                         timeout_s=300)
+    entry = tuned["protocols"]["full"]["fine_tune"]
+    grid_scores = entry["tuned"]["grid"]
+    centre = {k: getattr(cfg, k) for k in FIELDS}
+    stage1 = grid_scores[:8]
+    best1 = max(stage1, key=lambda s: s["val_recall@20"])
+    # a learning rate this small leaves the first grid's best on its edge
+    assert {k: best1[k] for k in FIELDS} != centre
+    stage2 = grid_scores[8:]
+    assert 0 < len(stage2) < 8
+    assert all(s["table_lr"] in (best1["table_lr"], 4 * best1["table_lr"]) for s in stage2)
+    best = max(s["val_recall@20"] for s in grid_scores)
+    assert entry["val"]["recall@20"] == pytest.approx(best)
+    first_best = next(s for s in grid_scores if s["val_recall@20"] == best)
+    assert entry["tuned"]["setting"] == {k: first_best[k] for k in FIELDS}
