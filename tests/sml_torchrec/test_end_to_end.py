@@ -117,3 +117,25 @@ def test_resume_on_a_different_world_size(uninterrupted, tiny_data, tmp_path):
     assert "resuming from" in resumed.stderr
     r = json.loads((out / "results.json").read_text())
     assert [p["period"] for p in r["protocols"]["full"]["sample_based"]["per_period"]] == [4, 5, 6]
+
+
+@pytest.mark.timeout(600)
+def test_staged_tuning_resumes_inside_its_second_stage(tiny_data, tmp_path):
+    def args(out):
+        return ["--data", tiny_data, "--nproc", "2", "--out", str(out), "--checkpoint-dir",
+                str(out / "ckpt"), *FLAGS, "--strategies", "fine_tune", "--protocols", "full",
+                "--tune", "--tune-stages", "2", "--table-lr", "0.002", "--no-save-model"]
+
+    ref = tmp_path / "ref"
+    _run(args(ref))
+    grid = json.loads((ref / "results.json").read_text())[
+        "protocols"]["full"]["fine_tune"]["tuned"]["grid"]
+    assert len(grid) > 8  # the first grid's best was on its edge: a second grid ran
+    # Checkpoint after the first trained period (t = 2) of run 8, the second grid's first.
+    step = 1 + 8 * TINY.periods + 2
+    out = tmp_path / "killed"
+    killed = _run(args(out), fault_env(step), check=False)
+    assert killed.returncode != 0 and f"after checkpoint {step}" in killed.stdout
+    resumed = _run(args(out))
+    assert f"ckpt-{step:06d}" in resumed.stderr
+    assert _metrics(out) == _metrics(ref)
