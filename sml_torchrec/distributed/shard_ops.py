@@ -224,10 +224,15 @@ def write_blocks(
     load_full(dst, full)
 
 
+def copy_table(src: torch.Tensor | ShardedTensor, dst: torch.Tensor | ShardedTensor) -> None:
+    """``dst`` = ``src``, shard by shard when they are sharded alike, else through a gathered
+    table (a collective: every rank calls it)."""
+    write_blocks(dst, local_shards(src), global_shape(src), same_layout(src, dst))
+
+
 def copy_tables(
     src: dict[str, torch.Tensor | ShardedTensor], dst: dict[str, torch.Tensor | ShardedTensor]
 ) -> None:
-    """``dst[name]`` = ``src[name]`` for every table of ``src``, shard by shard (a collective:
-    every rank calls it)."""
+    """``dst[name]`` = ``src[name]`` for every table of ``src`` (a collective)."""
     for name, s in src.items():
-        write_blocks(dst[name], local_shards(s), global_shape(s), same_layout(s, dst[name]))
+        copy_table(s, dst[name])

@@ -53,6 +53,11 @@ def bias_tables(num_users: int, num_items: int) -> list[EmbeddingBagConfig]:
     ]
 
 
+def bias_lookup(bias: nn.Module, features: KeyedJaggedTensor) -> dict[str, torch.Tensor]:
+    """Per feature, the [B] biases of its ids from a collection over :func:`bias_tables`."""
+    return {k: v.mean(-1) for k, v in bias(features).to_dict().items()}
+
+
 class MatrixFactorization(nn.Module):
     """``forward(features)`` -> (positive logits [B], negative logits [B], sq_norm []).
 
@@ -81,7 +86,7 @@ class MatrixFactorization(nn.Module):
         sq = user.pow(2).sum() + item.pow(2).sum() + neg.pow(2).sum()
         pos, negs = (user * item).sum(-1), (user * neg).sum(-1)
         if self.bias is not None:
-            b = {k: v.mean(-1) for k, v in self.bias(features).to_dict().items()}
+            b = bias_lookup(self.bias, features)
             if not self.train_bias:
                 b = {k: v.detach() for k, v in b.items()}
             pos = pos + b["user_id"] + b["item_id"]

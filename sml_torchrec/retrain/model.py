@@ -44,6 +44,7 @@ from sml_torchrec.modules.mf import (
     ITEM_TABLE,
     USER_TABLE,
     MatrixFactorization,
+    bias_lookup,
     bias_tables,
     log_loss,
     mf_tables,
@@ -80,8 +81,9 @@ class ShardedModel:
         optimizer has it (this rank's shards; no collective)."""
         for state in self.dmp.fused_optimizer.state.values():
             for v in state.values():
-                shards = v.local_shards() if isinstance(v, ShardedTensor) else []
-                for t in [s.tensor for s in shards] or [v]:
+                local = [s.tensor for s in v.local_shards()] if isinstance(v, ShardedTensor) \
+                    else [v]
+                for t in local:
                     t.zero_()
 
     def user_vectors(self, users: np.ndarray) -> torch.Tensor:
@@ -216,7 +218,7 @@ class RetrainModel(ShardedModel):
             self.embedding.set_mode("frozen")
         rows = self.embedding(kjt).to_dict()["user_id"].cpu()
         if self.bias is not None:
-            b = self.bias(kjt).to_dict()["user_id"].cpu().mean(-1, keepdim=True)
+            b = bias_lookup(self.bias, kjt)["user_id"].cpu()[:, None]
             rows = torch.cat([rows, torch.ones_like(b), b], dim=1)
         return gather_shares(rows, len(users))
 

@@ -68,6 +68,7 @@ from sml_torchrec.data.batching import make_kjt, rank_slice
 from sml_torchrec.data.sampling import sample_negatives
 from sml_torchrec.distributed.shard_ops import (
     LocalShard,
+    copy_table,
     copy_tables,
     global_shape,
     local_shards,
@@ -77,7 +78,7 @@ from sml_torchrec.distributed.shard_ops import (
 )
 from sml_torchrec.distributed.sharding import shard_model
 from sml_torchrec.modules.meta_generator import ColumnGRU
-from sml_torchrec.modules.mf import mf_tables
+from sml_torchrec.modules.mf import bias_lookup, mf_tables
 from sml_torchrec.retrain.model import TABLES, RetrainModel
 from sml_torchrec.retrain.strategies.base import Strategy
 
@@ -129,8 +130,7 @@ class HistoryBank:
     @torch.no_grad()
     def put(self, table: str, slot: str, source: torch.Tensor) -> None:
         """Copy a table (sharded like the bank's, else gathered) into ``slot``."""
-        dst = self.weights[f"{table}__{slot}"]
-        write_blocks(dst, local_shards(source), global_shape(source), same_layout(source, dst))
+        copy_table(source, self.weights[f"{table}__{slot}"])
 
     @torch.no_grad()
     def clear_state(self) -> None:
@@ -316,7 +316,7 @@ class ASMG(Strategy):
         if self.iu.bias is None:
             return None
         kjt = make_kjt(ids["user_id"], ids["item_id"], ids["neg_item_id"]).to(self.iu.device)
-        return {f: v.mean(-1).cpu() for f, v in self.iu.bias(kjt).to_dict().items()}
+        return {f: v.cpu() for f, v in bias_lookup(self.iu.bias, kjt).items()}
 
     def _meta_train(self, t: int) -> None:
         window = self._window()
