@@ -7,6 +7,7 @@ STAMP := $(VENV)/.setup-done
 TORCH_VERSION := 2.13.0
 FBGEMM_VERSION := 1.8.0
 TORCHREC_VERSION := 1.8.0
+TRITON_VERSION := 3.6.0
 NPROC ?= 2
 
 .PHONY: setup test lint run data-info clean
@@ -16,11 +17,12 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
-	# CPU machines get the CPU build of FBGEMM; a CUDA torch gets the CUDA build.
+	# CPU machines get the CPU build of FBGEMM, and Triton for its interpreter (the tests run the
+	# GPU kernels in it); a CUDA torch gets the CUDA build, and brings its own Triton.
 	if $(BIN)/python -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)"; then \
 		$(BIN)/pip install -q fbgemm-gpu==$(FBGEMM_VERSION); \
 	else \
-		$(BIN)/pip install -q fbgemm-gpu-cpu==$(FBGEMM_VERSION); \
+		$(BIN)/pip install -q fbgemm-gpu-cpu==$(FBGEMM_VERSION) triton==$(TRITON_VERSION); \
 	fi
 	# torchrec's own requirements, then torchrec without its (CUDA) fbgemm-gpu pin.
 	$(BIN)/pip install -q tensordict torchmetrics==1.0.3 tqdm pyre-extensions iopath

@@ -1,17 +1,23 @@
-"""SML transfer f_Θ on one GPU: fused (Triton conv stage + cuBLAS FC) vs the card's GEMM rates.
+"""SML transfer f_Θ on one GPU: the fused Triton kernels vs the card's GEMM rates.
 
-Question: how close does materialising W_t = f_Θ(W_{t-1}, Ŵ_t) get to the same card's dense
-GEMM rate? Measures, in one run and on one device:
+Question: how close do materialising W_t = f_Θ(W_{t-1}, Ŵ_t) and training f_Θ get to the same
+card's dense GEMM rate? Measures, in one run and on one device:
 
 * ``torch.mm`` GFLOP/s at ``--mm-size``^3 in fp32 (TF32 off), TF32 and bf16;
-* the transfer (no_grad, chunked) as naive (reference layers), fused-torch (the CPU fused
-  path's torch ops on the GPU), fused-triton fp32, fused-triton with TF32 GEMMs and
-  fused-triton bf16 — each with rows/s, GFLOP/s, ratios to the matching GEMM rate, and the
-  max abs error relative to max|output| against an fp64 reference on a sample of rows.
+* materialise (no_grad, chunked): ``naive`` (the paper's layers), ``fused_torch`` (the CPU
+  fused path's torch ops on the GPU), ``staged_*`` (the Triton conv-stage kernel + cuBLAS GEMMs,
+  fc1's output through device memory: the path before the fused MLP kernel) and ``kernel_*``
+  (the conv-stage kernel + the fused MLP kernel, ``TransferConfig.precision`` = fp32, tf32,
+  bf16), each with rows/s, GFLOP/s, the ratio to the matching GEMM rate and the max error
+  relative to max|output| against an fp64 reference on a sample of rows;
+* training (forward + backward on ``--chunk-rows`` rows): the paper's layers, the eager fused
+  autograd path, and the Triton forward + backward per precision, with the error of the output
+  and of every gradient against fp64;
+* ``done_when``: the thresholds a GPU run is judged by (ratios and errors), each with its value.
 
 Writes one JSON object to ``--out`` (and prints it as one line, after a human table). On a
-machine without CUDA it prints/writes ``{"skipped": "no CUDA"}`` and exits 0. Plain torch
-(Triton is used when importable; without it the fused-triton rows fall back to torch).
+machine without CUDA it prints/writes ``{"skipped": "no CUDA"}`` and exits 0; ``--device cpu``
+runs the script's logic on the CPU instead (numbers meaningless).
 
     python benchmarks/gpu_transfer.py --out gpu_transfer.json
     python benchmarks/gpu_transfer.py --smoke
@@ -29,26 +35,33 @@ import torch
 
 from sml_torchrec.modules import transfer_triton
 from sml_torchrec.modules.transfer import (
+    PRECISIONS,
     TransferConfig,
     TransferNet,
     materialize,
     transfer_flops_per_row,
 )
 
+# precision -> the torch.mm rate it is compared with
+MM_OF = {"fp32": "fp32", "tf32": "tf32", "bf16": "bf16"}
 
-def _cuda_time(fn, repeats: int) -> float:
-    """Median seconds of ``fn`` over ``repeats`` runs after one warm-up, by CUDA events."""
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn, repeats: int, dev: torch.device) -> float:
+    """Median seconds of ``fn`` over ``repeats`` runs after one warm-up (CUDA events on a GPU)."""
     fn()
-    if not torch.cuda.is_available():  # --device cpu: checks the script, not the speed
-        times = []
-        for _ in range(repeats):
+    _sync(dev)
+    times = []
+    for _ in range(repeats):
+        if dev.type != "cuda":  # --device cpu: checks the script, not the speed
             t = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t)
-        return statistics.median(times)
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
+            continue
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
@@ -58,119 +71,169 @@ def _cuda_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _set_matmul(precision: str) -> None:
+    torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
+
+
 def mm_rates(n: int, repeats: int, dev: torch.device) -> dict[str, float]:
     out = {}
-    for name, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True),
-                              ("bf16", torch.bfloat16, False)):
-        torch.backends.cuda.matmul.allow_tf32 = tf32
+    for name in PRECISIONS:
+        _set_matmul(name)
+        dtype = torch.bfloat16 if name == "bf16" else torch.float32
         a = torch.randn(n, n, device=dev, dtype=dtype)
         b = torch.randn(n, n, device=dev, dtype=dtype)
-        out[name] = 2 * n**3 / _cuda_time(lambda a=a, b=b: torch.mm(a, b), repeats) / 1e9
-    torch.backends.cuda.matmul.allow_tf32 = False
+        out[name] = 2 * n**3 / _time(lambda a=a, b=b: torch.mm(a, b), repeats, dev) / 1e9
+    _set_matmul("fp32")
     return out
 
 
-def run(args) -> dict:
-    dev = torch.device(args.device)
-    torch.manual_seed(0)
-    cfg = TransferConfig(chunk_rows=args.chunk_rows)
-    net = TransferNet(args.dim, cfg).to(dev)
-    g = torch.Generator(device=dev).manual_seed(1)
-    prev = torch.randn(args.rows, args.dim, device=dev, generator=g)
-    new = torch.randn(args.rows, args.dim, device=dev, generator=g)
+def _staged(prev, new, p, cfg: TransferConfig, out, precision: str) -> None:
+    """The path before the fused MLP: conv-stage kernel, then cuBLAS GEMMs through memory."""
+    f1, f2, w1, b1, w2, b2 = p
+    cd = torch.bfloat16 if precision == "bf16" else torch.float32
+    h2 = transfer_triton.conv_stage(prev, new, f1, f2, cfg.eps, cfg.gelu, cd)
+    z = torch.addmm(b1.to(cd), h2, w1.t().to(cd))
+    z = torch.nn.functional.silu(z.mul_(1.702)).div_(1.702)  # the authors' GELU, in place
+    out.copy_(torch.addmm(b2.to(cd), z, w2.t().to(cd)))
+
+
+def materialise_rates(net: TransferNet, prev, new, args, mm: dict, dev) -> dict:
+    cfg, rows, step = net.config, args.rows, args.chunk_rows
     out = torch.empty_like(new)
-    p = tuple(t.detach() for t in net.params())
-    step = args.chunk_rows
-    sample = slice(0, min(args.rows, 4096))
+    sample = slice(0, min(rows, 4096))
     with torch.no_grad():
         ref = net.double().reference(prev[sample].double(), new[sample].double())
         net.float()
     p = tuple(t.detach() for t in net.params())
 
-    def naive() -> None:
+    def chunks(fn):
+        def run() -> None:
+            for i in range(0, rows, step):
+                j = min(i + step, rows)
+                fn(prev[i:j], new[i:j], out[i:j])
+        return run
+
+    def naive(a, b, o) -> None:
         with torch.no_grad():
-            for i in range(0, args.rows, step):
-                out[i : i + step] = net.reference(prev[i : i + step], new[i : i + step])
+            o.copy_(net.reference(a, b))
 
-    def fused_torch() -> None:
-        materialize(net, prev, new, out, chunk_rows=step, backend="eager")
-
-    def fused_triton(dtype=None):
-        def fn() -> None:
-            for i in range(0, args.rows, step):
-                j = min(i + step, args.rows)
-                transfer_triton.transfer_rows_into(
-                    prev[i:j], new[i:j], p, cfg.eps, cfg.gelu, out[i:j], dtype
-                )
-        return fn
-
-    paths = {  # name: (fn, allow_tf32, GEMM rate it is compared with)
-        "naive": (naive, False, "fp32"),
-        "fused_torch": (fused_torch, False, "fp32"),
-        "fused_triton_fp32": (fused_triton(), False, "fp32"),
-        "fused_triton_tf32": (fused_triton(), True, "tf32"),
-        "fused_triton_bf16": (fused_triton(torch.bfloat16), False, "bf16"),
+    paths = {  # name: (fn, precision of its GEMMs)
+        "naive": (chunks(naive), "fp32"),
+        "fused_torch": (lambda: materialize(net, prev, new, out, step, backend="eager"), "fp32"),
     }
-    mm = mm_rates(args.mm_size, args.repeats, dev)
-    flops = transfer_flops_per_row(args.dim, cfg) * args.rows
+    for prec in PRECISIONS:
+        paths[f"staged_{prec}"] = (
+            chunks(lambda a, b, o, prec=prec: _staged(a, b, p, cfg, o, prec)), prec)
+        paths[f"kernel_{prec}"] = (chunks(
+            lambda a, b, o, prec=prec: transfer_triton.transfer_rows_into(
+                a, b, p, cfg.eps, cfg.gelu, o, prec)), prec)
+    flops = transfer_flops_per_row(args.dim, cfg) * rows
     res = {}
-    for name, (fn, tf32, rate) in paths.items():
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        sec = _cuda_time(fn, args.repeats)
+    for name, (fn, prec) in paths.items():
+        _set_matmul(prec)  # the staged path's cuBLAS GEMMs follow torch's global setting
+        sec = _time(fn, args.repeats, dev)
         err = ((out[sample].double() - ref).abs().max() / ref.abs().max()).item()
-        res[name] = {"rows_per_s": args.rows / sec, "gflops": flops / sec / 1e9,
-                     "ratio_to_mm": flops / sec / 1e9 / mm[rate], "compared_with_mm": rate,
-                     "max_rel_err": err}
-    torch.backends.cuda.matmul.allow_tf32 = False
-    base = res["naive"]["gflops"]
+        res[name] = {"rows_per_s": rows / sec, "gflops": flops / sec / 1e9,
+                     "ratio_to_mm": flops / sec / 1e9 / mm[MM_OF[prec]],
+                     "compared_with_mm": MM_OF[prec], "max_rel_err": err}
+    _set_matmul("fp32")
     for r in res.values():
-        r["speedup_vs_naive"] = r["gflops"] / base
-    res["train"] = train_rates(net, prev, new, args, mm)
-    return {
-        "bench": "gpu_transfer",
-        "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu (script check only)",
-        "torch": torch.__version__, "triton": transfer_triton.available(),
-        "rows": args.rows, "dim": args.dim, "chunk_rows": args.chunk_rows,
-        "flop_per_row": transfer_flops_per_row(args.dim, cfg), "repeats": args.repeats,
-        "mm_size": args.mm_size, "mm_gflops": mm, **res,
-    }
+        r["speedup_vs_naive"] = r["gflops"] / res["naive"]["gflops"]
+    return res
 
 
-def train_rates(net: TransferNet, prev, new, args, mm: dict[str, float]) -> dict:
+def train_rates(net: TransferNet, prev, new, args, mm: dict, dev) -> dict:
     """Forward + backward (gradients of Ŵ and of Θ) on one batch of ``chunk_rows`` rows.
 
-    Counted as 3x the forward FLOPs (the backward is two GEMMs per forward GEMM).
+    Counted as 3x the forward FLOPs (the backward is two GEMMs per forward GEMM). Errors: max
+    over the output and each gradient of max error / max|fp64 reference|, on that batch.
     """
     rows = min(args.chunk_rows, args.rows)
     p, n = prev[:rows], new[:rows].clone().requires_grad_(True)
     flops = 3 * transfer_flops_per_row(args.dim, net.config) * rows
+    gen = torch.Generator(device=dev).manual_seed(2)
+    weight = torch.randn(rows, args.dim, device=dev, generator=gen)
+    ref_net = TransferNet(args.dim, net.config).to(dev)
+    ref_net.load_state_dict(net.state_dict())
+    ref_net.double()
+    n64 = n.detach().double().requires_grad_(True)
+    ref_out = ref_net.reference(p.double(), n64)
+    (ref_out * weight.double()).sum().backward()
+    ref = [ref_out.detach(), n64.grad, *(t.grad for t in ref_net.params())]
     out = {}
-    for impl in ("reference", "fused"):
-        net.config.impl = impl
-        for name, tf32 in (("fp32", False), ("tf32", True)):
-            torch.backends.cuda.matmul.allow_tf32 = tf32
+    for name, backend, prec in (("reference_fp32", "reference", "fp32"),
+                                ("eager_fp32", "eager", "fp32"), ("eager_tf32", "eager", "tf32"),
+                                *((f"kernel_{q}", "triton", q) for q in PRECISIONS)):
+        net.config.precision = prec
+        _set_matmul(prec)
+        res = {}
 
-            def step() -> None:
-                net.zero_grad(set_to_none=True)
-                n.grad = None
-                net(p, n).sum().backward()
+        def step(res=res, backend=backend) -> None:
+            net.zero_grad(set_to_none=True)
+            n.grad = None
+            res["out"] = net(p, n, backend=backend)
+            (res["out"] * weight).sum().backward()
 
-            sec = _cuda_time(step, args.repeats)
-            out[f"{impl}_{name}"] = {"rows_per_s": rows / sec, "gflops": flops / sec / 1e9,
-                                     "ratio_to_mm": flops / sec / 1e9 / mm[name]}
-    torch.backends.cuda.matmul.allow_tf32 = False
-    net.config.impl = "fused"
+        sec = _time(step, args.repeats, dev)
+        got = [res["out"].detach(), n.grad, *(t.grad for t in net.params())]
+        err = max(((g.double() - r).abs().max() / r.abs().max()).item() for g, r in zip(got, ref))
+        out[name] = {"rows_per_s": rows / sec, "gflops": flops / sec / 1e9,
+                     "ratio_to_mm": flops / sec / 1e9 / mm[MM_OF[prec]],
+                     "compared_with_mm": MM_OF[prec], "max_rel_err": err}
+    net.config.precision = "fp32"
+    _set_matmul("fp32")
     return out
+
+
+def done_when(res: dict) -> dict:
+    """The targets a GPU run is judged by, each with the measured value and whether it holds."""
+    m, t = res, res["train"]
+    best_low = max(("kernel_tf32", "kernel_bf16"), key=lambda k: t[k]["ratio_to_mm"])
+    checks = {
+        "materialise bf16 >= 0.5 of bf16 mm": (m["kernel_bf16"]["ratio_to_mm"], 0.5, ">="),
+        "materialise bf16 error <= 1e-2": (m["kernel_bf16"]["max_rel_err"], 1e-2, "<="),
+        "materialise tf32 >= 0.5 of tf32 mm": (m["kernel_tf32"]["ratio_to_mm"], 0.5, ">="),
+        "materialise tf32 error <= 1e-3": (m["kernel_tf32"]["max_rel_err"], 1e-3, "<="),
+        "training fp32 >= 0.5 of fp32 mm": (t["kernel_fp32"]["ratio_to_mm"], 0.5, ">="),
+        f"training {best_low[7:]} >= 0.3 of its mm": (t[best_low]["ratio_to_mm"], 0.3, ">="),
+    }
+    return {k: {"value": v, "holds": v >= lim if op == ">=" else v <= lim}
+            for k, (v, lim, op) in checks.items()}
+
+
+def run(args) -> dict:
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    net = TransferNet(args.dim, TransferConfig(chunk_rows=args.chunk_rows)).to(dev)
+    g = torch.Generator(device=dev).manual_seed(1)
+    prev = torch.randn(args.rows, args.dim, device=dev, generator=g)
+    new = torch.randn(args.rows, args.dim, device=dev, generator=g)
+    mm = mm_rates(args.mm_size, args.repeats, dev)
+    res = {
+        "bench": "gpu_transfer",
+        "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu (script check only)",
+        "torch": torch.__version__, "triton": transfer_triton.available(),
+        "kernels_ran": transfer_triton.kernels_run_on(prev),
+        "rows": args.rows, "dim": args.dim, "chunk_rows": args.chunk_rows,
+        "flop_per_row": transfer_flops_per_row(args.dim, net.config), "repeats": args.repeats,
+        "mm_size": args.mm_size, "mm_gflops": mm,
+        **materialise_rates(net, prev, new, args, mm, dev),
+    }
+    res["train"] = train_rates(net, prev, new, args, mm, dev)
+    res["tuned"] = transfer_triton.tuned_configs()
+    res["done_when"] = done_when(res)
+    return res
 
 
 def table(res: dict) -> str:
     mm = res["mm_gflops"]
+    head = (f"{'path':<20}{'rows/s':>14}{'GFLOP/s':>10}{'/mm':>8}{'(mm)':>6}{'vs naive':>10}"
+            f"{'max rel err':>13}")
     lines = [
         f"SML transfer on {res['device']}: d={res['dim']}, rows={res['rows']}, "
         f"chunk_rows={res['chunk_rows']}; mm {res['mm_size']}^3 GFLOP/s: "
         + ", ".join(f"{k} {v:,.0f}" for k, v in mm.items()),
-        f"{'path':<20}{'rows/s':>14}{'GFLOP/s':>10}{'/mm':>8}{'(mm)':>6}{'vs naive':>10}"
-        f"{'max rel err':>13}",
+        "materialise:", head,
     ]
     for name, r in res.items():
         if isinstance(r, dict) and "rows_per_s" in r:
@@ -180,8 +243,12 @@ def table(res: dict) -> str:
             )
     lines.append(f"training (forward + backward, {res['chunk_rows']} rows a step):")
     for name, r in res["train"].items():
-        lines.append(f"  {name:<18}{r['rows_per_s']:>14,.0f}{r['gflops']:>10.1f}"
-                     f"{r['ratio_to_mm']:>8.2f}")
+        lines.append(f"{name:<20}{r['rows_per_s']:>14,.0f}{r['gflops']:>10.1f}"
+                     f"{r['ratio_to_mm']:>8.2f}{r['compared_with_mm']:>6}{'':>10}"
+                     f"{r['max_rel_err']:>13.1e}")
+    lines.append(f"autotuned blocks: {res['tuned']}")
+    for k, v in res["done_when"].items():
+        lines.append(f"  [{'ok' if v['holds'] else 'NO'}] {k}: {v['value']:.3g}")
     return "\n".join(lines)
 
 

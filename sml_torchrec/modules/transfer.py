@@ -22,8 +22,11 @@ does not depend on the implementation; switch at run time with ``net.config.impl
   ``addmm`` with the bias folded in. For the sigmoid GELU the constant 1.702 is folded into
   F1, b1 and the last GEMM's ``alpha`` so each activation is a single ``silu``. Rows are
   processed in cache-sized chunks (``config.chunk_rows``); under ``no_grad`` a leaner path
-  reuses scratch buffers and activates in place. On CUDA with Triton installed, the no-grad
-  path runs the stack+conv stage as one Triton kernel (``transfer_triton``).
+  reuses scratch buffers and activates in place. On CUDA with Triton installed, float32 rows
+  run on the Triton kernels of ``transfer_triton`` instead, for materialise and training
+  alike: the stack+conv stage as one kernel, fc1 + activation + fc2 as another that keeps
+  fc1's output on chip, and a hand-written backward; ``config.precision`` picks IEEE fp32,
+  TF32 or bf16 matrix products there.
 * ``"compiled"``: ``torch.compile`` (inductor) of a pointwise formulation of the same chunk
   function, which lets inductor fuse the stack+conv stage into one loop nest.
 
@@ -32,6 +35,7 @@ This module imports with plain torch (no torchrec, no process group).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +48,7 @@ __all__ = [
     "BACKENDS",
     "GELU_KINDS",
     "IMPLS",
+    "PRECISIONS",
     "TransferConfig",
     "TransferNet",
     "choose_backend",
@@ -56,6 +61,8 @@ IMPLS = ("reference", "fused", "compiled")
 # What computes the rows (see ``choose_backend``): "fused" runs on "triton", "cpu" or "eager".
 BACKENDS = ("reference", "triton", "cpu", "eager", "compiled")
 GELU_KINDS = ("sigmoid", "erf", "tanh")
+# TransferConfig.precision: the GPU kernels' matrix products (see transfer_triton).
+PRECISIONS = ("fp32", "tf32", "bf16")
 # The authors' GELU approximation x * sigmoid(1.702 x).
 _SIGMOID_GELU_SCALE = 1.702
 
@@ -75,6 +82,10 @@ class TransferConfig:
     # fast and needs no compile step (benchmarks/transfer_throughput.py).
     impl: str = "fused"
     chunk_rows: int = 2048  # rows per chunk for forward and materialise (cache-sized)
+    # Matrix products of the GPU (Triton) kernels: "fp32" (IEEE, exact to fp32 rounding),
+    # "tf32" or "bf16" (faster, ~1e-3 and ~1e-2 of the output's scale; see transfer_triton).
+    # The CPU kernels always compute in the rows' dtype.
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -83,6 +94,10 @@ class TransferConfig:
 def _validate(c: TransferConfig) -> None:
     if c.impl not in IMPLS:
         raise ValueError(f"TransferConfig.impl must be one of {IMPLS}, got {c.impl!r}")
+    if c.precision not in PRECISIONS:
+        raise ValueError(
+            f"TransferConfig.precision must be one of {PRECISIONS}, got {c.precision!r}"
+        )
     if c.gelu not in GELU_KINDS:
         raise ValueError(f"TransferConfig.gelu must be one of {GELU_KINDS}, got {c.gelu!r}")
     if min(c.n1, c.n2, c.hidden, c.chunk_rows) < 1:
@@ -246,18 +261,17 @@ def _cpu_kernel_ok(new: Tensor, c: TransferConfig) -> bool:
     return transfer_cpu.supports(new, c.gelu, c.n1, c.n2) and transfer_cpu.load() is not None
 
 
-def choose_backend(config: TransferConfig, rows: Tensor, grad: bool) -> str:
+def choose_backend(config: TransferConfig, rows: Tensor) -> str:
     """Which implementation computes ``rows``: the one place that decides.
 
     ``impl="reference"`` and ``impl="compiled"`` name their back end. For ``impl="fused"``:
-    ``"triton"`` without gradients on CUDA with Triton (the stack + conv stage as one kernel,
-    ``transfer_triton``), else ``"cpu"`` where the C++ kernels of ``transfer_cpu`` apply
-    (float32, the authors' GELU, a compiled extension), else ``"eager"`` (the same algebra as
-    torch ops).
+    ``"triton"`` for float32 rows on CUDA with Triton (``transfer_triton``, with or without
+    gradients), else ``"cpu"`` where the C++ kernels of ``transfer_cpu`` apply (float32, the
+    authors' GELU, a compiled extension), else ``"eager"`` (the same algebra as torch ops).
     """
     if config.impl != "fused":
         return config.impl
-    if not grad and rows.is_cuda:
+    if rows.is_cuda and rows.dtype == torch.float32:
         from sml_torchrec.modules import transfer_triton
 
         if transfer_triton.available():
@@ -269,6 +283,13 @@ def _cpu_chunk(prev: Tensor, new: Tensor, p: Params, eps: float, kind: str) -> T
     from sml_torchrec.modules.transfer_cpu import TransferRowsCPU
 
     return TransferRowsCPU.apply(prev, new, *p, eps)
+
+
+def _triton_chunk(prev: Tensor, new: Tensor, p: Params, eps: float, kind: str,
+                  precision: str) -> Tensor:
+    from sml_torchrec.modules import transfer_triton
+
+    return transfer_triton.transfer_rows(prev, new, p, eps, kind, precision)
 
 
 def _compiled_chunk(prev: Tensor, new: Tensor, p: Params, eps: float, kind: str) -> Tensor:
@@ -360,9 +381,12 @@ class TransferNet(nn.Module):
         z = gelu(F.linear(h2.reshape(n, c.n2 * self.dim), w1, b1), c.gelu)
         return F.linear(z, w2, b2)
 
-    def forward(self, prev: Tensor, new: Tensor, params: Params | None = None) -> Tensor:
+    def forward(
+        self, prev: Tensor, new: Tensor, params: Params | None = None, backend: str | None = None
+    ) -> Tensor:
         """``params`` replaces (F1, F2, W_f, b1, W_o, b2), e.g. with detached copies so that Θ
-        is a constant (SML step 1).
+        is a constant (SML step 1). ``backend`` (one of :data:`BACKENDS`) overrides
+        :func:`choose_backend`, e.g. to measure one against another.
         """
         self._check(prev, new)
         c = self.config
@@ -372,14 +396,16 @@ class TransferNet(nn.Module):
         needs_grad = torch.is_grad_enabled() and (
             new.requires_grad or any(t.requires_grad for t in p)
         )
-        backend = choose_backend(c, new, needs_grad)
+        backend = backend or choose_backend(c, new)
+        _check_backend(backend)
         if backend == "reference":
             return self.reference(prev, new, p)
         if not needs_grad and backend != "compiled":
             out = torch.empty_like(new, memory_format=torch.contiguous_format)
             _materialize_rows(self, prev, new, out, c.chunk_rows, p, backend)
             return out
-        fn = {"cpu": _cpu_chunk, "eager": _fused_chunk, "compiled": _compiled_chunk}[backend]
+        fn = {"cpu": _cpu_chunk, "eager": _fused_chunk, "compiled": _compiled_chunk,
+              "triton": functools.partial(_triton_chunk, precision=c.precision)}[backend]
         n, step = new.shape[0], c.chunk_rows
         if n <= step:
             return fn(prev, new, p, c.eps, c.gelu)
@@ -387,6 +413,11 @@ class TransferNet(nn.Module):
             fn(prev[i : i + step], new[i : i + step], p, c.eps, c.gelu) for i in range(0, n, step)
         ]
         return torch.cat(chunks)
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def _materialize_rows(
@@ -407,7 +438,8 @@ def _materialize_rows(
         if backend == "triton":
             from sml_torchrec.modules import transfer_triton
 
-            transfer_triton.transfer_rows_into(prev[i:j], new[i:j], p, c.eps, c.gelu, out[i:j])
+            transfer_triton.transfer_rows_into(prev[i:j], new[i:j], p, c.eps, c.gelu, out[i:j],
+                                               c.precision)
         elif backend == "eager":
             _fused_chunk_into(prev[i:j], new[i:j], p, c.eps, c.gelu, out[i:j], buf)
         elif backend == "reference":
@@ -434,7 +466,7 @@ def materialize(
     step = chunk_rows if chunk_rows is not None else net.config.chunk_rows
     if step < 1:
         raise ValueError(f"chunk_rows must be positive, got {step}")
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    chosen = backend or choose_backend(net.config, new, grad=False)
+    if backend is not None:
+        _check_backend(backend)
+    chosen = backend or choose_backend(net.config, new)
     _materialize_rows(net, prev, new, out, step, net.params(), chosen)

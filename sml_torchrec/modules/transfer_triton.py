@@ -1,44 +1,74 @@
-"""GPU path of the SML transfer: the stack+conv stage as one Triton kernel, FC layers on cuBLAS.
+"""GPU path of the SML transfer f_Θ: Triton kernels for materialise and for training.
 
-One program handles ``BLOCK_R`` rows: it loads w_prev and w_new once, forms w_dot, runs
-conv1 -> GELU -> conv2 -> GELU entirely in registers and writes H2 already flattened
-row-major (``[B, n2*d]``, index ``k*d + m``), the layout fc1 reads. The FC layers are
-``addmm`` with the bias folded in and the activation applied in place.
+f_Θ (``transfer.py`` states it) for a chunk of rows runs as two kernels::
 
-Used by ``TransferNet`` for no-grad forward and ``materialize`` on CUDA tensors with
-``impl="fused"`` when Triton is importable; training keeps the autograd fused path.
-Everything here imports without Triton or a GPU: :func:`conv_stage` falls back to plain torch,
-so the FC plumbing and the bf16 option are testable on CPU.
+    conv stage   [B, d] x2 -> H2 [B, n2*d]     stack, w_dot, conv1, GELU, conv2, GELU in registers
+    fused MLP    H2 -> W_t [B, d]              fc1, GELU, fc2 with fc1's output kept on chip
 
-Precision (``compute_dtype``):
+The fused MLP walks fc1's hidden units in blocks: a block of u = H2 W_fᵀ + b1 is accumulated
+on the tensor cores, activated in registers and multiplied straight into fc2's accumulator, so
+fc1's output (the widest tensor of f_Θ, ``hidden`` columns) never reaches device memory. What
+does is H2 (n2*d values a row, written once and read once) and the inputs and output.
 
-* ``None`` / ``torch.float32``: fp32 storage; the GEMMs follow torch's matmul precision
-  (``torch.backends.cuda.matmul.allow_tf32``). With TF32 (10-bit mantissa) expect a max abs
-  error around 1e-3 of the output's scale; without it, fp32 rounding only (~1e-6).
-* ``torch.bfloat16``: H2, z and the FC weights in bf16 (8-bit mantissa), fp32 accumulation,
-  fp32 output. Expect max abs error <= 3e-2 x max|output| (each bf16 rounding is a relative
-  2^-9; two GEMMs with K = n2*d and hidden sum them). ``benchmarks/gpu_transfer.py``
-  measures the actual error against the fp32 reference.
+Training (:class:`TransferRowsFunction`): the forward is the same two kernels and also keeps fc1's
+pre-activation u, the one tensor the backward cannot cheaply recompute (it would cost fc1's
+GEMM again); H2 is kept too (the conv stage writes it anyway). The backward is
+
+* one kernel: dz = dout W_o (a short GEMM, K = d), du = dz ⊙ GELU'(u), and z = GELU(u);
+* three large GEMMs on cuBLAS (K = the chunk's rows, or hidden): dW_o = doutᵀ z, dW_f = duᵀ H2,
+  dH2 = du W_f;
+* one kernel for the conv stage backward: it recomputes conv1 and conv2 from the inputs in
+  registers, takes dH2 to dŴ_t and writes per-program partial sums of dF1 and dF2 (summed after;
+  no atomics, so every kernel here can be rerun, which Triton's autotuner does).
+
+Precision (``TransferConfig.precision``, :data:`PRECISIONS`): ``"fp32"`` (the default) runs every
+matrix product in IEEE fp32; ``"tf32"`` runs them on TF32 tensor cores (10-bit mantissa);
+``"bf16"`` keeps H2, u and the FC weights in bf16 (8-bit mantissa) with fp32 accumulation. Inputs,
+output, activations and the conv stage stay fp32 in every mode. ``benchmarks/gpu_transfer.py``
+reports each mode's error against an fp64 reference.
+
+Everything here imports and runs without a GPU: on CUDA tensors with Triton installed the
+kernels run; under Triton's interpreter (``TRITON_INTERPRET=1``, set before Triton is imported)
+they run on CPU tensors, which is how the tests check them on machines without a GPU; elsewhere
+each step has a plain-torch twin computing the same algebra.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sml_torchrec.modules.transfer import PRECISIONS
+
+__all__ = [
+    "PRECISIONS",
+    "TransferRowsFunction",
+    "available",
+    "conv_stage",
+    "interpreting",
+    "kernels_run_on",
+    "transfer_rows",
+    "transfer_rows_into",
+    "tuned_configs",
+]
+
 _SIGMOID_GELU_SCALE = 1.702
 _KIND_CODE = {"sigmoid": 0, "erf": 1, "tanh": 2}
 
+Params = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]  # F1, F2, W_f, b1, W_o, b2
 
-try:  # optional: everything below works without Triton (torch fallback)
+try:  # optional: everything below works without Triton (torch twins)
     import triton
     import triton.language as tl
 except ImportError:  # pragma: no cover - depends on the environment
     triton = None
 
-# The kernels are module-level globals: Triton resolves the names a kernel uses (``tl``,
-# ``_gelu``) in its module's globals.
+# Kernels are module-level globals: Triton resolves the names a kernel uses (``tl``, ``_gelu``)
+# in its module's globals.
 if triton is not None:
 
     @triton.jit
@@ -48,55 +78,250 @@ if triton is not None:
         elif KIND == 1:
             y = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
         else:
-            # 0.5x(1 + tanh(u)) == x * sigmoid(2u): avoids depending on a tanh intrinsic.
-            u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
-            y = x * tl.sigmoid(2.0 * u)
+            # 0.5x(1 + tanh(v)) == x * sigmoid(2v): needs no tanh intrinsic.
+            v = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+            y = x * tl.sigmoid(2.0 * v)
         return y
 
     @triton.jit
-    def _conv_stage_kernel(
-        prev_ptr, new_ptr, f1_ptr, f2_ptr, out_ptr,
-        n_rows, d, stride_prev, stride_new, eps, out_scale,
-        N1: tl.constexpr, N2: tl.constexpr, N2P: tl.constexpr, DP: tl.constexpr,
-        BLOCK_R: tl.constexpr, KIND: tl.constexpr,
-    ):
-        pid = tl.program_id(0)
-        rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
-        cols = tl.arange(0, DP)
-        rmask = rows < n_rows
-        cmask = cols < d
-        m2 = rmask[:, None] & cmask[None, :]
+    def _gelu_grad(x, KIND: tl.constexpr):
+        """d GELU(x) / dx for the same three kinds."""
+        if KIND == 0:
+            s = tl.sigmoid(1.702 * x)
+            g = s + 1.702 * x * s * (1.0 - s)
+        elif KIND == 1:
+            cdf = 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))
+            g = cdf + x * tl.exp(-0.5 * x * x) * 0.3989422804014327
+        else:
+            v = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+            s = tl.sigmoid(2.0 * v)  # (1 + tanh v) / 2
+            dv = 0.7978845608028654 * (1.0 + 0.134145 * x * x)
+            g = s + 2.0 * x * s * (1.0 - s) * dv
+        return g
+
+    @triton.jit
+    def _dot(a, b, acc, INPUT_PRECISION: tl.constexpr, DOT_F32: tl.constexpr):
+        """``acc + a @ b``. ``DOT_F32`` (set under the interpreter only) multiplies bf16 operands
+        as fp32, which is exact: Triton 3.6's interpreter multiplies bf16 bit patterns."""
+        if DOT_F32:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+
+    @triton.jit
+    def _conv_inputs(prev_ptr, new_ptr, rows, cols, rmask, cmask, stride_prev, stride_new, eps):
+        """w_prev, w_new and w_dot of a block of rows as fp32 ``[BLOCK_R, DP]`` tiles."""
         r64 = rows.to(tl.int64)
+        m2 = rmask[:, None] & cmask[None, :]
         p = tl.load(prev_ptr + r64[:, None] * stride_prev + cols[None, :], mask=m2, other=0.0)
         n = tl.load(new_ptr + r64[:, None] * stride_new + cols[None, :], mask=m2, other=0.0)
         p = p.to(tl.float32)
         n = n.to(tl.float32)
         norm = tl.sqrt(tl.sum(p * p, axis=1))
-        dot = p * n / (norm[:, None] + eps)
+        return p, n, p * n / (norm[:, None] + eps)
+
+    @triton.jit
+    def _conv1(f1_ptr, j, p, n, dot):
+        """Filter j of conv1 before its activation: F1[j] · [w_prev; w_new; w_dot]."""
+        return (tl.load(f1_ptr + j * 3) * p + tl.load(f1_ptr + j * 3 + 1) * n
+                + tl.load(f1_ptr + j * 3 + 2) * dot)
+
+    @triton.jit
+    def _conv_stage_kernel(
+        prev_ptr, new_ptr, f1_ptr, f2_ptr, h2_ptr,
+        n_rows, d, stride_prev, stride_new, eps,
+        N1: tl.constexpr, N2: tl.constexpr, N2P: tl.constexpr, DP: tl.constexpr,
+        BLOCK_R: tl.constexpr, KIND: tl.constexpr,
+    ):
+        """H2 of a block of rows, written flattened row-major: ``h2[r, k*d + m]``."""
+        rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        cols = tl.arange(0, DP)
+        rmask = rows < n_rows
+        cmask = cols < d
+        p, n, dot = _conv_inputs(prev_ptr, new_ptr, rows, cols, rmask, cmask, stride_prev,
+                                 stride_new, eps)
         ks = tl.arange(0, N2P)
         kmask = ks < N2
         acc = tl.zeros((BLOCK_R, N2P, DP), dtype=tl.float32)
         for j in tl.static_range(N1):
-            a0 = tl.load(f1_ptr + j * 3)
-            a1 = tl.load(f1_ptr + j * 3 + 1)
-            a2 = tl.load(f1_ptr + j * 3 + 2)
-            h = _gelu(a0 * p + a1 * n + a2 * dot, KIND)
+            h1 = _gelu(_conv1(f1_ptr, j, p, n, dot), KIND)
             f2col = tl.load(f2_ptr + ks * N1 + j, mask=kmask, other=0.0)
-            acc += f2col[None, :, None] * h[:, None, :]
-        h2 = _gelu(acc, KIND) * out_scale
+            acc += f2col[None, :, None] * h1[:, None, :]
+        h2 = _gelu(acc, KIND)
+        r64 = rows.to(tl.int64)
         offs = r64[:, None, None] * (N2 * d) + ks[None, :, None] * d + cols[None, None, :]
         m3 = rmask[:, None, None] & kmask[None, :, None] & cmask[None, None, :]
-        tl.store(out_ptr + offs, h2.to(out_ptr.dtype.element_ty), mask=m3)
+        tl.store(h2_ptr + offs, h2.to(h2_ptr.dtype.element_ty), mask=m3)
 
+    @triton.jit
+    def _mlp_kernel(
+        h2_ptr, w1t_ptr, b1_ptr, w2t_ptr, b2_ptr, out_ptr, u_ptr,
+        n_rows, stride_out, K: tl.constexpr, H: tl.constexpr, d: tl.constexpr,
+        DP: tl.constexpr, KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+        DOT_F32: tl.constexpr, SAVE_U: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+        BLOCK_H: tl.constexpr,
+    ):
+        """``out = GELU(h2 W1ᵀ + b1) W2ᵀ + b2`` for a block of rows; fc1's output stays on chip.
 
-def _triton_kernel():
-    """The jitted kernel, or None when Triton is not installed."""
-    return _conv_stage_kernel if triton is not None else None
+        ``w1t`` is W_fᵀ ``[K, H]`` and ``w2t`` is W_oᵀ ``[H, d]``, both contiguous in the compute
+        dtype; with ``SAVE_U`` the pre-activation u ``[rows, H]`` is stored for the backward.
+        """
+        rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        rmask = rows < n_rows
+        r64 = rows.to(tl.int64)
+        cols = tl.arange(0, DP)
+        cmask = cols < d
+        kk = tl.arange(0, BLOCK_K)
+        hh = tl.arange(0, BLOCK_H)
+        acc_out = tl.zeros((BLOCK_R, DP), dtype=tl.float32)
+        for h0 in range(0, H, BLOCK_H):
+            hs = h0 + hh
+            hmask = hs < H
+            acc = tl.zeros((BLOCK_R, BLOCK_H), dtype=tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                ks = k0 + kk
+                kmask = ks < K
+                a = tl.load(h2_ptr + r64[:, None] * K + ks[None, :],
+                            mask=rmask[:, None] & kmask[None, :], other=0.0)
+                b = tl.load(w1t_ptr + ks[:, None] * H + hs[None, :],
+                            mask=kmask[:, None] & hmask[None, :], other=0.0)
+                acc = _dot(a, b, acc, INPUT_PRECISION, DOT_F32)
+            u = acc + tl.load(b1_ptr + hs, mask=hmask, other=0.0)[None, :]
+            if SAVE_U:
+                tl.store(u_ptr + r64[:, None] * H + hs[None, :], u.to(u_ptr.dtype.element_ty),
+                         mask=rmask[:, None] & hmask[None, :])
+            w2 = tl.load(w2t_ptr + hs[:, None] * d + cols[None, :],
+                         mask=hmask[:, None] & cmask[None, :], other=0.0)
+            # Masked hidden units have u = 0, GELU(0) = 0, and zero rows of w2t.
+            z = _gelu(u, KIND).to(w2.dtype)
+            acc_out = _dot(z, w2, acc_out, INPUT_PRECISION, DOT_F32)
+        out = acc_out + tl.load(b2_ptr + cols, mask=cmask, other=0.0)[None, :]
+        tl.store(out_ptr + r64[:, None] * stride_out + cols[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
+
+    @triton.jit
+    def _mlp_backward_kernel(
+        dout_ptr, w2_ptr, u_ptr, du_ptr, z_ptr,
+        n_rows, H: tl.constexpr, d: tl.constexpr,
+        DP: tl.constexpr, KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+        DOT_F32: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr,
+    ):
+        """``du = (dout W_o) ⊙ GELU'(u)`` and ``z = GELU(u)`` for a block of rows and units.
+
+        ``dout`` ``[rows, d]`` and ``w2`` (W_o ``[d, H]``) are in the compute dtype.
+        """
+        rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        hs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+        cols = tl.arange(0, DP)
+        rmask = rows < n_rows
+        hmask = hs < H
+        cmask = cols < d
+        r64 = rows.to(tl.int64)
+        g = tl.load(dout_ptr + r64[:, None] * d + cols[None, :],
+                    mask=rmask[:, None] & cmask[None, :], other=0.0)
+        w2 = tl.load(w2_ptr + cols[:, None] * H + hs[None, :],
+                     mask=cmask[:, None] & hmask[None, :], other=0.0)
+        dz = _dot(g, w2, tl.zeros((BLOCK_R, BLOCK_H), dtype=tl.float32),
+                  INPUT_PRECISION, DOT_F32)
+        m2 = rmask[:, None] & hmask[None, :]
+        offs = r64[:, None] * H + hs[None, :]
+        u = tl.load(u_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+        tl.store(du_ptr + offs, (dz * _gelu_grad(u, KIND)).to(du_ptr.dtype.element_ty), mask=m2)
+        tl.store(z_ptr + offs, _gelu(u, KIND).to(z_ptr.dtype.element_ty), mask=m2)
+
+    @triton.jit
+    def _conv_backward_kernel(
+        prev_ptr, new_ptr, f1_ptr, f2_ptr, dh2_ptr, dnew_ptr, df1_ptr, df2_ptr,
+        n_rows, d, stride_prev, stride_new, eps,
+        N1: tl.constexpr, N2: tl.constexpr, N2P: tl.constexpr, DP: tl.constexpr,
+        BLOCK_R: tl.constexpr, KIND: tl.constexpr,
+    ):
+        """dŴ_t of a block of rows from dH2, and this program's partial sums of dF1, dF2.
+
+        Only Ŵ_t's slot of the stack carries a gradient (w_prev and w_dot are constants).
+        Partials go to ``df1[pid, j*3 + c]`` and ``df2[pid, k*N1 + j]``.
+        """
+        pid = tl.program_id(0)
+        rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+        cols = tl.arange(0, DP)
+        rmask = rows < n_rows
+        cmask = cols < d
+        p, n, dot = _conv_inputs(prev_ptr, new_ptr, rows, cols, rmask, cmask, stride_prev,
+                                 stride_new, eps)
+        ks = tl.arange(0, N2P)
+        kmask = ks < N2
+        v = tl.zeros((BLOCK_R, N2P, DP), dtype=tl.float32)
+        for j in tl.static_range(N1):
+            h1 = _gelu(_conv1(f1_ptr, j, p, n, dot), KIND)
+            f2col = tl.load(f2_ptr + ks * N1 + j, mask=kmask, other=0.0)
+            v += f2col[None, :, None] * h1[:, None, :]
+        r64 = rows.to(tl.int64)
+        offs = r64[:, None, None] * (N2 * d) + ks[None, :, None] * d + cols[None, None, :]
+        m3 = rmask[:, None, None] & kmask[None, :, None] & cmask[None, None, :]
+        dv = tl.load(dh2_ptr + offs, mask=m3, other=0.0).to(tl.float32) * _gelu_grad(v, KIND)
+        dn = tl.zeros((BLOCK_R, DP), dtype=tl.float32)
+        for j in tl.static_range(N1):
+            a = _conv1(f1_ptr, j, p, n, dot)
+            h1 = _gelu(a, KIND)
+            f2col = tl.load(f2_ptr + ks * N1 + j, mask=kmask, other=0.0)
+            tl.store(df2_ptr + pid * (N2 * N1) + ks * N1 + j,
+                     tl.sum(tl.sum(dv * h1[:, None, :], axis=2), axis=0), mask=kmask)
+            da = tl.sum(f2col[None, :, None] * dv, axis=1) * _gelu_grad(a, KIND)
+            tl.store(df1_ptr + pid * (N1 * 3) + j * 3, tl.sum(tl.sum(da * p, axis=1), axis=0))
+            tl.store(df1_ptr + pid * (N1 * 3) + j * 3 + 1, tl.sum(tl.sum(da * n, axis=1), axis=0))
+            tl.store(df1_ptr + pid * (N1 * 3) + j * 3 + 2,
+                     tl.sum(tl.sum(da * dot, axis=1), axis=0))
+            dn += tl.load(f1_ptr + j * 3 + 1) * da
+        tl.store(dnew_ptr + r64[:, None] * d + cols[None, :], dn,
+                 mask=rmask[:, None] & cmask[None, :])
 
 
 def available() -> bool:
     """True when a CUDA device and Triton are both present."""
-    return torch.cuda.is_available() and _triton_kernel() is not None
+    return triton is not None and torch.cuda.is_available()
+
+
+def interpreting() -> bool:
+    """True when this module's kernels were built for Triton's interpreter (the CPU): Triton
+    was imported with ``TRITON_INTERPRET=1`` set."""
+    if triton is None:
+        return False
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(_conv_stage_kernel, InterpretedFunction)
+
+
+def kernels_run_on(t: Tensor) -> bool:
+    """Whether the Triton kernels (rather than their torch twins) compute for ``t``'s device."""
+    if triton is None:
+        return False
+    return t.is_cuda or (interpreting() and t.device.type == "cpu")
+
+
+def _compute_dtype(precision: str) -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def _input_precision(precision: str) -> str:
+    # tl.dot's own setting; it governs fp32 operands only (bf16 ones use their own MMA).
+    return "ieee" if precision == "fp32" else "tf32"
+
+
+@contextmanager
+def _cublas_precision(precision: str) -> Iterator[None]:
+    """cuBLAS's fp32 GEMMs in TF32 for ``"tf32"`` and in IEEE fp32 otherwise, for the block.
+
+    Through ``torch.set_float32_matmul_precision``, which neither of torch's two TF32 flag APIs
+    objects to afterwards (setting one of them and reading the other raises).
+    """
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old)
 
 
 def _gelu_torch(x: Tensor, kind: str) -> Tensor:
@@ -105,79 +330,262 @@ def _gelu_torch(x: Tensor, kind: str) -> Tensor:
     return F.gelu(x, approximate="tanh" if kind == "tanh" else "none")
 
 
+def _pow2(n: int, least: int) -> int:
+    return max(least, 1 << (n - 1).bit_length())
+
+
+# --- block sizes ------------------------------------------------------------------------------
+# On a GPU the MLP kernels are autotuned once per (K, H, d, precision) over these; the
+# interpreter (CPU) runs the first of each list.
+
+
+def _configs(*blocks: tuple[int, ...], names: tuple[str, ...]) -> list:
+    return [triton.Config(dict(zip(names, b[:-2])), num_warps=b[-2], num_stages=b[-1])
+            for b in blocks]
+
+
+_MLP_BLOCKS = (  # BLOCK_R, BLOCK_K, BLOCK_H, warps, stages
+    (16, 16, 16, 4, 1), (64, 64, 128, 4, 3), (64, 64, 256, 8, 3), (128, 64, 128, 8, 3),
+    (128, 64, 64, 4, 3), (64, 32, 128, 4, 4), (128, 32, 128, 8, 4), (128, 64, 256, 8, 2),
+    (64, 64, 64, 4, 4),
+)
+_MLP_BACKWARD_BLOCKS = (  # BLOCK_R, BLOCK_H, warps, stages
+    (16, 16, 4, 1), (64, 128, 4, 2), (128, 128, 8, 2), (64, 256, 8, 2), (128, 64, 4, 2),
+)
+_launchers: dict[str, object] = {}
+
+
+def _launcher(name: str):
+    """The kernel ``name``, autotuned on a GPU over its block list; the interpreter's fixed
+    small blocks otherwise (the autotuner times runs, which means nothing in the interpreter)."""
+    if name in _launchers:
+        return _launchers[name]
+    kernel, blocks, names, key = {
+        "mlp": (_mlp_kernel, _MLP_BLOCKS, ("BLOCK_R", "BLOCK_K", "BLOCK_H"),
+                ["K", "H", "d", "INPUT_PRECISION", "SAVE_U"]),
+        "mlp_backward": (_mlp_backward_kernel, _MLP_BACKWARD_BLOCKS, ("BLOCK_R", "BLOCK_H"),
+                         ["H", "d", "INPUT_PRECISION"]),
+    }[name]
+    if interpreting():
+        fixed = dict(zip(names, blocks[0]))
+        launch = _Fixed(kernel, fixed)
+    else:
+        # The interpreter's tiny first block is left out of the GPU's choices.
+        launch = triton.autotune(configs=_configs(*blocks[1:], names=names), key=key)(kernel)
+    _launchers[name] = launch
+    return launch
+
+
+class _Fixed:
+    """``kernel[grid](...)`` with fixed block sizes, called like an autotuned kernel."""
+
+    def __init__(self, kernel, meta: dict[str, int]) -> None:
+        self.kernel, self.meta = kernel, meta
+
+    def __getitem__(self, grid):
+        g = grid(self.meta) if callable(grid) else grid
+        return lambda *args, **kw: self.kernel[g](*args, **self.meta, **kw)
+
+
+def tuned_configs() -> dict[str, str]:
+    """The block sizes the autotuner chose so far, per kernel (for benchmark reports)."""
+    return {name: str(getattr(launch, "best_config", None) or getattr(launch, "meta", ""))
+            for name, launch in _launchers.items()}
+
+
+def _conv_block_rows(n2p: int, dp: int, tensors: int) -> int:
+    # About 8k fp32 values per program per [rows, n2p, dp] tensor keeps registers from spilling.
+    return 1 << (max(1, min(64, 8192 // (n2p * dp * tensors))).bit_length() - 1)
+
+
+# --- the steps ------------------------------------------------------------------------------
+
+
 def conv_stage_torch(
     prev: Tensor, new: Tensor, f1: Tensor, f2: Tensor, eps: float, kind: str
 ) -> Tensor:
-    """Plain-torch stack+conv stage: ``[B, d] x2 -> H2 flattened row-major [B, n2*d]``."""
-    p, n = prev.float(), new.float()
-    dot = p * n / (torch.linalg.vector_norm(p, dim=1, keepdim=True) + eps)
+    """Plain-torch stack+conv stage: ``[B, d] x2 -> H2 flattened row-major [B, n2*d]``.
+
+    Differentiable in ``new``, ``f1`` and ``f2`` (w_prev and w_dot are constants).
+    """
+    p, n = prev.float().detach(), new.float()
+    dot = p * n.detach() / (torch.linalg.vector_norm(p, dim=1, keepdim=True) + eps)
     x = torch.stack((p, n, dot), 1)  # [B, 3, d]
     h1 = _gelu_torch(torch.einsum("jc,bcd->bjd", f1.float(), x), kind)
     h2 = _gelu_torch(torch.einsum("kj,bjd->bkd", f2.float(), h1), kind)
-    return h2.reshape(new.shape[0], -1)
+    return h2.reshape(new.shape[0], f2.shape[0] * new.shape[1])
 
 
 def conv_stage(
-    prev: Tensor,
-    new: Tensor,
-    f1: Tensor,
-    f2: Tensor,
-    eps: float,
-    kind: str,
+    prev: Tensor, new: Tensor, f1: Tensor, f2: Tensor, eps: float, kind: str,
     out_dtype: torch.dtype = torch.float32,
-    out_scale: float = 1.0,
 ) -> Tensor:
-    """``out_scale`` x H2 as ``[B, n2*d]`` in ``out_dtype``: Triton on CUDA, else torch."""
-    kernel = _triton_kernel() if prev.is_cuda else None
-    if kernel is None:
-        return (conv_stage_torch(prev, new, f1, f2, eps, kind) * out_scale).to(out_dtype)
+    """H2 as ``[B, n2*d]`` in ``out_dtype``: the Triton kernel where it runs, else torch."""
+    if not kernels_run_on(prev):
+        return conv_stage_torch(prev, new, f1, f2, eps, kind).to(out_dtype)
     b, d = new.shape
     n1, n2 = f1.shape[0], f2.shape[0]
     out = torch.empty(b, n2 * d, dtype=out_dtype, device=new.device)
     if b == 0:
         return out
-    prev = prev if prev.stride(1) == 1 else prev.contiguous()
-    new = new if new.stride(1) == 1 else new.contiguous()
-    dp = max(16, 1 << (d - 1).bit_length())
-    n2p = max(2, 1 << (n2 - 1).bit_length())
-    # About 8k fp32 accumulators per program (n2p * dp * rows) keeps registers from spilling.
-    block_r = max(1, min(64, 8192 // (n2p * dp)))
-    grid = ((b + block_r - 1) // block_r,)
-    kernel[grid](
+    prev, new = _unit_stride(prev), _unit_stride(new)
+    dp, n2p = _pow2(d, 16), _pow2(n2, 2)
+    block_r = _conv_block_rows(n2p, dp, 1)
+    _conv_stage_kernel[(triton.cdiv(b, block_r),)](
         prev, new, f1.float().contiguous(), f2.float().contiguous(), out,
-        b, d, prev.stride(0), new.stride(0), float(eps), float(out_scale),
-        N1=n1, N2=n2, N2P=n2p, DP=dp, BLOCK_R=block_r, KIND=_KIND_CODE[kind],
-        num_warps=4,
+        b, d, prev.stride(0), new.stride(0), float(eps),
+        N1=n1, N2=n2, N2P=n2p, DP=dp, BLOCK_R=block_r, KIND=_KIND_CODE[kind], num_warps=4,
     )
     return out
 
 
+def _unit_stride(t: Tensor) -> Tensor:
+    return t if t.stride(1) == 1 else t.contiguous()
+
+
+def mlp(
+    h2: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, kind: str, precision: str,
+    out: Tensor | None = None, save_u: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """``GELU(h2 W_fᵀ + b1) W_oᵀ + b2`` as ``[B, d]`` fp32, and u (``[B, H]``) if ``save_u``.
+
+    ``h2`` ``[B, K]`` is in the compute dtype of ``precision``; ``w1`` is W_f ``[H, K]``, ``w2``
+    W_o ``[d, H]`` (fp32 parameters; cast here). ``out`` may be a row-strided view.
+    """
+    cd = _compute_dtype(precision)
+    b, k = h2.shape
+    hidden, d = w1.shape[0], w2.shape[0]
+    if out is None:
+        out = torch.empty(b, d, dtype=torch.float32, device=h2.device)
+    if not kernels_run_on(h2):
+        with _cublas_precision(precision):
+            u = torch.addmm(b1.to(cd), h2, w1.t().to(cd))
+            res = torch.addmm(b2.to(cd), _gelu_torch(u.float(), kind).to(cd), w2.t().to(cd))
+        out.copy_(res)
+        return out, (u if save_u else None)
+    u = torch.empty(b, hidden, dtype=cd, device=h2.device) if save_u else out
+    if b == 0:
+        return out, (u if save_u else None)
+    w1t = w1.detach().t().to(cd).contiguous()  # [K, H]
+    w2t = w2.detach().t().to(cd).contiguous()  # [H, d]
+    out_rows = out if out.stride(1) == 1 else torch.empty(b, d, device=out.device)
+    _launcher("mlp")[lambda m: (triton.cdiv(b, m["BLOCK_R"]),)](
+        h2.contiguous(), w1t, b1.detach().float().contiguous(), w2t,
+        b2.detach().float().contiguous(), out_rows, u,
+        b, out_rows.stride(0), K=k, H=hidden, d=d,
+        DP=_pow2(d, 16), KIND=_KIND_CODE[kind], INPUT_PRECISION=_input_precision(precision),
+        DOT_F32=interpreting(), SAVE_U=save_u,
+    )
+    if out_rows is not out:
+        out.copy_(out_rows)
+    return out, (u if save_u else None)
+
+
+def mlp_backward(
+    dout: Tensor, w2: Tensor, u: Tensor, kind: str, precision: str
+) -> tuple[Tensor, Tensor]:
+    """``du = (dout W_o) ⊙ GELU'(u)`` and ``z = GELU(u)``, both ``[B, H]`` in u's dtype."""
+    cd = _compute_dtype(precision)
+    g, w = dout.to(cd).contiguous(), w2.detach().to(cd).contiguous()
+    if not kernels_run_on(u):
+        uf = u.float().requires_grad_(True)
+        with torch.enable_grad(), _cublas_precision(precision):
+            z = _gelu_torch(uf, kind)
+            (du,) = torch.autograd.grad(z, uf, (g @ w).float())
+        return du.to(cd), z.detach().to(cd)
+    b, hidden = u.shape
+    d = w2.shape[0]
+    du, z = torch.empty_like(u), torch.empty_like(u)
+    if b == 0:
+        return du, z
+    _launcher("mlp_backward")[
+        lambda m: (triton.cdiv(b, m["BLOCK_R"]), triton.cdiv(hidden, m["BLOCK_H"]))
+    ](g, w, u.contiguous(), du, z, b, H=hidden, d=d,
+      DP=_pow2(d, 16), KIND=_KIND_CODE[kind], INPUT_PRECISION=_input_precision(precision),
+      DOT_F32=interpreting())
+    return du, z
+
+
+def conv_backward(
+    prev: Tensor, new: Tensor, f1: Tensor, f2: Tensor, dh2: Tensor, eps: float, kind: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of the conv stage from dH2 ``[B, n2*d]``: (dŴ_t ``[B, d]``, dF1, dF2), fp32."""
+    if not kernels_run_on(prev):
+        n = new.detach().float().requires_grad_(True)
+        a, b = f1.detach().float().requires_grad_(True), f2.detach().float().requires_grad_(True)
+        with torch.enable_grad():
+            h2 = conv_stage_torch(prev, n, a, b, eps, kind)
+            return torch.autograd.grad(h2, (n, a, b), dh2.float())
+    rows, d = new.shape
+    n1, n2 = f1.shape[0], f2.shape[0]
+    dp, n2p = _pow2(d, 16), _pow2(n2, 2)
+    block_r = _conv_block_rows(n2p, dp, 3)
+    programs = triton.cdiv(rows, block_r)
+    dnew = torch.empty(rows, d, dtype=torch.float32, device=new.device)
+    df1 = torch.zeros(programs, n1 * 3, dtype=torch.float32, device=new.device)
+    df2 = torch.zeros(programs, n2 * n1, dtype=torch.float32, device=new.device)
+    if rows:
+        prev, new = _unit_stride(prev), _unit_stride(new)
+        _conv_backward_kernel[(programs,)](
+            prev, new, f1.detach().float().contiguous(), f2.detach().float().contiguous(),
+            dh2.contiguous(), dnew, df1, df2, rows, d, prev.stride(0), new.stride(0),
+            float(eps), N1=n1, N2=n2, N2P=n2p, DP=dp, BLOCK_R=block_r, KIND=_KIND_CODE[kind],
+            num_warps=4,
+        )
+    return dnew, df1.sum(0).view(n1, 3), df2.sum(0).view(n2, n1)
+
+
+# --- materialise and training -----------------------------------------------------------------
+
+
 @torch.no_grad()
 def transfer_rows_into(
-    prev: Tensor,
-    new: Tensor,
-    params: tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor],
-    eps: float,
-    kind: str,
-    out: Tensor,
-    compute_dtype: torch.dtype | None = None,
+    prev: Tensor, new: Tensor, params: Params, eps: float, kind: str, out: Tensor,
+    precision: str = "fp32",
 ) -> None:
     """``out[:] = f_Θ(prev, new)`` for one chunk of rows, no autograd.
 
-    ``params`` is (F1, F2, W_f, b1, W_o, b2); ``compute_dtype`` is None (fp32) or
-    ``torch.bfloat16`` (see the module docstring for the accuracy bound). ``out`` may alias
-    ``prev`` or ``new``: they are consumed by the conv stage before ``out`` is written.
+    ``params`` is (F1, F2, W_f, b1, W_o, b2). ``out`` may alias ``prev`` or ``new``: the conv
+    stage reads them in full before the fused MLP writes ``out``.
     """
     f1, f2, w1, b1, w2, b2 = params
-    cd = compute_dtype or torch.float32
-    # Sigmoid GELU: carry s*g through the FC layers so each activation is one in-place silu
-    # (same folding as the CPU fused path).
-    s = _SIGMOID_GELU_SCALE if kind == "sigmoid" else 1.0
-    h2 = conv_stage(prev, new, f1, f2, eps, kind, out_dtype=cd, out_scale=s)
-    z = torch.addmm(b1.to(cd), h2, w1.t().to(cd), beta=s)
-    if kind == "sigmoid":
-        F.silu(z, inplace=True)
-    else:
-        z = F.gelu(z, approximate="tanh" if kind == "tanh" else "none")
-    res = torch.addmm(b2.to(cd), z, w2.t().to(cd), alpha=1.0 / s)
-    out.copy_(res)
+    h2 = conv_stage(prev, new, f1, f2, eps, kind, _compute_dtype(precision))
+    mlp(h2, w1, b1, w2, b2, kind, precision, out=out)
+
+
+class TransferRowsFunction(torch.autograd.Function):
+    """f_Θ of a chunk of rows with the Triton forward and backward (see the module docstring).
+
+    ``apply(prev, new, F1, F2, W_f, b1, W_o, b2, eps, kind, precision) -> [B, d]``; no
+    gradient reaches ``prev``.
+    """
+
+    @staticmethod
+    def forward(ctx, prev, new, f1, f2, w1, b1, w2, b2, eps, kind, precision):  # noqa: ANN001
+        h2 = conv_stage(prev, new, f1, f2, eps, kind, _compute_dtype(precision))
+        out, u = mlp(h2, w1, b1, w2, b2, kind, precision, save_u=True)
+        ctx.save_for_backward(prev, new, f1, f2, w1, w2, h2, u)
+        ctx.eps, ctx.kind, ctx.precision = eps, kind, precision
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):  # noqa: ANN001
+        prev, new, f1, f2, w1, w2, h2, u = ctx.saved_tensors
+        kind, precision = ctx.kind, ctx.precision
+        cd = _compute_dtype(precision)
+        du, z = mlp_backward(dout, w2, u, kind, precision)
+        with _cublas_precision(precision):
+            dw2 = torch.mm(dout.to(cd).t(), z).float()
+            dw1 = torch.mm(du.t(), h2).float()
+            dh2 = torch.mm(du, w1.detach().to(cd))
+        db2 = dout.float().sum(0)
+        db1 = du.sum(0, dtype=torch.float32)
+        dnew, df1, df2 = conv_backward(prev, new, f1, f2, dh2, ctx.eps, kind)
+        return None, dnew, df1, df2, dw1, db1, dw2, db2, None, None, None
+
+
+def transfer_rows(
+    prev: Tensor, new: Tensor, params: Params, eps: float, kind: str, precision: str = "fp32"
+) -> Tensor:
+    """f_Θ(prev, new) for one chunk of rows, differentiable in ``new`` and in ``params``."""
+    return TransferRowsFunction.apply(prev.detach(), new, *params, eps, kind, precision)
