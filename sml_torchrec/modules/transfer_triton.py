@@ -21,11 +21,16 @@ GEMM again); H2 is kept too (the conv stage writes it anyway). The backward is
   registers, takes dH2 to dŴ_t and writes per-program partial sums of dF1 and dF2 (summed after;
   no atomics, so every kernel here can be rerun, which Triton's autotuner does).
 
-Precision (``TransferConfig.precision``, :data:`PRECISIONS`): ``"fp32"`` (the default) runs every
-matrix product in IEEE fp32; ``"tf32"`` runs them on TF32 tensor cores (10-bit mantissa);
-``"bf16"`` keeps H2, u and the FC weights in bf16 (8-bit mantissa) with fp32 accumulation. Inputs,
-output, activations and the conv stage stay fp32 in every mode. ``benchmarks/gpu_transfer.py``
-reports each mode's error against an fp64 reference.
+Precision (``TransferConfig.precision``, ``PRECISIONS``):
+
+* ``"fp32"`` (the default): IEEE fp32 throughout. The FC layers' products run on cuBLAS (fc1's
+  output goes through memory; see :func:`mlp` for why), the conv stages on the kernels above.
+* ``"tf32"``: the products on TF32 tensor cores (10-bit mantissa), the fused MLP kernel.
+* ``"bf16"``: H2, u, du, z and the FC weights in bf16 (8-bit mantissa), fp32 accumulation.
+
+Inputs, output, accumulators and the conv stage stay fp32 in every mode; with TF32 and bf16 the
+activations use a one-instruction sigmoid (``tanh.approx.f32``, relative error 2^-11).
+``benchmarks/gpu_transfer.py`` reports each mode's error against an fp64 reference.
 
 Everything here imports and runs without a GPU: on CUDA tensors with Triton installed the
 kernels run; under Triton's interpreter (``TRITON_INTERPRET=1``, set before Triton is imported)
@@ -72,41 +77,54 @@ except ImportError:  # pragma: no cover - depends on the environment
 if triton is not None:
 
     @triton.jit
-    def _gelu(x, KIND: tl.constexpr):
-        if KIND == 0:
-            y = x * tl.sigmoid(1.702 * x)
-        elif KIND == 1:
-            y = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+    def _sigmoid(x, FAST: tl.constexpr):
+        # FAST: one MUFU op (tanh.approx.f32, relative error 2^-11) instead of exp and a
+        # division; used for TF32 and bf16 only, whose products round coarser than that.
+        if FAST:
+            t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [0.5 * x],
+                                          dtype=tl.float32, is_pure=True, pack=1)
+            y = 0.5 + 0.5 * t
         else:
-            # 0.5x(1 + tanh(v)) == x * sigmoid(2v): needs no tanh intrinsic.
-            v = 0.7978845608028654 * (x + 0.044715 * x * x * x)
-            y = x * tl.sigmoid(2.0 * v)
+            y = tl.sigmoid(x)
         return y
 
     @triton.jit
-    def _gelu_grad(x, KIND: tl.constexpr):
+    def _gelu(x, KIND: tl.constexpr, FAST: tl.constexpr):
+        if KIND == 0:
+            y = x * _sigmoid(1.702 * x, FAST)
+        elif KIND == 1:
+            y = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+        else:
+            # 0.5x(1 + tanh(v)) == x * sigmoid(2v)
+            v = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+            y = x * _sigmoid(2.0 * v, FAST)
+        return y
+
+    @triton.jit
+    def _gelu_grad(x, KIND: tl.constexpr, FAST: tl.constexpr):
         """d GELU(x) / dx for the same three kinds."""
         if KIND == 0:
-            s = tl.sigmoid(1.702 * x)
+            s = _sigmoid(1.702 * x, FAST)
             g = s + 1.702 * x * s * (1.0 - s)
         elif KIND == 1:
             cdf = 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))
             g = cdf + x * tl.exp(-0.5 * x * x) * 0.3989422804014327
         else:
             v = 0.7978845608028654 * (x + 0.044715 * x * x * x)
-            s = tl.sigmoid(2.0 * v)  # (1 + tanh v) / 2
+            s = _sigmoid(2.0 * v, FAST)  # (1 + tanh v) / 2
             dv = 0.7978845608028654 * (1.0 + 0.134145 * x * x)
             g = s + 2.0 * x * s * (1.0 - s) * dv
         return g
 
     @triton.jit
-    def _dot(a, b, acc, INPUT_PRECISION: tl.constexpr, DOT_F32: tl.constexpr):
-        """``acc + a @ b``. ``DOT_F32`` (set under the interpreter only) multiplies bf16 operands
-        as fp32, which is exact: Triton 3.6's interpreter multiplies bf16 bit patterns."""
+    def _dot(a, b, acc, DOT_F32: tl.constexpr):
+        """``acc + a @ b`` on tensor cores (fp32 operands as TF32). ``DOT_F32`` (set under the
+        interpreter only) multiplies bf16 operands as fp32, which is exact: Triton 3.6's
+        interpreter multiplies bf16 bit patterns."""
         if DOT_F32:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
-        return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        return tl.dot(a, b, acc, input_precision="tf32")
 
     @triton.jit
     def _conv_inputs(prev_ptr, new_ptr, rows, cols, rmask, cmask, stride_prev, stride_new, eps):
@@ -131,7 +149,7 @@ if triton is not None:
         prev_ptr, new_ptr, f1_ptr, f2_ptr, h2_ptr,
         n_rows, d, stride_prev, stride_new, eps,
         N1: tl.constexpr, N2: tl.constexpr, N2P: tl.constexpr, DP: tl.constexpr,
-        BLOCK_R: tl.constexpr, KIND: tl.constexpr,
+        BLOCK_R: tl.constexpr, KIND: tl.constexpr, FAST: tl.constexpr,
     ):
         """H2 of a block of rows, written flattened row-major: ``h2[r, k*d + m]``."""
         rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -144,10 +162,10 @@ if triton is not None:
         kmask = ks < N2
         acc = tl.zeros((BLOCK_R, N2P, DP), dtype=tl.float32)
         for j in tl.static_range(N1):
-            h1 = _gelu(_conv1(f1_ptr, j, p, n, dot), KIND)
+            h1 = _gelu(_conv1(f1_ptr, j, p, n, dot), KIND, FAST)
             f2col = tl.load(f2_ptr + ks * N1 + j, mask=kmask, other=0.0)
             acc += f2col[None, :, None] * h1[:, None, :]
-        h2 = _gelu(acc, KIND)
+        h2 = _gelu(acc, KIND, FAST)
         r64 = rows.to(tl.int64)
         offs = r64[:, None, None] * (N2 * d) + ks[None, :, None] * d + cols[None, None, :]
         m3 = rmask[:, None, None] & kmask[None, :, None] & cmask[None, None, :]
@@ -157,7 +175,7 @@ if triton is not None:
     def _mlp_kernel(
         h2_ptr, w1t_ptr, b1_ptr, w2t_ptr, b2_ptr, out_ptr, u_ptr,
         n_rows, stride_out, K: tl.constexpr, H: tl.constexpr, d: tl.constexpr,
-        DP: tl.constexpr, KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+        DP: tl.constexpr, KIND: tl.constexpr, FAST: tl.constexpr,
         DOT_F32: tl.constexpr, SAVE_U: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
         BLOCK_H: tl.constexpr,
     ):
@@ -185,7 +203,7 @@ if triton is not None:
                             mask=rmask[:, None] & kmask[None, :], other=0.0)
                 b = tl.load(w1t_ptr + ks[:, None] * H + hs[None, :],
                             mask=kmask[:, None] & hmask[None, :], other=0.0)
-                acc = _dot(a, b, acc, INPUT_PRECISION, DOT_F32)
+                acc = _dot(a, b, acc, DOT_F32)
             u = acc + tl.load(b1_ptr + hs, mask=hmask, other=0.0)[None, :]
             if SAVE_U:
                 tl.store(u_ptr + r64[:, None] * H + hs[None, :], u.to(u_ptr.dtype.element_ty),
@@ -193,48 +211,52 @@ if triton is not None:
             w2 = tl.load(w2t_ptr + hs[:, None] * d + cols[None, :],
                          mask=hmask[:, None] & cmask[None, :], other=0.0)
             # Masked hidden units have u = 0, GELU(0) = 0, and zero rows of w2t.
-            z = _gelu(u, KIND).to(w2.dtype)
-            acc_out = _dot(z, w2, acc_out, INPUT_PRECISION, DOT_F32)
+            z = _gelu(u, KIND, FAST).to(w2.dtype)
+            acc_out = _dot(z, w2, acc_out, DOT_F32)
         out = acc_out + tl.load(b2_ptr + cols, mask=cmask, other=0.0)[None, :]
         tl.store(out_ptr + r64[:, None] * stride_out + cols[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
 
     @triton.jit
     def _mlp_backward_kernel(
-        dout_ptr, w2_ptr, u_ptr, du_ptr, z_ptr,
+        g_ptr, w2_ptr, u_ptr, du_ptr, z_ptr,
         n_rows, H: tl.constexpr, d: tl.constexpr,
-        DP: tl.constexpr, KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+        DP: tl.constexpr, KIND: tl.constexpr, FAST: tl.constexpr, DZ_GIVEN: tl.constexpr,
         DOT_F32: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr,
     ):
-        """``du = (dout W_o) ⊙ GELU'(u)`` and ``z = GELU(u)`` for a block of rows and units.
+        """``du = dz ⊙ GELU'(u)`` and ``z = GELU(u)`` for a block of rows and units.
 
-        ``dout`` ``[rows, d]`` and ``w2`` (W_o ``[d, H]``) are in the compute dtype.
+        ``g`` is dz ``[rows, H]`` if ``DZ_GIVEN``, else dout ``[rows, d]`` and dz = dout W_o is
+        computed here (``w2`` is W_o ``[d, H]``, in dout's dtype).
         """
         rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         hs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-        cols = tl.arange(0, DP)
         rmask = rows < n_rows
         hmask = hs < H
-        cmask = cols < d
         r64 = rows.to(tl.int64)
-        g = tl.load(dout_ptr + r64[:, None] * d + cols[None, :],
-                    mask=rmask[:, None] & cmask[None, :], other=0.0)
-        w2 = tl.load(w2_ptr + cols[:, None] * H + hs[None, :],
-                     mask=cmask[:, None] & hmask[None, :], other=0.0)
-        dz = _dot(g, w2, tl.zeros((BLOCK_R, BLOCK_H), dtype=tl.float32),
-                  INPUT_PRECISION, DOT_F32)
         m2 = rmask[:, None] & hmask[None, :]
         offs = r64[:, None] * H + hs[None, :]
+        if DZ_GIVEN:
+            dz = tl.load(g_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+        else:
+            cols = tl.arange(0, DP)
+            cmask = cols < d
+            g = tl.load(g_ptr + r64[:, None] * d + cols[None, :],
+                        mask=rmask[:, None] & cmask[None, :], other=0.0)
+            w2 = tl.load(w2_ptr + cols[:, None] * H + hs[None, :],
+                         mask=cmask[:, None] & hmask[None, :], other=0.0)
+            dz = _dot(g, w2, tl.zeros((BLOCK_R, BLOCK_H), dtype=tl.float32), DOT_F32)
         u = tl.load(u_ptr + offs, mask=m2, other=0.0).to(tl.float32)
-        tl.store(du_ptr + offs, (dz * _gelu_grad(u, KIND)).to(du_ptr.dtype.element_ty), mask=m2)
-        tl.store(z_ptr + offs, _gelu(u, KIND).to(z_ptr.dtype.element_ty), mask=m2)
+        du = dz * _gelu_grad(u, KIND, FAST)
+        tl.store(du_ptr + offs, du.to(du_ptr.dtype.element_ty), mask=m2)
+        tl.store(z_ptr + offs, _gelu(u, KIND, FAST).to(z_ptr.dtype.element_ty), mask=m2)
 
     @triton.jit
     def _conv_backward_kernel(
         prev_ptr, new_ptr, f1_ptr, f2_ptr, dh2_ptr, dnew_ptr, df1_ptr, df2_ptr,
         n_rows, d, stride_prev, stride_new, eps,
         N1: tl.constexpr, N2: tl.constexpr, N2P: tl.constexpr, DP: tl.constexpr,
-        BLOCK_R: tl.constexpr, KIND: tl.constexpr,
+        BLOCK_R: tl.constexpr, KIND: tl.constexpr, FAST: tl.constexpr,
     ):
         """dŴ_t of a block of rows from dH2, and this program's partial sums of dF1, dF2.
 
@@ -252,21 +274,22 @@ if triton is not None:
         kmask = ks < N2
         v = tl.zeros((BLOCK_R, N2P, DP), dtype=tl.float32)
         for j in tl.static_range(N1):
-            h1 = _gelu(_conv1(f1_ptr, j, p, n, dot), KIND)
+            h1 = _gelu(_conv1(f1_ptr, j, p, n, dot), KIND, FAST)
             f2col = tl.load(f2_ptr + ks * N1 + j, mask=kmask, other=0.0)
             v += f2col[None, :, None] * h1[:, None, :]
         r64 = rows.to(tl.int64)
         offs = r64[:, None, None] * (N2 * d) + ks[None, :, None] * d + cols[None, None, :]
         m3 = rmask[:, None, None] & kmask[None, :, None] & cmask[None, None, :]
-        dv = tl.load(dh2_ptr + offs, mask=m3, other=0.0).to(tl.float32) * _gelu_grad(v, KIND)
+        dh2 = tl.load(dh2_ptr + offs, mask=m3, other=0.0).to(tl.float32)
+        dv = dh2 * _gelu_grad(v, KIND, FAST)
         dn = tl.zeros((BLOCK_R, DP), dtype=tl.float32)
         for j in tl.static_range(N1):
             a = _conv1(f1_ptr, j, p, n, dot)
-            h1 = _gelu(a, KIND)
+            h1 = _gelu(a, KIND, FAST)
             f2col = tl.load(f2_ptr + ks * N1 + j, mask=kmask, other=0.0)
             tl.store(df2_ptr + pid * (N2 * N1) + ks * N1 + j,
                      tl.sum(tl.sum(dv * h1[:, None, :], axis=2), axis=0), mask=kmask)
-            da = tl.sum(f2col[None, :, None] * dv, axis=1) * _gelu_grad(a, KIND)
+            da = tl.sum(f2col[None, :, None] * dv, axis=1) * _gelu_grad(a, KIND, FAST)
             tl.store(df1_ptr + pid * (N1 * 3) + j * 3, tl.sum(tl.sum(da * p, axis=1), axis=0))
             tl.store(df1_ptr + pid * (N1 * 3) + j * 3 + 1, tl.sum(tl.sum(da * n, axis=1), axis=0))
             tl.store(df1_ptr + pid * (N1 * 3) + j * 3 + 2,
@@ -304,9 +327,9 @@ def _compute_dtype(precision: str) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
-def _input_precision(precision: str) -> str:
-    # tl.dot's own setting; it governs fp32 operands only (bf16 ones use their own MMA).
-    return "ieee" if precision == "fp32" else "tf32"
+def _fast(precision: str) -> bool:
+    """Whether the kernels use the one-instruction sigmoid (GPU only; not for fp32)."""
+    return precision != "fp32" and not interpreting()
 
 
 @contextmanager
@@ -335,45 +358,55 @@ def _pow2(n: int, least: int) -> int:
 
 
 # --- block sizes ------------------------------------------------------------------------------
-# On a GPU the MLP kernels are autotuned once per (K, H, d, precision) over these; the
-# interpreter (CPU) runs the first of each list.
+# On a GPU each kernel is autotuned once per shape key over its list (the first entry, tiny, is
+# the interpreter's and is left out there). The GPU entries compile for sm_90 without spilling
+# registers at the authors' sizes (d = 64, n1 = 10, n2 = 5, hidden = 512) for every precision that
+# launches them, but for 3 of the 83 (kernel, precision, entry) builds, which spill 8-56 bytes a
+# thread (``benchmarks/triton_kernels.py`` compiles them all, no GPU needed). At BLOCK_R = 128
+# the FC weights are read from L2 half as often per row as at 64.
 
-
-def _configs(*blocks: tuple[int, ...], names: tuple[str, ...]) -> list:
-    return [triton.Config(dict(zip(names, b[:-2])), num_warps=b[-2], num_stages=b[-1])
-            for b in blocks]
-
-
-_MLP_BLOCKS = (  # BLOCK_R, BLOCK_K, BLOCK_H, warps, stages
-    (16, 16, 16, 4, 1), (64, 64, 128, 4, 3), (64, 64, 256, 8, 3), (128, 64, 128, 8, 3),
-    (128, 64, 64, 4, 3), (64, 32, 128, 4, 4), (128, 32, 128, 8, 4), (128, 64, 256, 8, 2),
-    (64, 64, 64, 4, 4),
-)
-_MLP_BACKWARD_BLOCKS = (  # BLOCK_R, BLOCK_H, warps, stages
-    (16, 16, 4, 1), (64, 128, 4, 2), (128, 128, 8, 2), (64, 256, 8, 2), (128, 64, 4, 2),
-)
+_BLOCKS = {  # kernel: (block names, (blocks..., warps, stages) per config, autotune key)
+    "conv_stage": (("BLOCK_R",), ((4, 1, 1), (16, 8, 1), (32, 8, 1), (8, 4, 1), (16, 4, 1),
+                                  (8, 8, 1), (4, 4, 1)), ["N1", "N2", "DP", "KIND", "FAST"]),
+    "conv_backward": (("BLOCK_R",), ((4, 1, 1), (8, 8, 1), (16, 8, 1), (32, 8, 1), (4, 4, 1),
+                                     (8, 4, 1)), ["N1", "N2", "DP", "KIND", "FAST"]),
+    "mlp": (("BLOCK_R", "BLOCK_K", "BLOCK_H"),
+            ((16, 16, 16, 4, 1), (128, 32, 64, 8, 3), (64, 64, 128, 8, 3), (128, 64, 64, 8, 3),
+             (64, 32, 128, 8, 3), (64, 64, 64, 8, 3), (64, 64, 64, 4, 3), (128, 32, 64, 8, 4),
+             (64, 64, 128, 8, 4)), ["K", "H", "d", "KIND", "FAST", "SAVE_U"]),
+    "mlp_backward": (("BLOCK_R", "BLOCK_H"),
+                     ((16, 16, 4, 1), (64, 128, 8, 2), (64, 64, 8, 2), (128, 64, 8, 2),
+                      (64, 64, 4, 2), (32, 128, 8, 2), (64, 256, 8, 2)),
+                     ["H", "d", "KIND", "FAST", "DZ_GIVEN"]),
+}
+# conv_backward writes per-program partial sums: the autotuner zeroes them after its trials.
+_RESET = {"conv_backward": ["df1_ptr", "df2_ptr"]}
 _launchers: dict[str, object] = {}
 
 
+def _kernel(name: str):
+    return {"conv_stage": _conv_stage_kernel, "conv_backward": _conv_backward_kernel,
+            "mlp": _mlp_kernel, "mlp_backward": _mlp_backward_kernel}[name]
+
+
 def _launcher(name: str):
-    """The kernel ``name``, autotuned on a GPU over its block list; the interpreter's fixed
-    small blocks otherwise (the autotuner times runs, which means nothing in the interpreter)."""
-    if name in _launchers:
-        return _launchers[name]
-    kernel, blocks, names, key = {
-        "mlp": (_mlp_kernel, _MLP_BLOCKS, ("BLOCK_R", "BLOCK_K", "BLOCK_H"),
-                ["K", "H", "d", "INPUT_PRECISION", "SAVE_U"]),
-        "mlp_backward": (_mlp_backward_kernel, _MLP_BACKWARD_BLOCKS, ("BLOCK_R", "BLOCK_H"),
-                         ["H", "d", "INPUT_PRECISION"]),
-    }[name]
-    if interpreting():
-        fixed = dict(zip(names, blocks[0]))
-        launch = _Fixed(kernel, fixed)
-    else:
-        # The interpreter's tiny first block is left out of the GPU's choices.
-        launch = triton.autotune(configs=_configs(*blocks[1:], names=names), key=key)(kernel)
-    _launchers[name] = launch
-    return launch
+    """Kernel ``name``: autotuned on a GPU, with the interpreter's fixed small blocks on a CPU
+    (the autotuner times runs, which means nothing in the interpreter)."""
+    if name not in _launchers:
+        names, blocks, key = _BLOCKS[name]
+        if interpreting():
+            _launchers[name] = _Fixed(_kernel(name), dict(zip(names, blocks[0])))
+        else:
+            configs = [triton.Config(dict(zip(names, b[:-2])), num_warps=b[-2], num_stages=b[-1])
+                       for b in blocks[1:]]
+            _launchers[name] = triton.autotune(configs=configs, key=key,
+                                               reset_to_zero=_RESET.get(name))(_kernel(name))
+    return _launchers[name]
+
+
+def _smallest_block_rows(name: str) -> int:
+    names, blocks, _ = _BLOCKS[name]
+    return min(b[names.index("BLOCK_R")] for b in blocks)
 
 
 class _Fixed:
@@ -391,11 +424,6 @@ def tuned_configs() -> dict[str, str]:
     """The block sizes the autotuner chose so far, per kernel (for benchmark reports)."""
     return {name: str(getattr(launch, "best_config", None) or getattr(launch, "meta", ""))
             for name, launch in _launchers.items()}
-
-
-def _conv_block_rows(n2p: int, dp: int, tensors: int) -> int:
-    # About 8k fp32 values per program per [rows, n2p, dp] tensor keeps registers from spilling.
-    return 1 << (max(1, min(64, 8192 // (n2p * dp * tensors))).bit_length() - 1)
 
 
 # --- the steps ------------------------------------------------------------------------------
@@ -418,9 +446,11 @@ def conv_stage_torch(
 
 def conv_stage(
     prev: Tensor, new: Tensor, f1: Tensor, f2: Tensor, eps: float, kind: str,
-    out_dtype: torch.dtype = torch.float32,
+    precision: str = "fp32",
 ) -> Tensor:
-    """H2 as ``[B, n2*d]`` in ``out_dtype``: the Triton kernel where it runs, else torch."""
+    """H2 as ``[B, n2*d]`` in ``precision``'s compute dtype: the Triton kernel where it runs,
+    else torch."""
+    out_dtype = _compute_dtype(precision)
     if not kernels_run_on(prev):
         return conv_stage_torch(prev, new, f1, f2, eps, kind).to(out_dtype)
     b, d = new.shape
@@ -429,12 +459,11 @@ def conv_stage(
     if b == 0:
         return out
     prev, new = _unit_stride(prev), _unit_stride(new)
-    dp, n2p = _pow2(d, 16), _pow2(n2, 2)
-    block_r = _conv_block_rows(n2p, dp, 1)
-    _conv_stage_kernel[(triton.cdiv(b, block_r),)](
+    _launcher("conv_stage")[lambda m: (triton.cdiv(b, m["BLOCK_R"]),)](
         prev, new, f1.float().contiguous(), f2.float().contiguous(), out,
         b, d, prev.stride(0), new.stride(0), float(eps),
-        N1=n1, N2=n2, N2P=n2p, DP=dp, BLOCK_R=block_r, KIND=_KIND_CODE[kind], num_warps=4,
+        N1=n1, N2=n2, N2P=_pow2(n2, 2), DP=_pow2(d, 16), KIND=_KIND_CODE[kind],
+        FAST=_fast(precision),
     )
     return out
 
@@ -451,13 +480,17 @@ def mlp(
 
     ``h2`` ``[B, K]`` is in the compute dtype of ``precision``; ``w1`` is W_f ``[H, K]``, ``w2``
     W_o ``[d, H]`` (fp32 parameters; cast here). ``out`` may be a row-strided view.
+
+    TF32 and bf16 run the fused kernel. IEEE fp32 runs on cuBLAS with u through memory:
+    Triton's fp32 dot is an FMA loop that spills registers at these tiles (compiled for sm_90:
+    4-15 kB of stack a thread), and at fp32 rates u's traffic is a small share of the time.
     """
     cd = _compute_dtype(precision)
     b, k = h2.shape
     hidden, d = w1.shape[0], w2.shape[0]
     if out is None:
         out = torch.empty(b, d, dtype=torch.float32, device=h2.device)
-    if not kernels_run_on(h2):
+    if precision == "fp32" or not kernels_run_on(h2):
         with _cublas_precision(precision):
             u = torch.addmm(b1.to(cd), h2, w1.t().to(cd))
             res = torch.addmm(b2.to(cd), _gelu_torch(u.float(), kind).to(cd), w2.t().to(cd))
@@ -473,7 +506,7 @@ def mlp(
         h2.contiguous(), w1t, b1.detach().float().contiguous(), w2t,
         b2.detach().float().contiguous(), out_rows, u,
         b, out_rows.stride(0), K=k, H=hidden, d=d,
-        DP=_pow2(d, 16), KIND=_KIND_CODE[kind], INPUT_PRECISION=_input_precision(precision),
+        DP=_pow2(d, 16), KIND=_KIND_CODE[kind], FAST=_fast(precision),
         DOT_F32=interpreting(), SAVE_U=save_u,
     )
     if out_rows is not out:
@@ -484,30 +517,38 @@ def mlp(
 def mlp_backward(
     dout: Tensor, w2: Tensor, u: Tensor, kind: str, precision: str
 ) -> tuple[Tensor, Tensor]:
-    """``du = (dout W_o) ⊙ GELU'(u)`` and ``z = GELU(u)``, both ``[B, H]`` in u's dtype."""
+    """``du = (dout W_o) ⊙ GELU'(u)`` and ``z = GELU(u)``, both ``[B, H]`` in u's dtype.
+
+    For TF32 and bf16 the kernel computes dout W_o itself (K = d); for IEEE fp32 cuBLAS does
+    and the kernel applies the activation's derivative.
+    """
     cd = _compute_dtype(precision)
     g, w = dout.to(cd).contiguous(), w2.detach().to(cd).contiguous()
+    dz_given = precision == "fp32" or not kernels_run_on(u)
+    if dz_given:
+        with _cublas_precision(precision):
+            g = torch.mm(g, w)  # dz [B, H]
     if not kernels_run_on(u):
         uf = u.float().requires_grad_(True)
-        with torch.enable_grad(), _cublas_precision(precision):
+        with torch.enable_grad():
             z = _gelu_torch(uf, kind)
-            (du,) = torch.autograd.grad(z, uf, (g @ w).float())
+            (du,) = torch.autograd.grad(z, uf, g.float())
         return du.to(cd), z.detach().to(cd)
     b, hidden = u.shape
-    d = w2.shape[0]
     du, z = torch.empty_like(u), torch.empty_like(u)
     if b == 0:
         return du, z
     _launcher("mlp_backward")[
         lambda m: (triton.cdiv(b, m["BLOCK_R"]), triton.cdiv(hidden, m["BLOCK_H"]))
-    ](g, w, u.contiguous(), du, z, b, H=hidden, d=d,
-      DP=_pow2(d, 16), KIND=_KIND_CODE[kind], INPUT_PRECISION=_input_precision(precision),
-      DOT_F32=interpreting())
+    ](g, w, u.contiguous(), du, z, b, H=hidden, d=w2.shape[0],
+      DP=_pow2(w2.shape[0], 16), KIND=_KIND_CODE[kind], FAST=_fast(precision),
+      DZ_GIVEN=dz_given, DOT_F32=interpreting())
     return du, z
 
 
 def conv_backward(
-    prev: Tensor, new: Tensor, f1: Tensor, f2: Tensor, dh2: Tensor, eps: float, kind: str
+    prev: Tensor, new: Tensor, f1: Tensor, f2: Tensor, dh2: Tensor, eps: float, kind: str,
+    precision: str = "fp32",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of the conv stage from dH2 ``[B, n2*d]``: (dŴ_t ``[B, d]``, dF1, dF2), fp32."""
     if not kernels_run_on(prev):
@@ -518,19 +559,18 @@ def conv_backward(
             return torch.autograd.grad(h2, (n, a, b), dh2.float())
     rows, d = new.shape
     n1, n2 = f1.shape[0], f2.shape[0]
-    dp, n2p = _pow2(d, 16), _pow2(n2, 2)
-    block_r = _conv_block_rows(n2p, dp, 3)
-    programs = triton.cdiv(rows, block_r)
+    # One row of partial sums per program of the smallest block (zeros past the launched ones).
+    programs = max(1, triton.cdiv(rows, _smallest_block_rows("conv_backward")))
     dnew = torch.empty(rows, d, dtype=torch.float32, device=new.device)
     df1 = torch.zeros(programs, n1 * 3, dtype=torch.float32, device=new.device)
     df2 = torch.zeros(programs, n2 * n1, dtype=torch.float32, device=new.device)
     if rows:
         prev, new = _unit_stride(prev), _unit_stride(new)
-        _conv_backward_kernel[(programs,)](
+        _launcher("conv_backward")[lambda m: (triton.cdiv(rows, m["BLOCK_R"]),)](
             prev, new, f1.detach().float().contiguous(), f2.detach().float().contiguous(),
             dh2.contiguous(), dnew, df1, df2, rows, d, prev.stride(0), new.stride(0),
-            float(eps), N1=n1, N2=n2, N2P=n2p, DP=dp, BLOCK_R=block_r, KIND=_KIND_CODE[kind],
-            num_warps=4,
+            float(eps), N1=n1, N2=n2, N2P=_pow2(n2, 2), DP=_pow2(d, 16), KIND=_KIND_CODE[kind],
+            FAST=_fast(precision),
         )
     return dnew, df1.sum(0).view(n1, 3), df2.sum(0).view(n2, n1)
 
@@ -549,7 +589,7 @@ def transfer_rows_into(
     stage reads them in full before the fused MLP writes ``out``.
     """
     f1, f2, w1, b1, w2, b2 = params
-    h2 = conv_stage(prev, new, f1, f2, eps, kind, _compute_dtype(precision))
+    h2 = conv_stage(prev, new, f1, f2, eps, kind, precision)
     mlp(h2, w1, b1, w2, b2, kind, precision, out=out)
 
 
@@ -562,7 +602,7 @@ class TransferRowsFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, prev, new, f1, f2, w1, b1, w2, b2, eps, kind, precision):  # noqa: ANN001
-        h2 = conv_stage(prev, new, f1, f2, eps, kind, _compute_dtype(precision))
+        h2 = conv_stage(prev, new, f1, f2, eps, kind, precision)
         out, u = mlp(h2, w1, b1, w2, b2, kind, precision, save_u=True)
         ctx.save_for_backward(prev, new, f1, f2, w1, w2, h2, u)
         ctx.eps, ctx.kind, ctx.precision = eps, kind, precision
@@ -580,7 +620,7 @@ class TransferRowsFunction(torch.autograd.Function):
             dh2 = torch.mm(du, w1.detach().to(cd))
         db2 = dout.float().sum(0)
         db1 = du.sum(0, dtype=torch.float32)
-        dnew, df1, df2 = conv_backward(prev, new, f1, f2, dh2, ctx.eps, kind)
+        dnew, df1, df2 = conv_backward(prev, new, f1, f2, dh2, ctx.eps, kind, precision)
         return None, dnew, df1, df2, dw1, db1, dw2, db2, None, None, None
 
 

@@ -19,6 +19,8 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
 PROTOCOL_NAMES = ("full", "sampled")
 # sml_torchrec.retrain.serving.NEVER_TRAINED_RULES, named here for the same reason.
 NEVER_TRAINED_NAMES = ("mean", "untrained")
+# sml_torchrec.modules.transfer.PRECISIONS, named here so that the config needs no torch import.
+TRANSFER_PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 __all__ = ["ConfigError", "PeriodRoles", "RetrainConfig"]
@@ -80,6 +82,10 @@ class RetrainConfig:
     transfer_hidden: int = _opt(512, "hidden width of the transfer's MLP")
     transfer_n1: int = _opt(10, "transfer's first convolution: number of filters (n1)")
     transfer_n2: int = _opt(5, "transfer's second convolution: number of filters (n2)")
+    transfer_precision: str = _opt("fp32", "matrix products of the transfer's GPU kernels: fp32 "
+                                           "(IEEE), tf32 or bf16 (faster, ~1e-3 and ~1e-2 of "
+                                           "the output's scale); CPUs compute in fp32",
+                                   choices=TRANSFER_PRECISIONS)
     reservoir_size: int = _opt(10_000, "sample_based and incctr: old interactions replayed "
                                        "each period")
     kd_weight: float = _opt(0.2, "incctr: weight lambda of distilling the previous period's "
@@ -145,6 +151,10 @@ class RetrainConfig:
         if self.never_trained not in NEVER_TRAINED_NAMES:
             raise ConfigError(f"{_flag('never_trained')}: unknown rule {self.never_trained!r}; "
                               f"choose from {','.join(NEVER_TRAINED_NAMES)}")
+        if self.transfer_precision not in TRANSFER_PRECISIONS:
+            raise ConfigError(f"{_flag('transfer_precision')}: unknown precision "
+                              f"{self.transfer_precision!r}; choose from "
+                              f"{','.join(TRANSFER_PRECISIONS)}")
         if self.sharding not in SHARDING_NAMES:
             raise ConfigError(f"{_flag('sharding')}: unknown sharding {self.sharding!r}; choose "
                               f"from {','.join(SHARDING_NAMES)}")

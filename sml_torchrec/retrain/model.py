@@ -118,7 +118,7 @@ class RetrainModel(ShardedModel):
         tables = mf_tables(num_users, num_items, cfg.dim)
         if transfer:
             tcfg = TransferConfig(n1=cfg.transfer_n1, n2=cfg.transfer_n2,
-                                  hidden=cfg.transfer_hidden)
+                                  hidden=cfg.transfer_hidden, precision=cfg.transfer_precision)
             emb = TransferEmbeddingBagCollection(tables, tcfg, device=meta)
             trained = emb.new.parameters()
         else:

@@ -25,6 +25,19 @@ def test_flags_fill_the_dataclass():
     assert cfg.dim == 16 and cfg.transfer_lr == 0.01 and cfg.sharding == "table_wise"
 
 
+def test_transfer_precision_reaches_the_transfer_and_is_checked():
+    from sml_torchrec.modules.transfer import PRECISIONS
+    from sml_torchrec.retrain.config import TRANSFER_PRECISIONS
+
+    assert TRANSFER_PRECISIONS == PRECISIONS
+    assert parse_config(["--transfer-precision", "bf16"]).transfer_precision == "bf16"
+    assert RetrainConfig().transfer_precision == "fp32"
+    with pytest.raises(SystemExit):  # argparse's choices
+        parse_config(["--transfer-precision", "fp16"])
+    with pytest.raises(ValueError, match="--transfer-precision: unknown precision 'fp16'"):
+        RetrainConfig(transfer_precision="fp16")
+
+
 def test_unknown_strategy_is_named():
     with pytest.raises(ValueError, match=r"unknown strategies \['gru'\]"):
         parse_config(["--strategies", "sml,gru"])

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The transfer's GPU checks in one run, for a machine with one CUDA GPU, PyTorch and Triton (no
+# install needed: the transfer modules import with plain torch):
+#   1. the CUDA tests of the transfer (kernels against fp64 references, TransferNet on "triton");
+#   2. benchmarks/gpu_transfer.py at 2M rows (64k-row chunks), then with 256k-row chunks.
+# Results go to $OUT (default ./gpu_check): tests.log, gpu_transfer.json, gpu_transfer_256k.json.
+#
+#   bash benchmarks/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-gpu_check}"
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee "$OUT/gpu.txt"
+"$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" \
+    | tee -a "$OUT/gpu.txt"
+
+status=0
+timeout 240 "$PY" -m pytest -q -p no:cacheprovider \
+    tests/sml_torchrec/modules/test_transfer_triton.py \
+    tests/sml_torchrec/modules/test_transfer.py -k "cuda or triton" 2>&1 | tee "$OUT/tests.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+timeout 300 "$PY" benchmarks/gpu_transfer.py --out "$OUT/gpu_transfer.json" 2>&1 \
+    | grep -v '^{' | tee "$OUT/gpu_transfer.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+timeout 180 "$PY" benchmarks/gpu_transfer.py --chunk-rows 262144 --repeats 5 \
+    --out "$OUT/gpu_transfer_256k.json" 2>&1 | grep -v '^{' | tee "$OUT/gpu_transfer_256k.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+exit $status
