@@ -40,14 +40,14 @@ each step has a plain-torch twin computing the same algebra.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from sml_torchrec.modules.transfer import PRECISIONS
+from sml_torchrec.modules.transfer import PRECISIONS, gelu
 
 __all__ = [
     "PRECISIONS",
@@ -61,7 +61,6 @@ __all__ = [
     "tuned_configs",
 ]
 
-_SIGMOID_GELU_SCALE = 1.702
 _KIND_CODE = {"sigmoid": 0, "erf": 1, "tanh": 2}
 
 Params = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]  # F1, F2, W_f, b1, W_o, b2
@@ -127,22 +126,38 @@ if triton is not None:
         return tl.dot(a, b, acc, input_precision="tf32")
 
     @triton.jit
-    def _conv_inputs(prev_ptr, new_ptr, rows, cols, rmask, cmask, stride_prev, stride_new, eps):
-        """w_prev, w_new and w_dot of a block of rows as fp32 ``[BLOCK_R, DP]`` tiles."""
+    def _conv1(f1_ptr, j, p, n, dot):
+        """Filter j of conv1 before its activation: F1[j] · [w_prev; w_new; w_dot]."""
+        return (tl.load(f1_ptr + j * 3) * p + tl.load(f1_ptr + j * 3 + 1) * n
+                + tl.load(f1_ptr + j * 3 + 2) * dot)
+
+    @triton.jit
+    def _conv_forward(prev_ptr, new_ptr, f1_ptr, f2_ptr, rows, n_rows, d, stride_prev,
+                      stride_new, eps, N1: tl.constexpr, N2: tl.constexpr, N2P: tl.constexpr,
+                      DP: tl.constexpr, BLOCK_R: tl.constexpr, KIND: tl.constexpr,
+                      FAST: tl.constexpr):
+        """For a block of rows: w_prev, w_new, w_dot (fp32 ``[BLOCK_R, DP]``), conv2 before its
+        activation (``[BLOCK_R, N2P, DP]``), and H2's offsets ``k*d + m`` and mask."""
+        cols = tl.arange(0, DP)
+        rmask = rows < n_rows
+        cmask = cols < d
         r64 = rows.to(tl.int64)
         m2 = rmask[:, None] & cmask[None, :]
         p = tl.load(prev_ptr + r64[:, None] * stride_prev + cols[None, :], mask=m2, other=0.0)
         n = tl.load(new_ptr + r64[:, None] * stride_new + cols[None, :], mask=m2, other=0.0)
         p = p.to(tl.float32)
         n = n.to(tl.float32)
-        norm = tl.sqrt(tl.sum(p * p, axis=1))
-        return p, n, p * n / (norm[:, None] + eps)
-
-    @triton.jit
-    def _conv1(f1_ptr, j, p, n, dot):
-        """Filter j of conv1 before its activation: F1[j] · [w_prev; w_new; w_dot]."""
-        return (tl.load(f1_ptr + j * 3) * p + tl.load(f1_ptr + j * 3 + 1) * n
-                + tl.load(f1_ptr + j * 3 + 2) * dot)
+        dot = p * n / (tl.sqrt(tl.sum(p * p, axis=1))[:, None] + eps)
+        ks = tl.arange(0, N2P)
+        kmask = ks < N2
+        v = tl.zeros((BLOCK_R, N2P, DP), dtype=tl.float32)
+        for j in tl.static_range(N1):
+            h1 = _gelu(_conv1(f1_ptr, j, p, n, dot), KIND, FAST)
+            f2col = tl.load(f2_ptr + ks * N1 + j, mask=kmask, other=0.0)
+            v += f2col[None, :, None] * h1[:, None, :]
+        offs = r64[:, None, None] * (N2 * d) + ks[None, :, None] * d + cols[None, None, :]
+        m3 = rmask[:, None, None] & kmask[None, :, None] & cmask[None, None, :]
+        return p, n, dot, v, offs, m3
 
     @triton.jit
     def _conv_stage_kernel(
@@ -153,22 +168,10 @@ if triton is not None:
     ):
         """H2 of a block of rows, written flattened row-major: ``h2[r, k*d + m]``."""
         rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-        cols = tl.arange(0, DP)
-        rmask = rows < n_rows
-        cmask = cols < d
-        p, n, dot = _conv_inputs(prev_ptr, new_ptr, rows, cols, rmask, cmask, stride_prev,
-                                 stride_new, eps)
-        ks = tl.arange(0, N2P)
-        kmask = ks < N2
-        acc = tl.zeros((BLOCK_R, N2P, DP), dtype=tl.float32)
-        for j in tl.static_range(N1):
-            h1 = _gelu(_conv1(f1_ptr, j, p, n, dot), KIND, FAST)
-            f2col = tl.load(f2_ptr + ks * N1 + j, mask=kmask, other=0.0)
-            acc += f2col[None, :, None] * h1[:, None, :]
-        h2 = _gelu(acc, KIND, FAST)
-        r64 = rows.to(tl.int64)
-        offs = r64[:, None, None] * (N2 * d) + ks[None, :, None] * d + cols[None, None, :]
-        m3 = rmask[:, None, None] & kmask[None, :, None] & cmask[None, None, :]
+        _, _, _, v, offs, m3 = _conv_forward(prev_ptr, new_ptr, f1_ptr, f2_ptr, rows, n_rows, d,
+                                             stride_prev, stride_new, eps, N1, N2, N2P, DP,
+                                             BLOCK_R, KIND, FAST)
+        h2 = _gelu(v, KIND, FAST)
         tl.store(h2_ptr + offs, h2.to(h2_ptr.dtype.element_ty), mask=m3)
 
     @triton.jit
@@ -265,21 +268,11 @@ if triton is not None:
         """
         pid = tl.program_id(0)
         rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
-        cols = tl.arange(0, DP)
-        rmask = rows < n_rows
-        cmask = cols < d
-        p, n, dot = _conv_inputs(prev_ptr, new_ptr, rows, cols, rmask, cmask, stride_prev,
-                                 stride_new, eps)
+        p, n, dot, v, offs, m3 = _conv_forward(prev_ptr, new_ptr, f1_ptr, f2_ptr, rows, n_rows, d,
+                                               stride_prev, stride_new, eps, N1, N2, N2P, DP,
+                                               BLOCK_R, KIND, FAST)
         ks = tl.arange(0, N2P)
         kmask = ks < N2
-        v = tl.zeros((BLOCK_R, N2P, DP), dtype=tl.float32)
-        for j in tl.static_range(N1):
-            h1 = _gelu(_conv1(f1_ptr, j, p, n, dot), KIND, FAST)
-            f2col = tl.load(f2_ptr + ks * N1 + j, mask=kmask, other=0.0)
-            v += f2col[None, :, None] * h1[:, None, :]
-        r64 = rows.to(tl.int64)
-        offs = r64[:, None, None] * (N2 * d) + ks[None, :, None] * d + cols[None, None, :]
-        m3 = rmask[:, None, None] & kmask[None, :, None] & cmask[None, None, :]
         dh2 = tl.load(dh2_ptr + offs, mask=m3, other=0.0).to(tl.float32)
         dv = dh2 * _gelu_grad(v, KIND, FAST)
         dn = tl.zeros((BLOCK_R, DP), dtype=tl.float32)
@@ -295,8 +288,9 @@ if triton is not None:
             tl.store(df1_ptr + pid * (N1 * 3) + j * 3 + 2,
                      tl.sum(tl.sum(da * dot, axis=1), axis=0))
             dn += tl.load(f1_ptr + j * 3 + 1) * da
-        tl.store(dnew_ptr + r64[:, None] * d + cols[None, :], dn,
-                 mask=rmask[:, None] & cmask[None, :])
+        cols = tl.arange(0, DP)
+        tl.store(dnew_ptr + rows.to(tl.int64)[:, None] * d + cols[None, :], dn,
+                 mask=(rows < n_rows)[:, None] & (cols < d)[None, :])
 
 
 def available() -> bool:
@@ -347,12 +341,6 @@ def _cublas_precision(precision: str) -> Iterator[None]:
         torch.set_float32_matmul_precision(old)
 
 
-def _gelu_torch(x: Tensor, kind: str) -> Tensor:
-    if kind == "sigmoid":
-        return x * torch.sigmoid(_SIGMOID_GELU_SCALE * x)
-    return F.gelu(x, approximate="tanh" if kind == "tanh" else "none")
-
-
 def _pow2(n: int, least: int) -> int:
     return max(least, 1 << (n - 1).bit_length())
 
@@ -361,22 +349,22 @@ def _pow2(n: int, least: int) -> int:
 # On a GPU each kernel is autotuned once per shape key over its list (the first entry, tiny, is
 # the interpreter's and is left out there). The GPU entries compile for sm_90 without spilling
 # registers at the authors' sizes (d = 64, n1 = 10, n2 = 5, hidden = 512) for every precision that
-# launches them, but for 3 of the 83 (kernel, precision, entry) builds, which spill 8-56 bytes a
+# launches them, but for 2 of the 63 (kernel, precision, entry) builds, which spill 24-56 bytes a
 # thread (``benchmarks/triton_kernels.py`` compiles them all, no GPU needed). At BLOCK_R = 128
 # the FC weights are read from L2 half as often per row as at 64.
 
 _BLOCKS = {  # kernel: (block names, (blocks..., warps, stages) per config, autotune key)
-    "conv_stage": (("BLOCK_R",), ((4, 1, 1), (16, 8, 1), (32, 8, 1), (8, 4, 1), (16, 4, 1),
-                                  (8, 8, 1), (4, 4, 1)), ["N1", "N2", "DP", "KIND", "FAST"]),
-    "conv_backward": (("BLOCK_R",), ((4, 1, 1), (8, 8, 1), (16, 8, 1), (32, 8, 1), (4, 4, 1),
-                                     (8, 4, 1)), ["N1", "N2", "DP", "KIND", "FAST"]),
+    "conv_stage": (("BLOCK_R",), ((4, 1, 1), (16, 8, 1), (32, 8, 1), (8, 4, 1), (8, 8, 1)),
+                   ["N1", "N2", "DP", "KIND", "FAST"]),
+    "conv_backward": (("BLOCK_R",), ((4, 1, 1), (8, 8, 1), (16, 8, 1), (32, 8, 1), (4, 4, 1)),
+                      ["N1", "N2", "DP", "KIND", "FAST"]),
     "mlp": (("BLOCK_R", "BLOCK_K", "BLOCK_H"),
             ((16, 16, 16, 4, 1), (128, 32, 64, 8, 3), (64, 64, 128, 8, 3), (128, 64, 64, 8, 3),
-             (64, 32, 128, 8, 3), (64, 64, 64, 8, 3), (64, 64, 64, 4, 3), (128, 32, 64, 8, 4),
-             (64, 64, 128, 8, 4)), ["K", "H", "d", "KIND", "FAST", "SAVE_U"]),
+             (64, 32, 128, 8, 3), (64, 64, 64, 8, 3), (128, 32, 64, 8, 4)),
+            ["K", "H", "d", "KIND", "FAST", "SAVE_U"]),
     "mlp_backward": (("BLOCK_R", "BLOCK_H"),
                      ((16, 16, 4, 1), (64, 128, 8, 2), (64, 64, 8, 2), (128, 64, 8, 2),
-                      (64, 64, 4, 2), (32, 128, 8, 2), (64, 256, 8, 2)),
+                      (32, 128, 8, 2), (64, 256, 8, 2)),
                      ["H", "d", "KIND", "FAST", "DZ_GIVEN"]),
 }
 # conv_backward writes per-program partial sums: the autotuner zeroes them after its trials.
@@ -390,12 +378,17 @@ def _kernel(name: str):
 
 
 def _launcher(name: str):
-    """Kernel ``name``: autotuned on a GPU, with the interpreter's fixed small blocks on a CPU
-    (the autotuner times runs, which means nothing in the interpreter)."""
+    """Kernel ``name``: autotuned on a GPU; with the interpreter's fixed small blocks on a CPU
+    (the autotuner times runs, which means nothing in the interpreter); with the first GPU
+    entry when ``SML_TRITON_AUTOTUNE=0`` (tests: each new shape would compile every entry)."""
     if name not in _launchers:
         names, blocks, key = _BLOCKS[name]
         if interpreting():
             _launchers[name] = _Fixed(_kernel(name), dict(zip(names, blocks[0])))
+        elif os.environ.get("SML_TRITON_AUTOTUNE", "1") == "0":
+            b = blocks[1]
+            _launchers[name] = _Fixed(_kernel(name), {**dict(zip(names, b[:-2])),
+                                                      "num_warps": b[-2], "num_stages": b[-1]})
         else:
             configs = [triton.Config(dict(zip(names, b[:-2])), num_warps=b[-2], num_stages=b[-1])
                        for b in blocks[1:]]
@@ -439,8 +432,8 @@ def conv_stage_torch(
     p, n = prev.float().detach(), new.float()
     dot = p * n.detach() / (torch.linalg.vector_norm(p, dim=1, keepdim=True) + eps)
     x = torch.stack((p, n, dot), 1)  # [B, 3, d]
-    h1 = _gelu_torch(torch.einsum("jc,bcd->bjd", f1.float(), x), kind)
-    h2 = _gelu_torch(torch.einsum("kj,bjd->bkd", f2.float(), h1), kind)
+    h1 = gelu(torch.einsum("jc,bcd->bjd", f1.float(), x), kind)
+    h2 = gelu(torch.einsum("kj,bjd->bkd", f2.float(), h1), kind)
     return h2.reshape(new.shape[0], f2.shape[0] * new.shape[1])
 
 
@@ -493,7 +486,7 @@ def mlp(
     if precision == "fp32" or not kernels_run_on(h2):
         with _cublas_precision(precision):
             u = torch.addmm(b1.to(cd), h2, w1.t().to(cd))
-            res = torch.addmm(b2.to(cd), _gelu_torch(u.float(), kind).to(cd), w2.t().to(cd))
+            res = torch.addmm(b2.to(cd), gelu(u.float(), kind).to(cd), w2.t().to(cd))
         out.copy_(res)
         return out, (u if save_u else None)
     u = torch.empty(b, hidden, dtype=cd, device=h2.device) if save_u else out
@@ -531,7 +524,7 @@ def mlp_backward(
     if not kernels_run_on(u):
         uf = u.float().requires_grad_(True)
         with torch.enable_grad():
-            z = _gelu_torch(uf, kind)
+            z = gelu(uf, kind)
             (du,) = torch.autograd.grad(z, uf, g.float())
         return du.to(cd), z.detach().to(cd)
     b, hidden = u.shape

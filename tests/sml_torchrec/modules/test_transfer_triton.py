@@ -172,9 +172,27 @@ def test_kernels_under_triton_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
-         "not test_kernels_under_triton_interpreter", str(Path(__file__))],
+         "not test_kernels_under_triton_interpreter and not test_gpu_launchers",
+         str(Path(__file__))],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     # Every other test of this file ran there, on the interpreted kernels.
     assert " passed" in proc.stdout and "skipped" not in proc.stdout, proc.stdout[-2000:]
+
+
+@pytest.mark.skipif(transfer_triton.triton is None or transfer_triton.interpreting(),
+                    reason="builds GPU launchers: needs Triton, not its interpreter")
+def test_gpu_launchers_autotune_over_their_list_unless_told_not_to(monkeypatch):
+    monkeypatch.setattr(transfer_triton, "_launchers", {})
+    for name, (names, blocks, key) in transfer_triton._BLOCKS.items():
+        tuned = transfer_triton._launcher(name)
+        assert [tuple(c.kwargs[n] for n in names) + (c.num_warps, c.num_stages)
+                for c in tuned.configs] == list(blocks[1:])  # the interpreter's entry left out
+        assert tuned.keys == key
+    monkeypatch.setattr(transfer_triton, "_launchers", {})
+    monkeypatch.setenv("SML_TRITON_AUTOTUNE", "0")
+    fixed = transfer_triton._launcher("mlp")
+    names, blocks, _ = transfer_triton._BLOCKS["mlp"]
+    assert fixed.meta == {**dict(zip(names, blocks[1][:-2])), "num_warps": blocks[1][-2],
+                          "num_stages": blocks[1][-1]}
