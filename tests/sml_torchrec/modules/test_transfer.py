@@ -309,9 +309,10 @@ def test_cuda_fused_materialize_matches_reference():
 @pytest.mark.parametrize(
     "kind,precision,out_tol,grad_tol",
     # fc2's gradients sum 3001 rows of weights that nearly cancel: in float32 the CPU lands at
-    # 2e-4 of the largest entry here too. A wrong kernel is off by O(1).
+    # 2e-4 of the largest entry here too, and with bf16 GEMM inputs the torch twin of these
+    # kernels at 8.3e-2 (fc2's weight; TF32 rounds 8x finer). A wrong kernel is off by O(1).
     [("sigmoid", "fp32", 1e-5, 1e-3), ("erf", "fp32", 1e-5, 1e-3),
-     ("sigmoid", "tf32", 3e-3, 3e-2), ("sigmoid", "bf16", 2e-2, 5e-2)],
+     ("sigmoid", "tf32", 3e-3, 6e-2), ("sigmoid", "bf16", 2e-2, 0.2)],
 )
 def test_cuda_fused_training_matches_float64_reference(kind, precision, out_tol, grad_tol):
     net = _net(dim=37, dtype=torch.float64, gelu=kind, precision=precision)

@@ -25,7 +25,7 @@ KINDS = ("sigmoid", "erf", "tanh")
 # TF32 and bf16 outputs (on a CPU "tf32" computes in fp32). Gradients sum rows that partly cancel
 # (b1's over 37 rows of bf16 du lands at 3.4e-2 with erf). A wrong kernel is off by O(1).
 OUT_TOL = {"fp32": 1e-5, "tf32": 1e-3, "bf16": 1e-2}
-GRAD_TOL = {"fp32": 1e-4, "tf32": 1e-2, "bf16": 6e-2}
+GRAD_TOL = {"fp32": 1e-4, "tf32": 2e-2, "bf16": 6e-2}
 
 
 def _net(dim: int, kind: str, n1: int = 4, n2: int = 3, hidden: int = 40) -> TransferNet:
