@@ -7,6 +7,7 @@
 #   2. benchmarks/gpu_transfer.py at 2M rows in 64k-row chunks, kernels autotuned (the first call
 #      of each shape compiles every configuration: a few minutes in all).
 # Results go to $OUT (default ./gpu_check): gpu.txt, tests.log, gpu_transfer.txt and .json.
+# At most 9.5 minutes (the two steps are capped at 3 and 6.5), one device call.
 #
 #   bash benchmarks/gpu_check.sh
 set -uo pipefail
@@ -21,12 +22,12 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv 
     | tee -a "$OUT/gpu.txt"
 
 status=0
-SML_TRITON_AUTOTUNE=0 timeout 200 "$PY" -m pytest -q -p no:cacheprovider \
+SML_TRITON_AUTOTUNE=0 timeout 180 "$PY" -m pytest -q -p no:cacheprovider \
     tests/sml_torchrec/modules/test_transfer_triton.py \
     tests/sml_torchrec/modules/test_transfer.py -k "cuda or triton" 2>&1 | tee "$OUT/tests.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
-timeout 420 "$PY" benchmarks/gpu_transfer.py --out "$OUT/gpu_transfer.json" 2>&1 \
+timeout 390 "$PY" benchmarks/gpu_transfer.py --out "$OUT/gpu_transfer.json" 2>&1 \
     | grep -v '^{' | tee "$OUT/gpu_transfer.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 exit $status

@@ -72,6 +72,14 @@ def _time(fn, repeats: int, dev: torch.device) -> float:
     return statistics.median(times)
 
 
+def _progress(section: str, name: str, r: dict) -> None:
+    """One line per measured path as it finishes (a run cut short still shows what it got)."""
+    text = r["error"][:200] if "error" in r else (
+        f"{r['rows_per_s']:,.0f} rows/s, {r['ratio_to_mm']:.2f} of {r['compared_with_mm']} mm, "
+        f"max rel err {r['max_rel_err']:.1e}")
+    print(f"[{section}] {name}: {text}", file=sys.stderr, flush=True)
+
+
 def _set_matmul(precision: str) -> None:
     torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
 
@@ -136,11 +144,13 @@ def materialise_rates(net: TransferNet, prev, new, args, mm: dict, dev) -> dict:
             sec = _time(fn, args.repeats, dev)
         except Exception as e:  # noqa: BLE001 - one failing path must not lose the others
             res[name] = {"error": repr(e)[:1000]}
+            _progress("materialise", name, res[name])
             continue
         err = ((out[sample].double() - ref).abs().max() / ref.abs().max()).item()
         res[name] = {"rows_per_s": rows / sec, "gflops": flops / sec / 1e9,
                      "ratio_to_mm": flops / sec / 1e9 / mm[MM_OF[prec]],
                      "compared_with_mm": MM_OF[prec], "max_rel_err": err}
+        _progress("materialise", name, res[name])
     _set_matmul("fp32")
     for r in res.values():
         if "gflops" in r:
@@ -184,12 +194,14 @@ def train_rates(net: TransferNet, prev, new, args, mm: dict, dev) -> dict:
             sec = _time(step, args.repeats, dev)
         except Exception as e:  # noqa: BLE001 - one failing path must not lose the others
             out[name] = {"error": repr(e)[:1000]}
+            _progress("train", name, out[name])
             continue
         got = [res["out"].detach(), n.grad, *(t.grad for t in net.params())]
         err = max(((g.double() - r).abs().max() / r.abs().max()).item() for g, r in zip(got, ref))
         out[name] = {"rows_per_s": rows / sec, "gflops": flops / sec / 1e9,
                      "ratio_to_mm": flops / sec / 1e9 / mm[MM_OF[prec]],
                      "compared_with_mm": MM_OF[prec], "max_rel_err": err}
+        _progress("train", name, out[name])
     net.config.precision = "fp32"
     _set_matmul("fp32")
     return out
