@@ -80,6 +80,22 @@ def _progress(section: str, name: str, r: dict) -> None:
     print(f"[{section}] {name}: {text}", file=sys.stderr, flush=True)
 
 
+def _measure(section: str, name: str, fn, args, dev, rows: int, flops: float, mm_gflops: float,
+             mm_name: str, error) -> dict:
+    """Time ``fn``: its rates, its ratio to the matching mm rate and ``error()``, or the error it
+    raised (one failing path must not lose the others)."""
+    try:
+        sec = _time(fn, args.repeats, dev)
+    except Exception as e:  # noqa: BLE001 - reported in the result instead
+        r = {"error": repr(e)[:1000]}
+    else:
+        r = {"rows_per_s": rows / sec, "gflops": flops / sec / 1e9,
+             "ratio_to_mm": flops / sec / 1e9 / mm_gflops, "compared_with_mm": mm_name,
+             "max_rel_err": error()}
+    _progress(section, name, r)
+    return r
+
+
 def _set_matmul(precision: str) -> None:
     torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
 
@@ -140,17 +156,9 @@ def materialise_rates(net: TransferNet, prev, new, args, mm: dict, dev) -> dict:
     res = {}
     for name, (fn, prec) in paths.items():
         _set_matmul(prec)  # the staged path's cuBLAS GEMMs follow torch's global setting
-        try:
-            sec = _time(fn, args.repeats, dev)
-        except Exception as e:  # noqa: BLE001 - one failing path must not lose the others
-            res[name] = {"error": repr(e)[:1000]}
-            _progress("materialise", name, res[name])
-            continue
-        err = ((out[sample].double() - ref).abs().max() / ref.abs().max()).item()
-        res[name] = {"rows_per_s": rows / sec, "gflops": flops / sec / 1e9,
-                     "ratio_to_mm": flops / sec / 1e9 / mm[MM_OF[prec]],
-                     "compared_with_mm": MM_OF[prec], "max_rel_err": err}
-        _progress("materialise", name, res[name])
+        res[name] = _measure(
+            "materialise", name, fn, args, dev, rows, flops, mm[MM_OF[prec]], MM_OF[prec],
+            lambda: ((out[sample].double() - ref).abs().max() / ref.abs().max()).item())
     _set_matmul("fp32")
     for r in res.values():
         if "gflops" in r:
@@ -190,18 +198,13 @@ def train_rates(net: TransferNet, prev, new, args, mm: dict, dev) -> dict:
             res["out"] = net(p, n, backend=backend)
             (res["out"] * weight).sum().backward()
 
-        try:
-            sec = _time(step, args.repeats, dev)
-        except Exception as e:  # noqa: BLE001 - one failing path must not lose the others
-            out[name] = {"error": repr(e)[:1000]}
-            _progress("train", name, out[name])
-            continue
-        got = [res["out"].detach(), n.grad, *(t.grad for t in net.params())]
-        err = max(((g.double() - r).abs().max() / r.abs().max()).item() for g, r in zip(got, ref))
-        out[name] = {"rows_per_s": rows / sec, "gflops": flops / sec / 1e9,
-                     "ratio_to_mm": flops / sec / 1e9 / mm[MM_OF[prec]],
-                     "compared_with_mm": MM_OF[prec], "max_rel_err": err}
-        _progress("train", name, out[name])
+        def error(res=res) -> float:
+            got = [res["out"].detach(), n.grad, *(t.grad for t in net.params())]
+            return max(((g.double() - r).abs().max() / r.abs().max()).item()
+                       for g, r in zip(got, ref))
+
+        out[name] = _measure("train", name, step, args, dev, rows, flops, mm[MM_OF[prec]],
+                             MM_OF[prec], error)
     net.config.precision = "fp32"
     _set_matmul("fp32")
     return out
