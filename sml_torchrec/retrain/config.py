@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recsys_common.errors import ConfigError
 from sml_torchrec.distributed.names import SHARDING_NAMES
 from sml_torchrec.retrain.strategies import DEFAULT_STRATEGIES, STRATEGY_NAMES
+
+if TYPE_CHECKING:
+    from sml_torchrec.modules.transfer import TransferConfig
 
 try:
     import tomllib
@@ -192,6 +195,13 @@ class RetrainConfig:
         ``overrides`` on top; a key that is no field, or a value of the wrong type, is a
         :class:`ConfigError` naming the key and the file."""
         return cls(**{**read_toml(path), **overrides})
+
+    def transfer_config(self) -> TransferConfig:
+        """SML's transfer f_Θ as these fields set it (the rest at TransferConfig's defaults)."""
+        from sml_torchrec.modules.transfer import TransferConfig
+
+        return TransferConfig(n1=self.transfer_n1, n2=self.transfer_n2,
+                              hidden=self.transfer_hidden, precision=self.transfer_precision)
 
     def decisive(self) -> dict[str, Any]:
         """The fields that decide the numbers: what a resumed checkpoint must match."""

@@ -172,10 +172,7 @@ class ModelWriter:
     def _transfer_config(self) -> dict:
         """f_Θ's hyper-parameters: what a reader needs to apply Θ (``modules/transfer.py``
         states the function)."""
-        from sml_torchrec.modules.transfer import TransferConfig
-
-        c = TransferConfig(n1=self.cfg.transfer_n1, n2=self.cfg.transfer_n2,
-                           hidden=self.cfg.transfer_hidden)
+        c = self.cfg.transfer_config()
         return {"n1": c.n1, "n2": c.n2, "hidden": c.hidden, "eps": c.eps, "gelu": c.gelu}
 
     def _snapshots(self, strategy: str) -> list[dict]:

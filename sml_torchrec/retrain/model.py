@@ -49,7 +49,6 @@ from sml_torchrec.modules.mf import (
     log_loss,
     mf_tables,
 )
-from sml_torchrec.modules.transfer import TransferConfig
 from sml_torchrec.modules.transfer_embedding import TransferEmbeddingBagCollection
 from sml_torchrec.retrain.config import RetrainConfig
 
@@ -117,9 +116,7 @@ class RetrainModel(ShardedModel):
         meta = torch.device("meta")
         tables = mf_tables(num_users, num_items, cfg.dim)
         if transfer:
-            tcfg = TransferConfig(n1=cfg.transfer_n1, n2=cfg.transfer_n2,
-                                  hidden=cfg.transfer_hidden, precision=cfg.transfer_precision)
-            emb = TransferEmbeddingBagCollection(tables, tcfg, device=meta)
+            emb = TransferEmbeddingBagCollection(tables, cfg.transfer_config(), device=meta)
             trained = emb.new.parameters()
         else:
             emb = EmbeddingBagCollection(tables=tables, device=meta)

@@ -36,6 +36,9 @@ def test_transfer_precision_reaches_the_transfer_and_is_checked():
         parse_config(["--transfer-precision", "fp16"])
     with pytest.raises(ValueError, match="--transfer-precision: unknown precision 'fp16'"):
         RetrainConfig(transfer_precision="fp16")
+    t = RetrainConfig(transfer_precision="tf32", transfer_n1=4, transfer_n2=3,
+                      transfer_hidden=40).transfer_config()
+    assert (t.n1, t.n2, t.hidden, t.precision) == (4, 3, 40, "tf32")
 
 
 def test_unknown_strategy_is_named():
