@@ -33,6 +33,7 @@ LAUNCHED = {
     "conv_stage": (("fp32", "tf32", "bf16"), ("h2_ptr",)),
     "conv_backward": (("fp32", "tf32", "bf16"), ("dh2_ptr",)),
     "mlp": (("tf32", "bf16"), ("h2_ptr", "w1t_ptr", "w2t_ptr", "u_ptr")),
+    "transfer": (("tf32", "bf16"), ("h2_ptr", "w1t_ptr", "w2t_ptr", "u_ptr")),
     "mlp_backward": (("fp32", "tf32", "bf16"), ("g_ptr", "w2_ptr", "u_ptr", "du_ptr", "z_ptr")),
 }
 
@@ -41,9 +42,10 @@ def constants(name: str, precision: str, save_u: bool) -> dict:
     fast = precision != "fp32"
     if name in ("conv_stage", "conv_backward"):
         return {"N1": N1, "N2": N2, "N2P": 8, "DP": D, "KIND": 0, "FAST": fast}
-    if name == "mlp":
-        return {"K": N2 * D, "H": HIDDEN, "d": D, "DP": D, "KIND": 0, "FAST": fast,
-                "DOT_F32": False, "SAVE_U": save_u}
+    if name in ("mlp", "transfer"):
+        return {"K": N2 * D, "H": HIDDEN, "d": D, "DP": D, "N1": N1, "N2": N2, "N2P": 8,
+                "KIND": 0, "FAST": fast, "DOT_F32": False, "SAVE_U": save_u,
+                **({"CONV_R": 0} if name == "mlp" else {})}
     return {"H": HIDDEN, "d": D, "DP": D, "KIND": 0, "FAST": fast,
             "DZ_GIVEN": precision == "fp32", "DOT_F32": False}
 
@@ -86,7 +88,8 @@ def compile_one(name: str, precision: str, block: tuple[int, ...], arch: int,
     m = re.search(r"REG:(\d+) STACK:(\d+)", usage)
     ptx = k.asm["ptx"]
     mma = "wgmma" if "wgmma" in ptx else "mma" if "mma.sync" in ptx else "none"
-    return {"kernel": name, "precision": precision, "save_u": save_u if name == "mlp" else None,
+    return {"kernel": name, "precision": precision,
+            "save_u": save_u if name in ("mlp", "transfer") else None,
             "config": dict(zip((*names, "num_warps", "num_stages"), block)),
             "registers": int(m.group(1)), "stack_bytes": int(m.group(2)),
             "shared_bytes": k.metadata.shared, "mma": mma, "compile_s": seconds}
@@ -98,7 +101,8 @@ def run(args) -> dict:
         blocks = tt._BLOCKS[name][1][1:]  # the GPU's list (the first entry is the interpreter's)
         for precision in precisions:
             for block in blocks[:1] if args.first_only else blocks:
-                for save_u in (True, False) if name == "mlp" and not args.first_only else (True,):
+                both = name in ("mlp", "transfer") and not args.first_only
+                for save_u in (True, False) if both else (True,):
                     rows.append(compile_one(name, precision, block, args.arch, save_u))
                     print(_line(rows[-1]), file=sys.stderr, flush=True)
     return {"bench": "triton_kernels", "arch": args.arch, "sizes": {"d": D, "n1": N1, "n2": N2,

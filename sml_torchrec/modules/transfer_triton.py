@@ -8,7 +8,11 @@ f_Θ (``transfer.py`` states it) for a chunk of rows runs as two kernels::
 The fused MLP walks fc1's hidden units in blocks: a block of u = H2 W_fᵀ + b1 is accumulated
 on the tensor cores, activated in registers and multiplied straight into fc2's accumulator, so
 fc1's output (the widest tensor of f_Θ, ``hidden`` columns) never reaches device memory. What
-does is H2 (n2*d values a row, written once and read once) and the inputs and output.
+does is H2 (n2*d values a row, written once and read once) and the inputs and output. With
+:data:`ONE_KERNEL` the fused MLP kernel runs the conv stage itself first, for its own block of
+rows, and reads H2 back while it is in L2: one launch, in which thread blocks in the conv phase
+and in the tensor-core phase can share a multiprocessor (two launches run each part at its own
+occupancy instead; which is faster is measured on the GPU).
 
 Training (:class:`TransferRowsFunction`): the forward is the same two kernels and also keeps fc1's
 pre-activation u, the one tensor the backward cannot cheaply recompute (it would cost fc1's
@@ -50,6 +54,7 @@ from torch import Tensor
 from sml_torchrec.modules.transfer import PRECISIONS, gelu
 
 __all__ = [
+    "ONE_KERNEL",
     "PRECISIONS",
     "TransferRowsFunction",
     "available",
@@ -177,16 +182,31 @@ if triton is not None:
     @triton.jit
     def _mlp_kernel(
         h2_ptr, w1t_ptr, b1_ptr, w2t_ptr, b2_ptr, out_ptr, u_ptr,
-        n_rows, stride_out, K: tl.constexpr, H: tl.constexpr, d: tl.constexpr,
-        DP: tl.constexpr, KIND: tl.constexpr, FAST: tl.constexpr,
-        DOT_F32: tl.constexpr, SAVE_U: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-        BLOCK_H: tl.constexpr,
+        prev_ptr, new_ptr, f1_ptr, f2_ptr,
+        n_rows, stride_out, stride_prev, stride_new, eps,
+        K: tl.constexpr, H: tl.constexpr, d: tl.constexpr, DP: tl.constexpr,
+        N1: tl.constexpr, N2: tl.constexpr, N2P: tl.constexpr, KIND: tl.constexpr,
+        FAST: tl.constexpr, DOT_F32: tl.constexpr, SAVE_U: tl.constexpr, BLOCK_R: tl.constexpr,
+        BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr, CONV_R: tl.constexpr,
     ):
         """``out = GELU(h2 W1ᵀ + b1) W2ᵀ + b2`` for a block of rows; fc1's output stays on chip.
 
         ``w1t`` is W_fᵀ ``[K, H]`` and ``w2t`` is W_oᵀ ``[H, d]``, both contiguous in the compute
         dtype; with ``SAVE_U`` the pre-activation u ``[rows, H]`` is stored for the backward.
+        ``CONV_R`` > 0: first compute this block's H2 from ``prev`` and ``new`` here (the conv
+        stage, ``CONV_R`` rows at a time) and write it to ``h2``, from where the products read it
+        back while it is still in L2: the whole transfer in one kernel. ``CONV_R`` = 0: ``h2``
+        holds H2 already (the conv-stage kernel wrote it).
         """
+        if CONV_R > 0:
+            for r0 in range(0, BLOCK_R, CONV_R):
+                sub = tl.program_id(0) * BLOCK_R + r0 + tl.arange(0, CONV_R)
+                _, _, _, v, offs, m3 = _conv_forward(
+                    prev_ptr, new_ptr, f1_ptr, f2_ptr, sub, n_rows, d, stride_prev, stride_new,
+                    eps, N1, N2, N2P, DP, CONV_R, KIND, FAST)
+                tl.store(h2_ptr + offs, _gelu(v, KIND, FAST).to(h2_ptr.dtype.element_ty),
+                         mask=m3)
+            tl.debug_barrier()  # every thread's H2 rows written before any is read
         rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         rmask = rows < n_rows
         r64 = rows.to(tl.int64)
@@ -349,7 +369,7 @@ def _pow2(n: int, least: int) -> int:
 # On a GPU each kernel is autotuned once per shape key over its list (the first entry, tiny, is
 # the interpreter's and is left out there). The GPU entries compile for sm_90 without spilling
 # registers at the authors' sizes (d = 64, n1 = 10, n2 = 5, hidden = 512) for every precision that
-# launches them, but for 2 of the 63 (kernel, precision, entry) builds, which spill 24-56 bytes a
+# launches them, but for 2 of the 87 (kernel, precision, entry) builds, which spill 24-56 bytes a
 # thread (``benchmarks/triton_kernels.py`` compiles them all, no GPU needed). At BLOCK_R = 128
 # the FC weights are read from L2 half as often per row as at 64.
 
@@ -362,6 +382,11 @@ _BLOCKS = {  # kernel: (block names, (blocks..., warps, stages) per config, auto
             ((16, 16, 16, 4, 1), (128, 32, 64, 8, 3), (64, 64, 128, 8, 3), (128, 64, 64, 8, 3),
              (64, 32, 128, 8, 3), (64, 64, 64, 8, 3), (128, 32, 64, 8, 4)),
             ["K", "H", "d", "KIND", "FAST", "SAVE_U"]),
+    "transfer": (("BLOCK_R", "BLOCK_K", "BLOCK_H", "CONV_R"),
+                 ((16, 16, 16, 4, 4, 1), (128, 32, 64, 16, 8, 3), (64, 64, 128, 16, 8, 3),
+                  (64, 64, 64, 16, 4, 3), (128, 32, 64, 8, 8, 3), (64, 32, 128, 16, 8, 3),
+                  (64, 64, 64, 8, 8, 3)),
+                 ["K", "H", "d", "N1", "N2", "KIND", "FAST", "SAVE_U"]),
     "mlp_backward": (("BLOCK_R", "BLOCK_H"),
                      ((16, 16, 4, 1), (64, 128, 8, 2), (64, 64, 8, 2), (128, 64, 8, 2),
                       (32, 128, 8, 2), (64, 256, 8, 2)),
@@ -369,12 +394,19 @@ _BLOCKS = {  # kernel: (block names, (blocks..., warps, stages) per config, auto
 }
 # conv_backward writes per-program partial sums: the autotuner zeroes them after its trials.
 _RESET = {"conv_backward": ["df1_ptr", "df2_ptr"]}
+# The one-kernel transfer may write W_t over W_{t-1} (or Ŵ_t) in place: each trial run is undone.
+_RESTORE = {"transfer": ["prev_ptr", "new_ptr"]}
+# The conv stage inside the fused MLP kernel (one launch; H2 read back while in L2) instead of in
+# a kernel of its own (two launches, each at its own occupancy). Both compute the same; which
+# is faster is a GPU measurement (benchmarks/gpu_transfer.py times both).
+ONE_KERNEL = False
 _launchers: dict[str, object] = {}
 
 
 def _kernel(name: str):
     return {"conv_stage": _conv_stage_kernel, "conv_backward": _conv_backward_kernel,
-            "mlp": _mlp_kernel, "mlp_backward": _mlp_backward_kernel}[name]
+            "mlp": _mlp_kernel, "transfer": _mlp_kernel,
+            "mlp_backward": _mlp_backward_kernel}[name]
 
 
 def _launcher(name: str):
@@ -392,8 +424,9 @@ def _launcher(name: str):
         else:
             configs = [triton.Config(dict(zip(names, b[:-2])), num_warps=b[-2], num_stages=b[-1])
                        for b in blocks[1:]]
-            _launchers[name] = triton.autotune(configs=configs, key=key,
-                                               reset_to_zero=_RESET.get(name))(_kernel(name))
+            _launchers[name] = triton.autotune(
+                configs=configs, key=key, reset_to_zero=_RESET.get(name),
+                restore_value=_RESTORE.get(name))(_kernel(name))
     return _launchers[name]
 
 
@@ -467,12 +500,14 @@ def _unit_stride(t: Tensor) -> Tensor:
 
 def mlp(
     h2: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, kind: str, precision: str,
-    out: Tensor | None = None, save_u: bool = False,
+    out: Tensor | None = None, save_u: bool = False, conv: tuple | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """``GELU(h2 W_fᵀ + b1) W_oᵀ + b2`` as ``[B, d]`` fp32, and u (``[B, H]``) if ``save_u``.
 
     ``h2`` ``[B, K]`` is in the compute dtype of ``precision``; ``w1`` is W_f ``[H, K]``, ``w2``
-    W_o ``[d, H]`` (fp32 parameters; cast here). ``out`` may be a row-strided view.
+    W_o ``[d, H]`` (fp32 parameters; cast here). ``out`` may be a row-strided view. With
+    ``conv`` = (prev, new, F1, F2, eps) the kernel computes H2 itself into ``h2`` first (the
+    one-kernel transfer; TF32 and bf16 on the kernels only).
 
     TF32 and bf16 run the fused kernel. IEEE fp32 runs on cuBLAS with u through memory:
     Triton's fp32 dot is an FMA loop that spills registers at these tiles (compiled for sm_90:
@@ -484,6 +519,8 @@ def mlp(
     if out is None:
         out = torch.empty(b, d, dtype=torch.float32, device=h2.device)
     if precision == "fp32" or not kernels_run_on(h2):
+        if conv is not None:
+            raise ValueError("the one-kernel transfer runs TF32 or bf16 on the Triton kernels")
         with _cublas_precision(precision):
             u = torch.addmm(b1.to(cd), h2, w1.t().to(cd))
             res = torch.addmm(b2.to(cd), gelu(u.float(), kind).to(cd), w2.t().to(cd))
@@ -495,12 +532,20 @@ def mlp(
     w1t = w1.detach().t().to(cd).contiguous()  # [K, H]
     w2t = w2.detach().t().to(cd).contiguous()  # [H, d]
     out_rows = out if out.stride(1) == 1 else torch.empty(b, d, device=out.device)
-    _launcher("mlp")[lambda m: (triton.cdiv(b, m["BLOCK_R"]),)](
+    if conv is None:  # unused pointers: any tensor
+        launch, prev, new, f1, f2, eps, fixed = "mlp", w1t, w1t, w1t, w1t, 0.0, {"CONV_R": 0}
+    else:
+        prev, new, f1, f2, eps = conv
+        prev, new = _unit_stride(prev), _unit_stride(new)
+        f1, f2 = f1.detach().float().contiguous(), f2.detach().float().contiguous()
+        launch, fixed = "transfer", {}
+    _launcher(launch)[lambda m: (triton.cdiv(b, m["BLOCK_R"]),)](
         h2.contiguous(), w1t, b1.detach().float().contiguous(), w2t,
-        b2.detach().float().contiguous(), out_rows, u,
-        b, out_rows.stride(0), K=k, H=hidden, d=d,
-        DP=_pow2(d, 16), KIND=_KIND_CODE[kind], FAST=_fast(precision),
-        DOT_F32=interpreting(), SAVE_U=save_u,
+        b2.detach().float().contiguous(), out_rows, u, prev, new, f1, f2,
+        b, out_rows.stride(0), prev.stride(0), new.stride(0), float(eps),
+        K=k, H=hidden, d=d, DP=_pow2(d, 16), N1=f1.shape[0], N2=f2.shape[0],
+        N2P=_pow2(f2.shape[0], 2), KIND=_KIND_CODE[kind], FAST=_fast(precision),
+        DOT_F32=interpreting(), SAVE_U=save_u, **fixed,
     )
     if out_rows is not out:
         out.copy_(out_rows)
@@ -581,9 +626,24 @@ def transfer_rows_into(
     ``params`` is (F1, F2, W_f, b1, W_o, b2). ``out`` may alias ``prev`` or ``new``: the conv
     stage reads them in full before the fused MLP writes ``out``.
     """
+    _forward(prev, new, params, eps, kind, precision, out, save_u=False)
+
+
+def _forward(
+    prev: Tensor, new: Tensor, params: Params, eps: float, kind: str, precision: str,
+    out: Tensor | None, save_u: bool,
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """(out, u if ``save_u``, H2): the conv stage and the fused MLP, as one kernel when
+    :data:`ONE_KERNEL` says so and the MLP runs on the kernels, else as two."""
     f1, f2, w1, b1, w2, b2 = params
-    h2 = conv_stage(prev, new, f1, f2, eps, kind, precision)
-    mlp(h2, w1, b1, w2, b2, kind, precision, out=out)
+    if ONE_KERNEL and precision != "fp32" and kernels_run_on(new):
+        h2 = torch.empty(new.shape[0], f2.shape[0] * new.shape[1],
+                         dtype=_compute_dtype(precision), device=new.device)
+        out, u = mlp(h2, w1, b1, w2, b2, kind, precision, out, save_u, (prev, new, f1, f2, eps))
+    else:
+        h2 = conv_stage(prev, new, f1, f2, eps, kind, precision)
+        out, u = mlp(h2, w1, b1, w2, b2, kind, precision, out, save_u)
+    return out, u, h2
 
 
 class TransferRowsFunction(torch.autograd.Function):
@@ -595,8 +655,8 @@ class TransferRowsFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, prev, new, f1, f2, w1, b1, w2, b2, eps, kind, precision):  # noqa: ANN001
-        h2 = conv_stage(prev, new, f1, f2, eps, kind, precision)
-        out, u = mlp(h2, w1, b1, w2, b2, kind, precision, save_u=True)
+        out, u, h2 = _forward(prev, new, (f1, f2, w1, b1, w2, b2), eps, kind, precision, None,
+                              save_u=True)
         ctx.save_for_backward(prev, new, f1, f2, w1, w2, h2, u)
         ctx.eps, ctx.kind, ctx.precision = eps, kind, precision
         return out

@@ -119,6 +119,31 @@ def test_training_matches_float64_reference(kind, precision):
         assert _rel(got.grad, want.grad) <= GRAD_TOL[precision], name
 
 
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+@pytest.mark.parametrize("kind", ["sigmoid", "erf"])
+def test_one_kernel_transfer_computes_what_two_kernels_do(monkeypatch, kind, precision):
+    net = _net(13, kind)
+    prev, new = _rows(37, 13)
+    new_ref = new.clone().requires_grad_(True)
+    ref = net.reference(prev, new_ref)
+    ref.sum().backward()
+    results = {}
+    for one in (False, True):
+        monkeypatch.setattr(transfer_triton, "ONE_KERNEL", one)
+        table = prev.float().to(DEVICE)  # in place, over W_{t-1}
+        transfer_triton.transfer_rows_into(table, new.float().to(DEVICE), _params(net), 1e-8,
+                                           kind, table, precision)
+        p = _params(net, grad=True)
+        n = new.float().to(DEVICE).requires_grad_(True)
+        out = transfer_triton.transfer_rows(prev.float().to(DEVICE), n, p, 1e-8, kind, precision)
+        out.sum().backward()
+        results[one] = [table, out.detach(), n.grad, *(t.grad for t in p)]
+        assert _rel(table, ref.detach()) <= OUT_TOL[precision]
+        assert _rel(n.grad, new_ref.grad) <= GRAD_TOL[precision]
+    for a, b in zip(results[False], results[True]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_training_with_authors_sizes_and_a_partial_block():
     # d = 64, n1 = 10, n2 = 5, hidden = 512 (the defaults), 70 rows: blocks of rows are partial.
     net = _net(64, "sigmoid", n1=10, n2=5, hidden=512)
