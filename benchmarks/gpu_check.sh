@@ -22,7 +22,9 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv 
     | tee -a "$OUT/gpu.txt"
 
 status=0
-SML_TRITON_AUTOTUNE=0 timeout 180 "$PY" -m pytest -q -p no:cacheprovider \
+# Compiling the kernels for each test shape is most of the tests' time: compile in parallel.
+XDIST=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 8" || true)
+SML_TRITON_AUTOTUNE=0 timeout 180 "$PY" -m pytest -q -p no:cacheprovider $XDIST \
     tests/sml_torchrec/modules/test_transfer_triton.py \
     tests/sml_torchrec/modules/test_transfer.py -k "cuda or triton" 2>&1 | tee "$OUT/tests.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
