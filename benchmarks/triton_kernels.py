@@ -56,8 +56,8 @@ def compile_one(name: str, precision: str, block: tuple[int, ...], arch: int,
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    names = tt._BLOCKS[name][0]
-    kernel = tt._kernel(name)
+    names = tt.BLOCKS[name][0]
+    kernel = tt.jit_kernel(name)
     low = "*bf16" if precision == "bf16" else "*fp32"
     sig, attrs = {}, {}
     for i, p in enumerate(kernel.params):
@@ -98,7 +98,7 @@ def compile_one(name: str, precision: str, block: tuple[int, ...], arch: int,
 def run(args) -> dict:
     rows = []
     for name, (precisions, _) in LAUNCHED.items():
-        blocks = tt._BLOCKS[name][1][1:]  # the GPU's list (the first entry is the interpreter's)
+        blocks = tt.BLOCKS[name][1][1:]  # the GPU's list (the first entry is the interpreter's)
         for precision in precisions:
             for block in blocks[:1] if args.first_only else blocks:
                 both = name in ("mlp", "transfer") and not args.first_only

@@ -54,12 +54,14 @@ from torch import Tensor
 from sml_torchrec.modules.transfer import PRECISIONS, gelu
 
 __all__ = [
+    "BLOCKS",
     "ONE_KERNEL",
     "PRECISIONS",
     "TransferRowsFunction",
     "available",
     "conv_stage",
     "interpreting",
+    "jit_kernel",
     "kernels_run_on",
     "transfer_rows",
     "transfer_rows_into",
@@ -373,7 +375,8 @@ def _pow2(n: int, least: int) -> int:
 # thread (``benchmarks/triton_kernels.py`` compiles them all, no GPU needed). At BLOCK_R = 128
 # the FC weights are read from L2 half as often per row as at 64.
 
-_BLOCKS = {  # kernel: (block names, (blocks..., warps, stages) per config, autotune key)
+# kernel: (block names, (blocks..., warps, stages) per configuration, autotune key)
+BLOCKS = {
     "conv_stage": (("BLOCK_R",), ((4, 1, 1), (16, 8, 1), (32, 8, 1), (8, 4, 1), (8, 8, 1)),
                    ["N1", "N2", "DP", "KIND", "FAST"]),
     "conv_backward": (("BLOCK_R",), ((4, 1, 1), (8, 8, 1), (16, 8, 1), (32, 8, 1), (4, 4, 1)),
@@ -403,7 +406,8 @@ ONE_KERNEL = False
 _launchers: dict[str, object] = {}
 
 
-def _kernel(name: str):
+def jit_kernel(name: str):
+    """The ``@triton.jit`` function of kernel ``name`` (a key of :data:`BLOCKS`)."""
     return {"conv_stage": _conv_stage_kernel, "conv_backward": _conv_backward_kernel,
             "mlp": _mlp_kernel, "transfer": _mlp_kernel,
             "mlp_backward": _mlp_backward_kernel}[name]
@@ -414,24 +418,24 @@ def _launcher(name: str):
     (the autotuner times runs, which means nothing in the interpreter); with the first GPU
     entry when ``SML_TRITON_AUTOTUNE=0`` (tests: each new shape would compile every entry)."""
     if name not in _launchers:
-        names, blocks, key = _BLOCKS[name]
+        names, blocks, key = BLOCKS[name]
         if interpreting():
-            _launchers[name] = _Fixed(_kernel(name), dict(zip(names, blocks[0])))
+            _launchers[name] = _Fixed(jit_kernel(name), dict(zip(names, blocks[0])))
         elif os.environ.get("SML_TRITON_AUTOTUNE", "1") == "0":
             b = blocks[1]
-            _launchers[name] = _Fixed(_kernel(name), {**dict(zip(names, b[:-2])),
+            _launchers[name] = _Fixed(jit_kernel(name), {**dict(zip(names, b[:-2])),
                                                       "num_warps": b[-2], "num_stages": b[-1]})
         else:
             configs = [triton.Config(dict(zip(names, b[:-2])), num_warps=b[-2], num_stages=b[-1])
                        for b in blocks[1:]]
             _launchers[name] = triton.autotune(
                 configs=configs, key=key, reset_to_zero=_RESET.get(name),
-                restore_value=_RESTORE.get(name))(_kernel(name))
+                restore_value=_RESTORE.get(name))(jit_kernel(name))
     return _launchers[name]
 
 
 def _smallest_block_rows(name: str) -> int:
-    names, blocks, _ = _BLOCKS[name]
+    names, blocks, _ = BLOCKS[name]
     return min(b[names.index("BLOCK_R")] for b in blocks)
 
 

@@ -210,7 +210,7 @@ def test_kernels_under_triton_interpreter():
                     reason="builds GPU launchers: needs Triton, not its interpreter")
 def test_gpu_launchers_autotune_over_their_list_unless_told_not_to(monkeypatch):
     monkeypatch.setattr(transfer_triton, "_launchers", {})
-    for name, (names, blocks, key) in transfer_triton._BLOCKS.items():
+    for name, (names, blocks, key) in transfer_triton.BLOCKS.items():
         tuned = transfer_triton._launcher(name)
         assert [tuple(c.kwargs[n] for n in names) + (c.num_warps, c.num_stages)
                 for c in tuned.configs] == list(blocks[1:])  # the interpreter's entry left out
@@ -218,6 +218,6 @@ def test_gpu_launchers_autotune_over_their_list_unless_told_not_to(monkeypatch):
     monkeypatch.setattr(transfer_triton, "_launchers", {})
     monkeypatch.setenv("SML_TRITON_AUTOTUNE", "0")
     fixed = transfer_triton._launcher("mlp")
-    names, blocks, _ = transfer_triton._BLOCKS["mlp"]
+    names, blocks, _ = transfer_triton.BLOCKS["mlp"]
     assert fixed.meta == {**dict(zip(names, blocks[1][:-2])), "num_warps": blocks[1][-2],
                           "num_stages": blocks[1][-1]}
