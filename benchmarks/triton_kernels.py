@@ -42,10 +42,11 @@ def constants(name: str, precision: str, save_u: bool) -> dict:
     fast = precision != "fp32"
     if name in ("conv_stage", "conv_backward"):
         return {"N1": N1, "N2": N2, "N2P": 8, "DP": D, "KIND": 0, "FAST": fast}
-    if name in ("mlp", "transfer"):
-        return {"K": N2 * D, "H": HIDDEN, "d": D, "DP": D, "N1": N1, "N2": N2, "N2P": 8,
-                "KIND": 0, "FAST": fast, "DOT_F32": False, "SAVE_U": save_u,
-                **({"CONV_R": 0} if name == "mlp" else {})}
+    if name in ("mlp", "transfer"):  # as transfer_triton.mlp launches them
+        conv = {"N1": N1, "N2": N2, "N2P": 8} if name == "transfer" else {
+            "N1": 1, "N2": 1, "N2P": 1, "CONV_R": 0}
+        return {"K": N2 * D, "H": HIDDEN, "d": D, "DP": D, "KIND": 0, "FAST": fast,
+                "DOT_F32": False, "SAVE_U": save_u, **conv}
     return {"H": HIDDEN, "d": D, "DP": D, "KIND": 0, "FAST": fast,
             "DZ_GIVEN": precision == "fp32", "DOT_F32": False}
 

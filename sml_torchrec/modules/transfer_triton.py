@@ -536,20 +536,21 @@ def mlp(
     w1t = w1.detach().t().to(cd).contiguous()  # [K, H]
     w2t = w2.detach().t().to(cd).contiguous()  # [H, d]
     out_rows = out if out.stride(1) == 1 else torch.empty(b, d, device=out.device)
-    if conv is None:  # unused pointers: any tensor
-        launch, prev, new, f1, f2, eps, fixed = "mlp", w1t, w1t, w1t, w1t, 0.0, {"CONV_R": 0}
+    if conv is None:  # the conv arguments are unused: any tensor, sizes 1
+        launch, prev, new, f1, f2, eps = "mlp", w1t, w1t, w1t, w1t, 0.0
+        sizes = {"N1": 1, "N2": 1, "N2P": 1, "CONV_R": 0}
     else:
         prev, new, f1, f2, eps = conv
         prev, new = _unit_stride(prev), _unit_stride(new)
         f1, f2 = f1.detach().float().contiguous(), f2.detach().float().contiguous()
-        launch, fixed = "transfer", {}
+        launch = "transfer"
+        sizes = {"N1": f1.shape[0], "N2": f2.shape[0], "N2P": _pow2(f2.shape[0], 2)}
     _launcher(launch)[lambda m: (triton.cdiv(b, m["BLOCK_R"]),)](
         h2.contiguous(), w1t, b1.detach().float().contiguous(), w2t,
         b2.detach().float().contiguous(), out_rows, u, prev, new, f1, f2,
         b, out_rows.stride(0), prev.stride(0), new.stride(0), float(eps),
-        K=k, H=hidden, d=d, DP=_pow2(d, 16), N1=f1.shape[0], N2=f2.shape[0],
-        N2P=_pow2(f2.shape[0], 2), KIND=_KIND_CODE[kind], FAST=_fast(precision),
-        DOT_F32=interpreting(), SAVE_U=save_u, **fixed,
+        K=k, H=hidden, d=d, DP=_pow2(d, 16), KIND=_KIND_CODE[kind], FAST=_fast(precision),
+        DOT_F32=interpreting(), SAVE_U=save_u, **sizes,
     )
     if out_rows is not out:
         out.copy_(out_rows)
