@@ -140,8 +140,11 @@ def test_one_kernel_transfer_computes_what_two_kernels_do(monkeypatch, kind, pre
         results[one] = [table, out.detach(), n.grad, *(t.grad for t in p)]
         assert _rel(table, ref.detach()) <= OUT_TOL[precision]
         assert _rel(n.grad, new_ref.grad) <= GRAD_TOL[precision]
+    # The same arithmetic: equal but for accumulation order, where the two launches were tuned
+    # to different tiles (then a bf16 rounding of du may land one unit apart).
+    tol = 1e-5 if DEVICE == "cpu" else GRAD_TOL[precision]
     for a, b in zip(results[False], results[True]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert _rel(b, a.double().cpu()) <= tol
 
 
 def test_training_with_authors_sizes_and_a_partial_block():
