@@ -162,7 +162,7 @@ def _act_out(u: Tensor, kind: str, out: Tensor) -> Tensor:
     return out.copy_(_act_(u, kind))
 
 
-Params = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+Params = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]  # F1, F2, W_f, b1, W_o, b2
 
 
 def _fused_chunk(prev: Tensor, new: Tensor, p: Params, eps: float, kind: str) -> Tensor:

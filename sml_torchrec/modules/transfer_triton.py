@@ -51,7 +51,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-from sml_torchrec.modules.transfer import PRECISIONS, gelu
+from sml_torchrec.modules.transfer import PRECISIONS, Params, gelu
 
 __all__ = [
     "BLOCKS",
@@ -69,8 +69,6 @@ __all__ = [
 ]
 
 _KIND_CODE = {"sigmoid": 0, "erf": 1, "tanh": 2}
-
-Params = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]  # F1, F2, W_f, b1, W_o, b2
 
 try:  # optional: everything below works without Triton (torch twins)
     import triton
@@ -514,8 +512,9 @@ def mlp(
     one-kernel transfer; TF32 and bf16 on the kernels only).
 
     TF32 and bf16 run the fused kernel. IEEE fp32 runs on cuBLAS with u through memory:
-    Triton's fp32 dot is an FMA loop that spills registers at these tiles (compiled for sm_90:
-    4-15 kB of stack a thread), and at fp32 rates u's traffic is a small share of the time.
+    IEEE fp32 has no tensor-core path, and Triton's fp32 dot is an FMA loop at the register limit
+    at these tiles (compiled for sm_90: 246-255 registers a thread, up to 208 bytes spilled)
+    where cuBLAS's SGEMM is the tuned one; at fp32 rates u's traffic is a small share of the time.
     """
     cd = _compute_dtype(precision)
     b, k = h2.shape
@@ -671,9 +670,10 @@ class TransferRowsFunction(torch.autograd.Function):
         prev, new, f1, f2, w1, w2, h2, u = ctx.saved_tensors
         kind, precision = ctx.kind, ctx.precision
         cd = _compute_dtype(precision)
-        du, z = mlp_backward(dout, w2, u, kind, precision)
+        g = dout.to(cd).contiguous()
+        du, z = mlp_backward(g, w2, u, kind, precision)
         with _cublas_precision(precision):
-            dw2 = torch.mm(dout.to(cd).t(), z).float()
+            dw2 = torch.mm(g.t(), z).float()
             dw1 = torch.mm(du.t(), h2).float()
             dh2 = torch.mm(du, w1.detach().to(cd))
         db2 = dout.float().sum(0)
