@@ -32,8 +32,13 @@ Precision (``TransferConfig.precision``, ``PRECISIONS``):
 * ``"tf32"``: the products on TF32 tensor cores (10-bit mantissa), the fused MLP kernel.
 * ``"bf16"``: H2, u, du, z and the FC weights in bf16 (8-bit mantissa), fp32 accumulation.
 
-Inputs, output, accumulators and the conv stage stay fp32 in every mode; with TF32 and bf16 the
-activations use a one-instruction sigmoid (``tanh.approx.f32``, relative error 2^-11).
+Inputs, output, accumulators and the conv stage stay fp32 in every mode. With TF32 and bf16 every
+activation takes the form x (1 + tanh w) / 2 on ``tanh.approx.f32`` (one MUFU op, relative error
+2^-11, where a sigmoid costs two and a division); for the sigmoid GELU the conv stage also folds
+the form's scales into F1 and F2, leaving one MUFU op and one FMA an activation (the conv stage
+is most of the vector work of materialise). For negative inputs 1 + tanh w cancels, so an
+activation's absolute error reaches |x| 2^-12: of the order of TF32's own rounding. Under
+Triton's interpreter the tanh form runs on an exact tanh, so the tests there check its algebra.
 ``benchmarks/gpu_transfer.py`` reports each mode's error against an fp64 reference.
 
 Everything here imports and runs without a GPU: on CUDA tensors with Triton installed the
@@ -81,44 +86,73 @@ except ImportError:  # pragma: no cover - depends on the environment
 if triton is not None:
 
     @triton.jit
-    def _sigmoid(x, FAST: tl.constexpr):
-        # FAST: one MUFU op (tanh.approx.f32, relative error 2^-11) instead of exp and a
-        # division; used for TF32 and bf16 only, whose products round coarser than that.
-        if FAST:
-            t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [0.5 * x],
+    def _tanh_approx(x, FAST: tl.constexpr):
+        # FAST = 1: one MUFU op (tanh.approx.f32, relative error 2^-11) where a sigmoid costs an
+        # exp and a division: TF32 and bf16 only, whose products round about as coarsely.
+        # FAST = 2 (Triton's interpreter, which runs no PTX): the same algebra, exact tanh.
+        if FAST == 1:
+            t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x],
                                           dtype=tl.float32, is_pure=True, pack=1)
-            y = 0.5 + 0.5 * t
         else:
-            y = tl.sigmoid(x)
-        return y
+            t = 2.0 * tl.sigmoid(2.0 * x) - 1.0
+        return t
+
+    @triton.jit
+    def _tanh_arg(x, KIND: tl.constexpr):
+        """w with GELU(x) = x (1 + tanh w) / 2: sigmoid(1.702x) = (1 + tanh(0.851x)) / 2 for
+        the sigmoid GELU, w = 0.79788 (x + 0.044715 x³) for the tanh GELU."""
+        if KIND == 0:
+            w = 0.851 * x
+        else:
+            w = x * (0.7978845608028654 + 0.035677408136300125 * x * x)
+        return w
 
     @triton.jit
     def _gelu(x, KIND: tl.constexpr, FAST: tl.constexpr):
-        if KIND == 0:
-            y = x * _sigmoid(1.702 * x, FAST)
-        elif KIND == 1:
+        if KIND == 1:
             y = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+        elif FAST:  # one MUFU op and 3 (sigmoid) or 5 (tanh) FP32 ops
+            h = 0.5 * x
+            y = h + h * _tanh_approx(_tanh_arg(x, KIND), FAST)
+        elif KIND == 0:
+            y = x * tl.sigmoid(1.702 * x)
         else:
-            # 0.5x(1 + tanh(v)) == x * sigmoid(2v)
-            v = 0.7978845608028654 * (x + 0.044715 * x * x * x)
-            y = x * _sigmoid(2.0 * v, FAST)
+            y = x * tl.sigmoid(2.0 * _tanh_arg(x, KIND))
         return y
 
     @triton.jit
-    def _gelu_grad(x, KIND: tl.constexpr, FAST: tl.constexpr):
-        """d GELU(x) / dx for the same three kinds."""
-        if KIND == 0:
-            s = _sigmoid(1.702 * x, FAST)
-            g = s + 1.702 * x * s * (1.0 - s)
-        elif KIND == 1:
+    def _gelu_and_grad(x, KIND: tl.constexpr, FAST: tl.constexpr):
+        """(GELU(x), d GELU(x) / dx) for the same three kinds, sharing their transcendental."""
+        if KIND == 1:
             cdf = 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))
+            y = x * cdf
             g = cdf + x * tl.exp(-0.5 * x * x) * 0.3989422804014327
-        else:
-            v = 0.7978845608028654 * (x + 0.044715 * x * x * x)
-            s = _sigmoid(2.0 * v, FAST)  # (1 + tanh v) / 2
-            dv = 0.7978845608028654 * (1.0 + 0.134145 * x * x)
-            g = s + 2.0 * x * s * (1.0 - s) * dv
-        return g
+        elif FAST:
+            # s = (1 + t) / 2 with t = tanh w, s(1 - s) = (1 - t²) / 4 in g = s + x s(1 - s) 2w'
+            t = _tanh_approx(_tanh_arg(x, KIND), FAST)
+            s = 0.5 + 0.5 * t
+            if KIND == 0:
+                q = 0.4255 * x  # x 2w' / 4, 2w' = 1.702
+            else:
+                q = 0.3989422804014327 * x * (1.0 + 0.134145 * x * x)
+            y = x * s
+            g = s + q * (1.0 - t * t)
+        else:  # as _gelu writes s, so that where both run the compiler computes it once
+            if KIND == 0:
+                s = tl.sigmoid(1.702 * x)
+                q = 1.702 * x
+            else:
+                s = tl.sigmoid(2.0 * _tanh_arg(x, KIND))
+                q = 1.5957691216057308 * x * (1.0 + 0.134145 * x * x)
+            y = x * s
+            g = s + q * s * (1.0 - s)
+        return y, g
+
+    @triton.jit
+    def _gelu_folded(s, FAST: tl.constexpr):
+        """``s (1 + tanh s)`` = 1.702 GELU(x) of the sigmoid GELU at s = 0.851 x: one MUFU op and
+        one FMA, the scales before and after folded into weights (see :func:`_conv_forward`)."""
+        return s + s * _tanh_approx(s, FAST)
 
     @triton.jit
     def _dot(a, b, acc, DOT_F32: tl.constexpr):
@@ -131,18 +165,25 @@ if triton is not None:
         return tl.dot(a, b, acc, input_precision="tf32")
 
     @triton.jit
-    def _conv1(f1_ptr, j, p, n, dot):
-        """Filter j of conv1 before its activation: F1[j] · [w_prev; w_new; w_dot]."""
-        return (tl.load(f1_ptr + j * 3) * p + tl.load(f1_ptr + j * 3 + 1) * n
-                + tl.load(f1_ptr + j * 3 + 2) * dot)
+    def _conv1(f1_ptr, j, p, n, dot, scale):
+        """Filter j of conv1 before its activation, times ``scale`` (folded into the three
+        weights): scale F1[j] · [w_prev; w_new; w_dot]."""
+        return ((tl.load(f1_ptr + j * 3) * scale) * p + (tl.load(f1_ptr + j * 3 + 1) * scale) * n
+                + (tl.load(f1_ptr + j * 3 + 2) * scale) * dot)
 
     @triton.jit
     def _conv_forward(prev_ptr, new_ptr, f1_ptr, f2_ptr, rows, n_rows, d, stride_prev,
                       stride_new, eps, N1: tl.constexpr, N2: tl.constexpr, N2P: tl.constexpr,
                       DP: tl.constexpr, BLOCK_R: tl.constexpr, KIND: tl.constexpr,
-                      FAST: tl.constexpr):
+                      FAST: tl.constexpr, FOLD: tl.constexpr):
         """For a block of rows: w_prev, w_new, w_dot (fp32 ``[BLOCK_R, DP]``), conv2 before its
-        activation (``[BLOCK_R, N2P, DP]``), and H2's offsets ``k*d + m`` and mask."""
+        activation (``[BLOCK_R, N2P, DP]``), and H2's offsets ``k*d + m`` and mask.
+
+        ``FOLD`` (the sigmoid GELU with ``FAST``): conv1's weights are scaled by 0.851 and
+        conv2's by 0.5, so that conv1's activation is :func:`_gelu_folded` (1.702 GELU) and
+        conv2 comes back times 0.851, ready for :func:`_activate_h2`: the scales of the
+        activations' arguments and values cost no per-element multiply.
+        """
         cols = tl.arange(0, DP)
         rmask = rows < n_rows
         cmask = cols < d
@@ -157,12 +198,25 @@ if triton is not None:
         kmask = ks < N2
         v = tl.zeros((BLOCK_R, N2P, DP), dtype=tl.float32)
         for j in tl.static_range(N1):
-            h1 = _gelu(_conv1(f1_ptr, j, p, n, dot), KIND, FAST)
             f2col = tl.load(f2_ptr + ks * N1 + j, mask=kmask, other=0.0)
+            if FOLD:
+                h1 = _gelu_folded(_conv1(f1_ptr, j, p, n, dot, 0.851), FAST)
+                f2col = 0.5 * f2col
+            else:
+                h1 = _gelu(_conv1(f1_ptr, j, p, n, dot, 1.0), KIND, FAST)
             v += f2col[None, :, None] * h1[:, None, :]
         offs = r64[:, None, None] * (N2 * d) + ks[None, :, None] * d + cols[None, None, :]
         m3 = rmask[:, None, None] & kmask[None, :, None] & cmask[None, None, :]
         return p, n, dot, v, offs, m3
+
+    @triton.jit
+    def _activate_h2(v, KIND: tl.constexpr, FAST: tl.constexpr):
+        """H2 from conv2 as :func:`_conv_forward` returns it with ``FOLD = KIND == 0 and FAST``."""
+        if KIND == 0 and FAST:
+            y = 0.5875440658049353 * _gelu_folded(v, FAST)  # 1 / 1.702
+        else:
+            y = _gelu(v, KIND, FAST)
+        return y
 
     @triton.jit
     def _conv_stage_kernel(
@@ -175,8 +229,8 @@ if triton is not None:
         rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         _, _, _, v, offs, m3 = _conv_forward(prev_ptr, new_ptr, f1_ptr, f2_ptr, rows, n_rows, d,
                                              stride_prev, stride_new, eps, N1, N2, N2P, DP,
-                                             BLOCK_R, KIND, FAST)
-        h2 = _gelu(v, KIND, FAST)
+                                             BLOCK_R, KIND, FAST, KIND == 0 and FAST)
+        h2 = _activate_h2(v, KIND, FAST)
         tl.store(h2_ptr + offs, h2.to(h2_ptr.dtype.element_ty), mask=m3)
 
     @triton.jit
@@ -203,9 +257,9 @@ if triton is not None:
                 sub = tl.program_id(0) * BLOCK_R + r0 + tl.arange(0, CONV_R)
                 _, _, _, v, offs, m3 = _conv_forward(
                     prev_ptr, new_ptr, f1_ptr, f2_ptr, sub, n_rows, d, stride_prev, stride_new,
-                    eps, N1, N2, N2P, DP, CONV_R, KIND, FAST)
-                tl.store(h2_ptr + offs, _gelu(v, KIND, FAST).to(h2_ptr.dtype.element_ty),
-                         mask=m3)
+                    eps, N1, N2, N2P, DP, CONV_R, KIND, FAST, KIND == 0 and FAST)
+                tl.store(h2_ptr + offs,
+                         _activate_h2(v, KIND, FAST).to(h2_ptr.dtype.element_ty), mask=m3)
             tl.debug_barrier()  # every thread's H2 rows written before any is read
         rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         rmask = rows < n_rows
@@ -270,9 +324,9 @@ if triton is not None:
                          mask=cmask[:, None] & hmask[None, :], other=0.0)
             dz = _dot(g, w2, tl.zeros((BLOCK_R, BLOCK_H), dtype=tl.float32), DOT_F32)
         u = tl.load(u_ptr + offs, mask=m2, other=0.0).to(tl.float32)
-        du = dz * _gelu_grad(u, KIND, FAST)
-        tl.store(du_ptr + offs, du.to(du_ptr.dtype.element_ty), mask=m2)
-        tl.store(z_ptr + offs, _gelu(u, KIND, FAST).to(z_ptr.dtype.element_ty), mask=m2)
+        z, dgelu = _gelu_and_grad(u, KIND, FAST)
+        tl.store(du_ptr + offs, (dz * dgelu).to(du_ptr.dtype.element_ty), mask=m2)
+        tl.store(z_ptr + offs, z.to(z_ptr.dtype.element_ty), mask=m2)
 
     @triton.jit
     def _conv_backward_kernel(
@@ -290,19 +344,19 @@ if triton is not None:
         rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
         p, n, dot, v, offs, m3 = _conv_forward(prev_ptr, new_ptr, f1_ptr, f2_ptr, rows, n_rows, d,
                                                stride_prev, stride_new, eps, N1, N2, N2P, DP,
-                                               BLOCK_R, KIND, FAST)
+                                               BLOCK_R, KIND, FAST, False)
         ks = tl.arange(0, N2P)
         kmask = ks < N2
         dh2 = tl.load(dh2_ptr + offs, mask=m3, other=0.0).to(tl.float32)
-        dv = dh2 * _gelu_grad(v, KIND, FAST)
+        dv = dh2 * _gelu_and_grad(v, KIND, FAST)[1]
         dn = tl.zeros((BLOCK_R, DP), dtype=tl.float32)
         for j in tl.static_range(N1):
-            a = _conv1(f1_ptr, j, p, n, dot)
-            h1 = _gelu(a, KIND, FAST)
+            a = _conv1(f1_ptr, j, p, n, dot, 1.0)
+            h1, dh1da = _gelu_and_grad(a, KIND, FAST)
             f2col = tl.load(f2_ptr + ks * N1 + j, mask=kmask, other=0.0)
             tl.store(df2_ptr + pid * (N2 * N1) + ks * N1 + j,
                      tl.sum(tl.sum(dv * h1[:, None, :], axis=2), axis=0), mask=kmask)
-            da = tl.sum(f2col[None, :, None] * dv, axis=1) * _gelu_grad(a, KIND, FAST)
+            da = tl.sum(f2col[None, :, None] * dv, axis=1) * dh1da
             tl.store(df1_ptr + pid * (N1 * 3) + j * 3, tl.sum(tl.sum(da * p, axis=1), axis=0))
             tl.store(df1_ptr + pid * (N1 * 3) + j * 3 + 1, tl.sum(tl.sum(da * n, axis=1), axis=0))
             tl.store(df1_ptr + pid * (N1 * 3) + j * 3 + 2,
@@ -341,9 +395,13 @@ def _compute_dtype(precision: str) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
-def _fast(precision: str) -> bool:
-    """Whether the kernels use the one-instruction sigmoid (GPU only; not for fp32)."""
-    return precision != "fp32" and not interpreting()
+def _fast(precision: str) -> int:
+    """The kernels' ``FAST``: 0 for fp32 (exact activations); for TF32 and bf16 the tanh form
+    of every activation, on ``tanh.approx`` (1) on a GPU, on an exact tanh (2) under Triton's
+    interpreter, so that the tests there check the same algebra."""
+    if precision == "fp32":
+        return 0
+    return 2 if interpreting() else 1
 
 
 @contextmanager
@@ -369,24 +427,28 @@ def _pow2(n: int, least: int) -> int:
 # On a GPU each kernel is autotuned once per shape key over its list (the first entry, tiny, is
 # the interpreter's and is left out there). The GPU entries compile for sm_90 without spilling
 # registers at the authors' sizes (d = 64, n1 = 10, n2 = 5, hidden = 512) for every precision that
-# launches them, but for 2 of the 87 (kernel, precision, entry) builds, which spill 24-56 bytes a
+# launches them, but for 2 of the 90 (kernel, precision, entry) builds, which spill 24-56 bytes a
 # thread (``benchmarks/triton_kernels.py`` compiles them all, no GPU needed). At BLOCK_R = 128
-# the FC weights are read from L2 half as often per row as at 64.
+# the FC weights are read from L2 half as often per row as at 64. For the conv kernels what
+# counts is rows per warp: in the compiled code the conv stage issues the fewest instructions a
+# row at 8 rows a warp (CONV_R / num_warps too), its backward at 4 (more rows a warp spill), so
+# those lead.
 
 # kernel: (block names, (blocks..., warps, stages) per configuration, autotune key)
 BLOCKS = {
-    "conv_stage": (("BLOCK_R",), ((4, 1, 1), (16, 8, 1), (32, 8, 1), (8, 4, 1), (8, 8, 1)),
+    "conv_stage": (("BLOCK_R",),
+                   ((4, 1, 1), (32, 4, 1), (64, 8, 1), (16, 2, 1), (32, 8, 1), (16, 4, 1)),
                    ["N1", "N2", "DP", "KIND", "FAST"]),
-    "conv_backward": (("BLOCK_R",), ((4, 1, 1), (8, 8, 1), (16, 8, 1), (32, 8, 1), (4, 4, 1)),
+    "conv_backward": (("BLOCK_R",), ((4, 1, 1), (16, 4, 1), (32, 8, 1), (8, 2, 1), (16, 8, 1)),
                       ["N1", "N2", "DP", "KIND", "FAST"]),
     "mlp": (("BLOCK_R", "BLOCK_K", "BLOCK_H"),
             ((16, 16, 16, 4, 1), (128, 32, 64, 8, 3), (64, 64, 128, 8, 3), (128, 64, 64, 8, 3),
              (64, 32, 128, 8, 3), (64, 64, 64, 8, 3), (128, 32, 64, 8, 4)),
             ["K", "H", "d", "KIND", "FAST", "SAVE_U"]),
     "transfer": (("BLOCK_R", "BLOCK_K", "BLOCK_H", "CONV_R"),
-                 ((16, 16, 16, 4, 4, 1), (128, 32, 64, 16, 8, 3), (64, 64, 128, 16, 8, 3),
-                  (64, 64, 64, 16, 4, 3), (128, 32, 64, 8, 8, 3), (64, 32, 128, 16, 8, 3),
-                  (64, 64, 64, 8, 8, 3)),
+                 ((16, 16, 16, 4, 4, 1), (128, 32, 64, 64, 8, 3), (64, 64, 128, 64, 8, 3),
+                  (64, 64, 64, 32, 4, 3), (128, 32, 64, 32, 8, 3), (64, 32, 128, 64, 8, 3),
+                  (64, 64, 64, 64, 8, 3)),
                  ["K", "H", "d", "N1", "N2", "KIND", "FAST", "SAVE_U"]),
     "mlp_backward": (("BLOCK_R", "BLOCK_H"),
                      ((16, 16, 4, 1), (64, 128, 8, 2), (64, 64, 8, 2), (128, 64, 8, 2),
