@@ -13,6 +13,10 @@ card's dense GEMM rate? Measures, in one run and on one device:
 * training (forward + backward on ``--chunk-rows`` rows): the paper's layers, the eager fused
   autograd path, and the Triton forward + backward per precision, with the error of the output
   and of every gradient against fp64;
+* ``stages``: each step of the Triton path alone per precision (conv stage, fused MLP, and
+  training's MLP backward and conv-stage backward), in ns a row and in SM cycles a row (ns x
+  SMs x the SM clock), to set beside the static floors of ``benchmarks/triton_kernels.py`` and
+  to tell which step limits a path;
 * ``done_when``: the thresholds a GPU run is judged by (ratios and errors), each with its value.
 
 Writes one JSON object to ``--out`` (and prints it as one line, after a human table). On a
@@ -227,6 +231,51 @@ def train_rates(net: TransferNet, prev, new, args, mm: dict, dev) -> dict:
     return out
 
 
+def stage_times(net: TransferNet, prev, new, args, dev) -> dict:
+    """Each step of the Triton path alone, per precision, over the rows in ``chunk_rows`` chunks
+    (the backward steps on random upstream gradients): ns and SM cycles a row."""
+    cfg, rows, step = net.config, args.rows, args.chunk_rows
+    f1, f2, w1, b1, w2, b2 = (t.detach() for t in net.params())
+    c = min(step, rows)
+    gen = torch.Generator(device=dev).manual_seed(3)
+    props = torch.cuda.get_device_properties(dev) if dev.type == "cuda" else None
+    khz = getattr(props, "clock_rate", 0) if props else 0  # the SM clock's top rate
+    sms = props.multi_processor_count if props else 0
+    out: dict = {"sms": sms, "sm_clock_mhz": khz / 1e3}
+    for prec in PRECISIONS:
+        cd = torch.bfloat16 if prec == "bf16" else torch.float32
+        h2 = transfer_triton.conv_stage(prev[:c], new[:c], f1, f2, cfg.eps, cfg.gelu, prec)
+        y = torch.empty(c, args.dim, device=dev)
+        dh2 = torch.randn(h2.shape, device=dev, generator=gen).to(cd)
+        dout = torch.randn(c, args.dim, device=dev, generator=gen).to(cd)
+        u = torch.randn(c, w1.shape[0], device=dev, generator=gen).to(cd)
+        steps = {
+            "conv_stage": lambda a, b, prec=prec: transfer_triton.conv_stage(
+                a, b, f1, f2, cfg.eps, cfg.gelu, prec),
+            "mlp": lambda a, b, prec=prec, h2=h2, y=y: transfer_triton.mlp(
+                h2[:len(a)], w1, b1, w2, b2, cfg.gelu, prec, y[:len(a)]),
+            "mlp_backward": lambda a, b, prec=prec, g=dout, u=u: transfer_triton.mlp_backward(
+                g[:len(a)], w2, u[:len(a)], cfg.gelu, prec),
+            "conv_backward": lambda a, b, prec=prec, g=dh2: transfer_triton.conv_backward(
+                a, b, f1, f2, g[:len(a)], cfg.eps, cfg.gelu, prec),
+        }
+        for name, fn in steps.items():
+            def run(fn=fn) -> None:
+                for i in range(0, rows, step):
+                    fn(prev[i:i + step], new[i:i + step])
+            try:
+                ns = _time(run, args.repeats, dev) / rows * 1e9
+            except Exception as e:  # noqa: BLE001 - reported in the result instead
+                r = {"error": repr(e)[:1000]}
+            else:
+                r = {"ns_per_row": ns, "sm_cycles_per_row": ns * sms * khz / 1e6}
+            out[f"{name}_{prec}"] = r
+            text = r.get("error", f"{r.get('ns_per_row', 0):.3f} ns a row, "
+                                  f"{r.get('sm_cycles_per_row', 0):.1f} SM cycles a row")
+            print(f"[stages] {name}_{prec}: {text}", file=sys.stderr, flush=True)
+    return out
+
+
 def done_when(res: dict) -> dict:
     """The targets a GPU run is judged by, each with the measured value, the path it came from
     (the faster of the two- and one-kernel designs) and whether it holds."""
@@ -276,6 +325,7 @@ def run(args) -> dict:
         **materialise_rates(net, prev, new, args, mm, dev),
     }
     res["train"] = train_rates(net, prev, new, args, mm, dev)
+    res["stages"] = stage_times(net, prev, new, args, dev)
     res["tuned"] = transfer_triton.tuned_configs()
     res["done_when"] = done_when(res)
     return res
@@ -307,6 +357,13 @@ def table(res: dict) -> str:
         lines.append(f"{name:<20}{r['rows_per_s']:>14,.0f}{r['gflops']:>10.1f}"
                      f"{r['ratio_to_mm']:>8.2f}{r['compared_with_mm']:>6}{'':>10}"
                      f"{r['max_rel_err']:>13.1e}")
+    st = res["stages"]
+    lines.append(f"each step alone ({st['sms']} SMs at {st['sm_clock_mhz']:.0f} MHz): "
+                 "ns a row / SM cycles a row")
+    for name, r in st.items():
+        if isinstance(r, dict):
+            lines.append(f"  {name:<20}" + (f"FAILED: {r['error'][:200]}" if "error" in r else
+                                              f"{r['ns_per_row']:>9.3f}{r['sm_cycles_per_row']:>9.1f}"))
     lines.append(f"autotuned blocks: {res['tuned']}")
     for k, v in res["done_when"].items():
         lines.append(f"  [{'ok' if v['holds'] else 'NO'}] {k}: {v['value']:.3g} ({v['path']})")

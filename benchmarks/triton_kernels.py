@@ -1,11 +1,21 @@
-"""The transfer's Triton kernels compiled for a GPU on any machine: registers, spills, MMA kind.
+"""The transfer's Triton kernels compiled for a GPU on any machine: registers, spills, MMA kind,
+and what their machine code costs a row.
 
 Question: does every block configuration that ``transfer_triton`` autotunes over compile for the
-target GPU, which of them spill registers, and do the FC kernels use the tensor cores? Compiles
-each kernel with Triton's ahead-of-time API (no GPU needed: Triton ships ptxas) at the authors'
-sizes (d = 64, n1 = 10, n2 = 5, hidden = 512, the sigmoid GELU) for each precision that launches
-it, and reads registers and stack (spill) bytes a thread from ``cuobjdump --dump-resource-usage``
-of the cubin. Compile time is reported too; nothing here is timed on a GPU.
+target GPU, which of them spill registers, do the FC kernels use the tensor cores, and how many
+instructions does each kernel issue per row? Compiles each kernel with Triton's ahead-of-time API
+(no GPU needed: Triton ships ptxas) at the authors' sizes (d = 64, n1 = 10, n2 = 5, hidden = 512,
+the sigmoid GELU) for each precision that launches it, and reads registers and stack (spill)
+bytes a thread from ``cuobjdump --dump-resource-usage`` of the cubin and its instructions from
+``nvdisasm``. Compile time is reported too; nothing here is timed on a GPU.
+
+Static cost per row, for kernels without loops (the conv stage and its backward, the MLP
+backward), where every instruction of the machine code runs once per warp:
+``issue_cycles_per_row`` = warp instructions a row / 4 (an SM issues at most four a cycle) and
+``mufu_cycles_per_row`` = MUFU (special-function: tanh, exp, reciprocal) lane operations a row / 16
+(an SM's rate on sm_80/sm_90). A kernel cannot run faster than the larger of the two SM cycles a
+row; how close it comes is a GPU measurement (``gpu_transfer.py``). Kernels with loops (the fused
+MLP) report their instruction counts without the per-row figures.
 
 Writes one JSON object to ``--out`` (and prints it as one line, after a human table).
 
@@ -13,6 +23,7 @@ Writes one JSON object to ``--out`` (and prints it as one line, after a human ta
     python benchmarks/triton_kernels.py --first-only    # the first configuration of each kernel
     python benchmarks/triton_kernels.py --arch 80       # Ampere
 """
+
 
 from __future__ import annotations
 
@@ -23,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from sml_torchrec.modules import transfer_triton as tt
@@ -39,7 +51,7 @@ LAUNCHED = {
 
 
 def constants(name: str, precision: str, save_u: bool) -> dict:
-    fast = precision != "fp32"
+    fast = tt._fast(precision)  # the activations' form as launched on a GPU
     if name in ("conv_stage", "conv_backward"):
         return {"N1": N1, "N2": N2, "N2P": 8, "DP": D, "KIND": 0, "FAST": fast}
     if name in ("mlp", "transfer"):  # as transfer_triton.mlp launches them
@@ -80,20 +92,55 @@ def compile_one(name: str, precision: str, block: tuple[int, ...], arch: int,
                        target=GPUTarget("cuda", arch, 32),
                        options={"num_warps": block[-2], "num_stages": block[-1]})
     seconds = time.perf_counter() - start
-    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(k.asm["cubin"])
         f.flush()
-        usage = subprocess.run([str(cuobjdump), "--dump-resource-usage", f.name],
+        usage = subprocess.run([str(tools / "cuobjdump"), "--dump-resource-usage", f.name],
                                capture_output=True, text=True, check=True).stdout
+        sass = subprocess.run([str(tools / "nvdisasm"), "-c", f.name],
+                              capture_output=True, text=True, check=True).stdout
     m = re.search(r"REG:(\d+) STACK:(\d+)", usage)
     ptx = k.asm["ptx"]
     mma = "wgmma" if "wgmma" in ptx else "mma" if "mma.sync" in ptx else "none"
-    return {"kernel": name, "precision": precision,
-            "save_u": save_u if name in ("mlp", "transfer") else None,
-            "config": dict(zip((*names, "num_warps", "num_stages"), block)),
-            "registers": int(m.group(1)), "stack_bytes": int(m.group(2)),
-            "shared_bytes": k.metadata.shared, "mma": mma, "compile_s": seconds}
+    config = dict(zip((*names, "num_warps", "num_stages"), block))
+    ops, loops = sass_counts(sass)
+    row = {"kernel": name, "precision": precision,
+           "save_u": save_u if name in ("mlp", "transfer") else None, "config": config,
+           "registers": int(m.group(1)), "stack_bytes": int(m.group(2)),
+           "shared_bytes": k.metadata.shared, "mma": mma, "compile_s": seconds,
+           "instructions": sum(ops.values()), "mufu": ops["MUFU"], "loops": loops}
+    if not loops:
+        # Warps of one program per row it covers (mlp_backward's programs split hidden too).
+        programs = HIDDEN // config["BLOCK_H"] if name == "mlp_backward" else 1
+        warps_per_row = config["num_warps"] * programs / config["BLOCK_R"]
+        row["issue_cycles_per_row"] = round(sum(ops.values()) * warps_per_row / 4, 1)
+        row["mufu_cycles_per_row"] = round(ops["MUFU"] * warps_per_row * 32 / 16, 1)
+    return row
+
+
+def sass_counts(sass: str) -> tuple[Counter, bool]:
+    """Instructions by opcode in ``nvdisasm -c`` output (NOPs left out), and whether the code
+    loops: a branch back to an earlier instruction (the trap ``BRA`` to itself after the final
+    ``EXIT`` is not one)."""
+    ops, labels, pending, loops = Counter(), {}, [], False
+    for line in sass.splitlines():
+        label = re.match(r"(\.L_x_\d+):", line)
+        if label:
+            pending.append(label.group(1))
+            continue
+        m = re.match(r"\s*/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", line)
+        if not m:
+            continue
+        address, op = int(m.group(1), 16), m.group(2)
+        labels.update(dict.fromkeys(pending, address))
+        pending.clear()
+        if op != "NOP":
+            ops[op] += 1
+        target = re.search(r"`\((\.L_x_\d+)\)", line)
+        if op == "BRA" and target and target.group(1) in labels:
+            loops |= labels[target.group(1)] < address
+    return ops, loops
 
 
 def run(args) -> dict:
@@ -106,16 +153,25 @@ def run(args) -> dict:
                 for save_u in (True, False) if both else (True,):
                     rows.append(compile_one(name, precision, block, args.arch, save_u))
                     print(_line(rows[-1]), file=sys.stderr, flush=True)
+    best: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if "issue_cycles_per_row" in r:
+            bound = max(r["issue_cycles_per_row"], r["mufu_cycles_per_row"])
+            per = best.setdefault(r["kernel"], {})
+            per[r["precision"]] = min(per.get(r["precision"], bound), bound)
     return {"bench": "triton_kernels", "arch": args.arch, "sizes": {"d": D, "n1": N1, "n2": N2,
             "hidden": HIDDEN}, "kernels": rows,
-            "spilling": sum(r["stack_bytes"] > 0 for r in rows), "compiled": len(rows)}
+            "spilling": sum(r["stack_bytes"] > 0 for r in rows), "compiled": len(rows),
+            "best_cycles_per_row": best}
 
 
 def _line(r: dict) -> str:
     cfg = ",".join(f"{k}={v}" for k, v in r["config"].items())
     save = "" if r["save_u"] is None else f" save_u={r['save_u']}"
+    cost = ("loops" if r["loops"] else
+            f"{r['issue_cycles_per_row']:.1f} issue/{r['mufu_cycles_per_row']:.1f} MUFU cyc/row")
     return (f"{r['kernel']:<14}{r['precision']:<6}{cfg:<62}{r['registers']:>5} regs"
-            f"{r['stack_bytes']:>7} B stack  {r['mma']:<6}{r['compile_s']:>6.1f} s{save}")
+            f"{r['stack_bytes']:>7} B stack  {r['mma']:<6}{cost:<31}{r['compile_s']:>5.1f} s{save}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,6 +68,15 @@ def _check_gpu_result(res: dict) -> None:
                             rel_tol=1e-9), name
     assert train["kernel_fp32"]["max_rel_err"] < 1e-3  # the output and every gradient
     assert train["kernel_bf16"]["max_rel_err"] < 0.1
+    stages = res["stages"]
+    assert set(stages) == {"sms", "sm_clock_mhz"} | {
+        f"{k}_{q}" for k in ("conv_stage", "mlp", "mlp_backward", "conv_backward")
+        for q in ("fp32", "tf32", "bf16")}
+    for name, r in stages.items():
+        if isinstance(r, dict):
+            assert _positive(r["ns_per_row"]), name
+            assert math.isclose(r["sm_cycles_per_row"], r["ns_per_row"] * stages["sms"]
+                                * stages["sm_clock_mhz"] / 1e3, rel_tol=1e-9), name
     assert len(res["done_when"]) == 6
     for name, v in res["done_when"].items():
         assert isinstance(v["holds"], bool) and math.isfinite(v["value"])
@@ -113,3 +122,44 @@ def test_triton_kernels_compile_for_hopper():
         tensor_cores = k["kernel"] in ("mlp", "transfer") or (k["kernel"] == "mlp_backward"
                                                                and k["precision"] != "fp32")
         assert (k["mma"] == "wgmma") == tensor_cores, k
+        # The fused MLP walks hidden and K in loops; the other kernels are straight-line code.
+        assert k["loops"] == (k["kernel"] in ("mlp", "transfer")), k
+        assert ("issue_cycles_per_row" in k) == (not k["loops"])
+    for k in (k for k in kernels if k["kernel"] == "conv_stage"):
+        # MUFU ops a row: one per activation with TF32 and bf16 (tanh.approx), two with fp32
+        # (exp and reciprocal), none on conv2's padding (n2 = 5 runs as 8 channels): per op
+        # (n1 + n2) d a row, plus the row norm's square root and reciprocal.
+        per_activation = 2 if k["precision"] == "fp32" else 1
+        mufu_per_row = k["mufu_cycles_per_row"] * 16
+        assert 1.0 <= mufu_per_row / (per_activation * (10 + 5) * 64) <= 1.05, k
+        assert k["issue_cycles_per_row"] > k["mufu_cycles_per_row"] > 0
+    assert set(res["best_cycles_per_row"]) == {"conv_stage", "conv_backward", "mlp_backward"}
+
+
+def test_sass_counts_tell_loops_from_the_final_trap():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from triton_kernels import sass_counts
+    finally:
+        sys.path.pop(0)
+    straight = """
+        /*0000*/                   MUFU.TANH R1, R2 ;
+        /*0010*/              @!P0 FFMA R3, R1, R1, R3 ;
+        /*0020*/                   NOP ;
+        /*0030*/                   EXIT ;
+.L_x_0:
+        /*0040*/                   BRA `(.L_x_0);
+"""
+    ops, loops = sass_counts(straight)
+    assert not loops and ops == {"MUFU": 1, "FFMA": 1, "EXIT": 1, "BRA": 1}
+    looping = """
+        /*0000*/                   MOV R1, RZ ;
+.L_x_3:
+        /*0010*/                   FADD R1, R1, 1 ;
+        /*0020*/               @P0 BRA `(.L_x_3);
+        /*0030*/                   BRA `(.L_x_4);
+.L_x_4:
+        /*0040*/                   EXIT ;
+"""
+    ops, loops = sass_counts(looping)
+    assert loops and ops["BRA"] == 2 and ops["FADD"] == 1
