@@ -223,6 +223,7 @@ def test_kernels_under_triton_interpreter():
 @pytest.mark.skipif(transfer_triton.triton is None or transfer_triton.interpreting(),
                     reason="builds GPU launchers: needs Triton, not its interpreter")
 def test_gpu_launchers_autotune_over_their_list_unless_told_not_to(monkeypatch):
+    monkeypatch.delenv("SML_TRITON_AUTOTUNE", raising=False)  # gpu_check.sh sets it to 0
     monkeypatch.setattr(transfer_triton, "_launchers", {})
     for name, (names, blocks, key) in transfer_triton.BLOCKS.items():
         tuned = transfer_triton._launcher(name)
