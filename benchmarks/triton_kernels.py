@@ -24,7 +24,6 @@ Writes one JSON object to ``--out`` (and prints it as one line, after a human ta
     python benchmarks/triton_kernels.py --arch 80       # Ampere
 """
 
-
 from __future__ import annotations
 
 import argparse
