@@ -270,8 +270,8 @@ def stage_times(net: TransferNet, prev, new, args, dev) -> dict:
             else:
                 r = {"ns_per_row": ns, "sm_cycles_per_row": ns * sms * khz / 1e6}
             out[f"{name}_{prec}"] = r
-            text = r.get("error", f"{r.get('ns_per_row', 0):.3f} ns a row, "
-                                  f"{r.get('sm_cycles_per_row', 0):.1f} SM cycles a row")
+            text = r["error"][:200] if "error" in r else (
+                f"{r['ns_per_row']:.3f} ns a row, {r['sm_cycles_per_row']:.1f} SM cycles a row")
             print(f"[stages] {name}_{prec}: {text}", file=sys.stderr, flush=True)
     return out
 

@@ -81,7 +81,7 @@ try:  # optional: everything below works without Triton (torch twins)
 except ImportError:  # pragma: no cover - depends on the environment
     triton = None
 
-# Kernels are module-level globals: Triton resolves the names a kernel uses (``tl``, ``_gelu``)
+# Kernels are module-level globals: Triton resolves the names a kernel uses (``tl``, ``_dot``)
 # in its module's globals.
 if triton is not None:
 
@@ -108,21 +108,9 @@ if triton is not None:
         return w
 
     @triton.jit
-    def _gelu(x, KIND: tl.constexpr, FAST: tl.constexpr):
-        if KIND == 1:
-            y = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
-        elif FAST:  # one MUFU op and 3 (sigmoid) or 5 (tanh) FP32 ops
-            h = 0.5 * x
-            y = h + h * _tanh_approx(_tanh_arg(x, KIND), FAST)
-        elif KIND == 0:
-            y = x * tl.sigmoid(1.702 * x)
-        else:
-            y = x * tl.sigmoid(2.0 * _tanh_arg(x, KIND))
-        return y
-
-    @triton.jit
     def _gelu_and_grad(x, KIND: tl.constexpr, FAST: tl.constexpr):
-        """(GELU(x), d GELU(x) / dx) for the same three kinds, sharing their transcendental."""
+        """(GELU(x), d GELU(x) / dx) for the three kinds, sharing their transcendental; where only
+        GELU is used the compiler drops the derivative. With ``FAST`` one MUFU op (tanh.approx)."""
         if KIND == 1:
             cdf = 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))
             y = x * cdf
@@ -137,7 +125,7 @@ if triton is not None:
                 q = 0.3989422804014327 * x * (1.0 + 0.134145 * x * x)
             y = x * s
             g = s + q * (1.0 - t * t)
-        else:  # as _gelu writes s, so that where both run the compiler computes it once
+        else:
             if KIND == 0:
                 s = tl.sigmoid(1.702 * x)
                 q = 1.702 * x
@@ -203,7 +191,7 @@ if triton is not None:
                 h1 = _gelu_folded(_conv1(f1_ptr, j, p, n, dot, 0.851), FAST)
                 f2col = 0.5 * f2col
             else:
-                h1 = _gelu(_conv1(f1_ptr, j, p, n, dot, 1.0), KIND, FAST)
+                h1 = _gelu_and_grad(_conv1(f1_ptr, j, p, n, dot, 1.0), KIND, FAST)[0]
             v += f2col[None, :, None] * h1[:, None, :]
         offs = r64[:, None, None] * (N2 * d) + ks[None, :, None] * d + cols[None, None, :]
         m3 = rmask[:, None, None] & kmask[None, :, None] & cmask[None, None, :]
@@ -215,7 +203,7 @@ if triton is not None:
         if KIND == 0 and FAST:
             y = 0.5875440658049353 * _gelu_folded(v, FAST)  # 1 / 1.702
         else:
-            y = _gelu(v, KIND, FAST)
+            y = _gelu_and_grad(v, KIND, FAST)[0]
         return y
 
     @triton.jit
@@ -288,7 +276,7 @@ if triton is not None:
             w2 = tl.load(w2t_ptr + hs[:, None] * d + cols[None, :],
                          mask=hmask[:, None] & cmask[None, :], other=0.0)
             # Masked hidden units have u = 0, GELU(0) = 0, and zero rows of w2t.
-            z = _gelu(u, KIND, FAST).to(w2.dtype)
+            z = _gelu_and_grad(u, KIND, FAST)[0].to(w2.dtype)
             acc_out = _dot(z, w2, acc_out, DOT_F32)
         out = acc_out + tl.load(b2_ptr + cols, mask=cmask, other=0.0)[None, :]
         tl.store(out_ptr + r64[:, None] * stride_out + cols[None, :],
