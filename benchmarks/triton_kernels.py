@@ -9,6 +9,15 @@ the sigmoid GELU) for each precision that launches it, and reads registers and s
 bytes a thread from ``cuobjdump --dump-resource-usage`` of the cubin and its instructions from
 ``nvdisasm``. Compile time is reported too; nothing here is timed on a GPU.
 
+Occupancy: ``blocks_per_sm``, the thread blocks of a build one SM holds at once by its registers,
+shared memory and warps (0: it needs more shared memory than a block may have, so its launch
+fails and the autotuner skips it; a configuration meant for bf16 may not fit with TF32's 4-byte
+operands). Blocks in different phases on one SM (a conv phase on the FMA and MUFU units, a
+product on the tensor cores) overlap only with two or more. For the fused MLP kernels,
+``loaded_bytes_per_row``: the operand bytes a row that the kernel loads (from L2, mostly): H2's
+row once per sweep of its columns (once per block of hidden units, or once in all with
+``BLOCK_K`` = 0) and the FC weights once per block of rows.
+
 Static cost per row, for kernels without loops (the conv stage and its backward, the MLP
 backward), where every instruction of the machine code runs once per warp:
 ``issue_cycles_per_row`` = warp instructions a row / 4 (an SM issues at most four a cycle) and
@@ -39,6 +48,9 @@ from pathlib import Path
 from sml_torchrec.modules import transfer_triton as tt
 
 D, N1, N2, HIDDEN = 64, 10, 5, 512
+# Per SM: registers, shared memory bytes, the most one thread block may have, warps (the CUDA
+# programming guide's table; the driver reserves 1 KB of shared memory a block).
+SM_LIMITS = {80: (65536, 167936, 166912, 64), 90: (65536, 233472, 232448, 64)}
 # kernel -> (precisions it is launched with, pointer arguments in the compute dtype)
 LAUNCHED = {
     "conv_stage": (("fp32", "tf32", "bf16"), ("h2_ptr",)),
@@ -56,10 +68,24 @@ def constants(name: str, precision: str, save_u: bool) -> dict:
     if name in ("mlp", "transfer"):  # as transfer_triton.mlp launches them
         conv = {"N1": N1, "N2": N2, "N2P": 8} if name == "transfer" else {
             "N1": 1, "N2": 1, "N2P": 1, "CONV_R": 0}
+        ka, kb = tt._k_pieces(N2 * D)
         return {"K": N2 * D, "H": HIDDEN, "d": D, "DP": D, "KIND": 0, "FAST": fast,
-                "DOT_F32": False, "SAVE_U": save_u, **conv}
+                "DOT_F32": False, "SAVE_U": save_u, "KA": ka, "KB": kb, **conv}
     return {"H": HIDDEN, "d": D, "DP": D, "KIND": 0, "FAST": fast,
             "DZ_GIVEN": precision == "fp32", "DOT_F32": False}
+
+
+def blocks_per_sm(registers: int, shared: int, warps: int, arch: int) -> int | None:
+    """Thread blocks of a build an SM holds at once (0: the launch fails, Triton's autotuner
+    skips the configuration); None for an arch without limits here. Registers are allocated
+    per warp in units of 256."""
+    if arch not in SM_LIMITS:
+        return None
+    regs, smem, smem_block, max_warps = SM_LIMITS[arch]
+    if shared > smem_block:
+        return 0
+    per_warp = -(-registers * 32 // 256) * 256
+    return min(regs // (per_warp * warps), smem // (shared + 1024), max_warps // warps)
 
 
 def compile_one(name: str, precision: str, block: tuple[int, ...], arch: int,
@@ -107,8 +133,16 @@ def compile_one(name: str, precision: str, block: tuple[int, ...], arch: int,
     row = {"kernel": name, "precision": precision,
            "save_u": save_u if name in ("mlp", "transfer") else None, "config": config,
            "registers": int(m.group(1)), "stack_bytes": int(m.group(2)),
-           "shared_bytes": k.metadata.shared, "mma": mma, "compile_s": seconds,
+           "shared_bytes": k.metadata.shared,
+           "blocks_per_sm": blocks_per_sm(int(m.group(1)), k.metadata.shared,
+                                          config["num_warps"], arch),
+           "mma": mma, "compile_s": seconds,
            "instructions": sum(ops.values()), "mufu": ops["MUFU"], "loops": loops}
+    if name in ("mlp", "transfer"):
+        e, k = (2 if precision == "bf16" else 4), N2 * D
+        sweeps = 1 if config["BLOCK_K"] == 0 else -(-HIDDEN // config["BLOCK_H"])
+        row["loaded_bytes_per_row"] = round(
+            k * e * sweeps + (k * HIDDEN + HIDDEN * D) * e / config["BLOCK_R"])
     if not loops:
         # Warps of one program per row it covers (mlp_backward's programs split hidden too).
         programs = HIDDEN // config["BLOCK_H"] if name == "mlp_backward" else 1
@@ -161,6 +195,7 @@ def run(args) -> dict:
     return {"bench": "triton_kernels", "arch": args.arch, "sizes": {"d": D, "n1": N1, "n2": N2,
             "hidden": HIDDEN}, "kernels": rows,
             "spilling": sum(r["stack_bytes"] > 0 for r in rows), "compiled": len(rows),
+            "unlaunchable": sum(r["blocks_per_sm"] == 0 for r in rows),
             "best_cycles_per_row": best}
 
 
@@ -170,7 +205,9 @@ def _line(r: dict) -> str:
     cost = ("loops" if r["loops"] else
             f"{r['issue_cycles_per_row']:.1f} issue/{r['mufu_cycles_per_row']:.1f} MUFU cyc/row")
     return (f"{r['kernel']:<14}{r['precision']:<6}{cfg:<62}{r['registers']:>5} regs"
-            f"{r['stack_bytes']:>7} B stack  {r['mma']:<6}{cost:<31}{r['compile_s']:>5.1f} s{save}")
+            f"{r['stack_bytes']:>7} B stack{r['shared_bytes'] // 1024:>5} KB shared"
+            f"{r['blocks_per_sm'] if r['blocks_per_sm'] is not None else '-':>3} /SM  "
+            f"{r['mma']:<6}{cost:<31}{r['compile_s']:>5.1f} s{save}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         res = {"bench": "triton_kernels", "skipped": "TRITON_INTERPRET is set"}
     else:
         res = run(a)
-        print(f"{res['compiled']} compiled for sm_{a.arch}, {res['spilling']} spill registers")
+        print(f"{res['compiled']} compiled for sm_{a.arch}, {res['spilling']} spill registers, "
+              f"{res['unlaunchable']} need more shared memory than a block may have")
     if a.out:
         Path(a.out).write_text(json.dumps(res, indent=1))
     print(json.dumps(res))

@@ -125,6 +125,9 @@ def test_triton_kernels_compile_for_hopper():
         # The fused MLP walks hidden and K in loops; the other kernels are straight-line code.
         assert k["loops"] == (k["kernel"] in ("mlp", "transfer")), k
         assert ("issue_cycles_per_row" in k) == (not k["loops"])
+        # The first entry is what SML_TRITON_AUTOTUNE=0 launches: it must fit on an SM.
+        assert k["blocks_per_sm"] >= 1, k
+        assert ("loaded_bytes_per_row" in k) == (k["kernel"] in ("mlp", "transfer"))
     for k in (k for k in kernels if k["kernel"] == "conv_stage"):
         # MUFU ops a row: one per activation with TF32 and bf16 (tanh.approx), two with fp32
         # (exp and reciprocal), none on conv2's padding (n2 = 5 runs as 8 channels): per op
@@ -136,12 +139,48 @@ def test_triton_kernels_compile_for_hopper():
     assert set(res["best_cycles_per_row"]) == {"conv_stage", "conv_backward", "mlp_backward"}
 
 
-def test_sass_counts_tell_loops_from_the_final_trap():
+def _triton_kernels():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        from triton_kernels import sass_counts
+        import triton_kernels
     finally:
         sys.path.pop(0)
+    return triton_kernels
+
+
+def test_fused_mlp_build_keeps_h2_on_chip_for_hopper():
+    # BLOCK_K = 0: the block's H2 sits in shared memory for the whole loop over hidden units,
+    # so each row's H2 is loaded once instead of once per block of hidden units.
+    pytest.importorskip("triton")
+    tk = _triton_kernels()
+    if tk.tt.interpreting():
+        pytest.skip("TRITON_INTERPRET is set")
+    names, blocks, _ = tk.tt.BLOCKS["mlp"]
+    k = names.index("BLOCK_K")
+    on_chip = next(b for b in blocks[1:] if b[k] == 0)
+    streaming = tk.compile_one("mlp", "bf16", blocks[1], 90, save_u=True)
+    built = tk.compile_one("mlp", "bf16", on_chip, 90, save_u=True)
+    rows, k_cols = built["config"]["BLOCK_R"], tk.N2 * tk.D
+    assert built["shared_bytes"] >= rows * k_cols * 2  # bf16
+    assert built["blocks_per_sm"] >= 1 and built["loops"] and built["mma"] == "wgmma"
+    weights = (k_cols * tk.HIDDEN + tk.HIDDEN * tk.D) * 2 / rows
+    assert built["loaded_bytes_per_row"] == round(k_cols * 2 + weights)
+    assert built["loaded_bytes_per_row"] < streaming["loaded_bytes_per_row"]
+
+
+def test_blocks_per_sm_counts_registers_shared_memory_and_warps():
+    tk = _triton_kernels()
+    assert tk.blocks_per_sm(128, 36864, 8, 90) == 2  # 256 threads x 128 registers: half an SM
+    assert tk.blocks_per_sm(121, 0, 8, 90) == 2  # registers are allocated 8 a thread at a time
+    assert tk.blocks_per_sm(32, 100_000, 4, 90) == 2  # shared memory: 228 KB an SM
+    assert tk.blocks_per_sm(32, 0, 4, 90) == 16  # warps: 64 an SM
+    assert tk.blocks_per_sm(32, 232_449, 4, 90) == 0  # over a block's 227 KB: no launch
+    assert tk.blocks_per_sm(32, 200_000, 4, 80) == 0  # sm_80: 163 KB a block
+    assert tk.blocks_per_sm(32, 0, 4, 75) is None
+
+
+def test_sass_counts_tell_loops_from_the_final_trap():
+    sass_counts = _triton_kernels().sass_counts
     straight = """
         /*0000*/                   MUFU.TANH R1, R2 ;
         /*0010*/              @!P0 FFMA R3, R1, R1, R3 ;

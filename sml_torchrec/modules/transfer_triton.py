@@ -8,7 +8,12 @@ f_Θ (``transfer.py`` states it) for a chunk of rows runs as two kernels::
 The fused MLP walks fc1's hidden units in blocks: a block of u = H2 W_fᵀ + b1 is accumulated
 on the tensor cores, activated in registers and multiplied straight into fc2's accumulator, so
 fc1's output (the widest tensor of f_Θ, ``hidden`` columns) never reaches device memory. What
-does is H2 (n2*d values a row, written once and read once) and the inputs and output. With
+does is H2 (n2*d values a row, written once and read once) and the inputs and output. Each
+block of hidden units needs the block's whole H2: either read again from L2 for each (in steps
+of ``BLOCK_K`` columns), or, with ``BLOCK_K`` = 0, read once into shared memory where it stays
+while the loop streams the weights (at 128 rows in bf16, 3.7 kB loaded a row instead of 8.2 kB;
+which is faster is the autotuner's choice, since the kept H2 takes most of the shared memory
+and leaves fewer stages for the weights). With
 :data:`ONE_KERNEL` the fused MLP kernel runs the conv stage itself first, for its own block of
 rows, and reads H2 back while it is in L2: one launch, in which thread blocks in the conv phase
 and in the tensor-core phase can share a multiprocessor (two launches run each part at its own
@@ -222,53 +227,93 @@ if triton is not None:
         tl.store(h2_ptr + offs, h2.to(h2_ptr.dtype.element_ty), mask=m3)
 
     @triton.jit
+    def _conv_into_h2(prev_ptr, new_ptr, f1_ptr, f2_ptr, h2_ptr, n_rows, d, stride_prev,
+                      stride_new, eps, N1: tl.constexpr, N2: tl.constexpr, N2P: tl.constexpr,
+                      DP: tl.constexpr, BLOCK_R: tl.constexpr, CONV_R: tl.constexpr,
+                      KIND: tl.constexpr, FAST: tl.constexpr):
+        """The one-kernel transfer's conv phase: this program's ``BLOCK_R`` rows of H2 from
+        ``prev`` and ``new``, ``CONV_R`` rows at a time, written to ``h2``, from where the
+        products read them back while they are still in L2."""
+        for r0 in range(0, BLOCK_R, CONV_R):
+            sub = tl.program_id(0) * BLOCK_R + r0 + tl.arange(0, CONV_R)
+            _, _, _, v, offs, m3 = _conv_forward(
+                prev_ptr, new_ptr, f1_ptr, f2_ptr, sub, n_rows, d, stride_prev, stride_new,
+                eps, N1, N2, N2P, DP, CONV_R, KIND, FAST, KIND == 0 and FAST)
+            tl.store(h2_ptr + offs, _activate_h2(v, KIND, FAST).to(h2_ptr.dtype.element_ty),
+                     mask=m3)
+        tl.debug_barrier()  # every thread's H2 rows written before any is read
+
+    @triton.jit
+    def _h2_columns(h2_ptr, r64, rmask, ks, K):
+        """H2's columns ``ks`` of a block of rows (zeros past K or past the rows)."""
+        return tl.load(h2_ptr + r64[:, None] * K + ks[None, :],
+                       mask=rmask[:, None] & (ks < K)[None, :], other=0.0)
+
+    @triton.jit
+    def _w1t_block(w1t_ptr, ks, hs, K, H):
+        """W_fᵀ's rows ``ks`` and columns ``hs`` (zeros past K or H)."""
+        return tl.load(w1t_ptr + ks[:, None] * H + hs[None, :],
+                       mask=(ks < K)[:, None] & (hs < H)[None, :], other=0.0)
+
+    @triton.jit
+    def _fc1_streamed(h2_ptr, w1t_ptr, r64, rmask, hs, acc, K, H, BLOCK_K: tl.constexpr,
+                      DOT_F32: tl.constexpr):
+        """``acc`` + a block of rows' H2 times W_fᵀ's columns ``hs``, sweeping H2's columns
+        ``BLOCK_K`` at a time (each sweep reads the block's H2 again)."""
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            a = _h2_columns(h2_ptr, r64, rmask, ks, K)
+            acc = _dot(a, _w1t_block(w1t_ptr, ks, hs, K, H), acc, DOT_F32)
+        return acc
+
+    @triton.jit
     def _mlp_kernel(
         h2_ptr, w1t_ptr, b1_ptr, w2t_ptr, b2_ptr, out_ptr, u_ptr,
         prev_ptr, new_ptr, f1_ptr, f2_ptr,
         n_rows, stride_out, stride_prev, stride_new, eps,
         K: tl.constexpr, H: tl.constexpr, d: tl.constexpr, DP: tl.constexpr,
         N1: tl.constexpr, N2: tl.constexpr, N2P: tl.constexpr, KIND: tl.constexpr,
-        FAST: tl.constexpr, DOT_F32: tl.constexpr, SAVE_U: tl.constexpr, BLOCK_R: tl.constexpr,
-        BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr, CONV_R: tl.constexpr,
+        FAST: tl.constexpr, DOT_F32: tl.constexpr, SAVE_U: tl.constexpr, KA: tl.constexpr,
+        KB: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
+        CONV_R: tl.constexpr,
     ):
         """``out = GELU(h2 W1ᵀ + b1) W2ᵀ + b2`` for a block of rows; fc1's output stays on chip.
 
         ``w1t`` is W_fᵀ ``[K, H]`` and ``w2t`` is W_oᵀ ``[H, d]``, both contiguous in the compute
         dtype; with ``SAVE_U`` the pre-activation u ``[rows, H]`` is stored for the backward.
-        ``CONV_R`` > 0: first compute this block's H2 from ``prev`` and ``new`` here (the conv
-        stage, ``CONV_R`` rows at a time) and write it to ``h2``, from where the products read it
-        back while it is still in L2: the whole transfer in one kernel. ``CONV_R`` = 0: ``h2``
-        holds H2 already (the conv-stage kernel wrote it).
+        ``CONV_R`` > 0: first compute this block's H2 here (:func:`_conv_into_h2`): the whole
+        transfer in one kernel. ``CONV_R`` = 0: ``h2`` holds H2 already.
+        ``BLOCK_K`` > 0: each block of hidden units sweeps H2 (:func:`_fc1_streamed`).
+        ``BLOCK_K`` = 0: the block's H2 is read once, before the
+        loop over hidden units, as two power-of-two pieces of columns ``[0, KA)`` and
+        ``[KA, KA + KB)`` (:func:`_k_pieces`), and stays on chip; the loop then streams only
+        the weights, and is the kernel's one loop.
         """
         if CONV_R > 0:
-            for r0 in range(0, BLOCK_R, CONV_R):
-                sub = tl.program_id(0) * BLOCK_R + r0 + tl.arange(0, CONV_R)
-                _, _, _, v, offs, m3 = _conv_forward(
-                    prev_ptr, new_ptr, f1_ptr, f2_ptr, sub, n_rows, d, stride_prev, stride_new,
-                    eps, N1, N2, N2P, DP, CONV_R, KIND, FAST, KIND == 0 and FAST)
-                tl.store(h2_ptr + offs,
-                         _activate_h2(v, KIND, FAST).to(h2_ptr.dtype.element_ty), mask=m3)
-            tl.debug_barrier()  # every thread's H2 rows written before any is read
+            _conv_into_h2(prev_ptr, new_ptr, f1_ptr, f2_ptr, h2_ptr, n_rows, d, stride_prev,
+                          stride_new, eps, N1, N2, N2P, DP, BLOCK_R, CONV_R, KIND, FAST)
         rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         rmask = rows < n_rows
         r64 = rows.to(tl.int64)
         cols = tl.arange(0, DP)
         cmask = cols < d
-        kk = tl.arange(0, BLOCK_K)
-        hh = tl.arange(0, BLOCK_H)
+        if BLOCK_K == 0:
+            ka = tl.arange(0, KA)
+            a_lo = _h2_columns(h2_ptr, r64, rmask, ka, K)
+            if KB > 0:
+                kb = KA + tl.arange(0, KB)
+                a_hi = _h2_columns(h2_ptr, r64, rmask, kb, K)
         acc_out = tl.zeros((BLOCK_R, DP), dtype=tl.float32)
         for h0 in range(0, H, BLOCK_H):
-            hs = h0 + hh
+            hs = h0 + tl.arange(0, BLOCK_H)
             hmask = hs < H
             acc = tl.zeros((BLOCK_R, BLOCK_H), dtype=tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                ks = k0 + kk
-                kmask = ks < K
-                a = tl.load(h2_ptr + r64[:, None] * K + ks[None, :],
-                            mask=rmask[:, None] & kmask[None, :], other=0.0)
-                b = tl.load(w1t_ptr + ks[:, None] * H + hs[None, :],
-                            mask=kmask[:, None] & hmask[None, :], other=0.0)
-                acc = _dot(a, b, acc, DOT_F32)
+            if BLOCK_K == 0:
+                acc = _dot(a_lo, _w1t_block(w1t_ptr, ka, hs, K, H), acc, DOT_F32)
+                if KB > 0:
+                    acc = _dot(a_hi, _w1t_block(w1t_ptr, kb, hs, K, H), acc, DOT_F32)
+            else:
+                acc = _fc1_streamed(h2_ptr, w1t_ptr, r64, rmask, hs, acc, K, H, BLOCK_K, DOT_F32)
             u = acc + tl.load(b1_ptr + hs, mask=hmask, other=0.0)[None, :]
             if SAVE_U:
                 tl.store(u_ptr + r64[:, None] * H + hs[None, :], u.to(u_ptr.dtype.element_ty),
@@ -415,16 +460,28 @@ def _pow2(n: int, least: int) -> int:
     return max(least, 1 << (n - 1).bit_length())
 
 
+def _k_pieces(k: int) -> tuple[int, int]:
+    """(KA, KB): H2's ``k`` columns as two power-of-two pieces of at least 16 (a tensor-core
+    product's least depth), KA the largest power of two within k and KB the rest padded (0 if
+    none): 320 = 256 + 64. Padding the whole to a power of two instead would add up to k - 1
+    columns of zeros to fc1's products (192 at 320)."""
+    ka = max(16, 1 << (k.bit_length() - 1))
+    return ka, (_pow2(k - ka, 16) if k > ka else 0)
+
+
 # --- block sizes ------------------------------------------------------------------------------
 # On a GPU each kernel is autotuned once per shape key over its list (the first entry, tiny, is
 # the interpreter's and is left out there). The GPU entries compile for sm_90 without spilling
 # registers at the authors' sizes (d = 64, n1 = 10, n2 = 5, hidden = 512) for every precision that
-# launches them, but for 2 of the 90 (kernel, precision, entry) builds, which spill 24-56 bytes a
-# thread (``benchmarks/triton_kernels.py`` compiles them all, no GPU needed). At BLOCK_R = 128
-# the FC weights are read from L2 half as often per row as at 64. For the conv kernels what
-# counts is rows per warp: in the compiled code the conv stage issues the fewest instructions a
-# row at 8 rows a warp (CONV_R / num_warps too), its backward at 4 (more rows a warp spill), so
-# those lead.
+# launches them, but for 2 of the 118 (kernel, precision, entry, save_u) builds, which spill
+# 24-56 bytes a thread (``benchmarks/triton_kernels.py`` compiles them all, no GPU needed). The
+# fused MLP's BLOCK_K = 0 entries (H2's block kept in shared memory) are sized for bf16: 7 of
+# their builds, mostly TF32's, need more shared memory than a block may have, and the autotuner
+# skips them (it times such a launch as infinite); the first of them fits every precision. At
+# BLOCK_R = 128 the FC weights are read from L2 half as often per row as at 64. For the conv
+# kernels what counts is rows per warp: in the compiled code the conv stage issues the fewest
+# instructions a row at 8 rows a warp (CONV_R / num_warps too), its backward at 4 (more rows a
+# warp spill), so those lead.
 
 # kernel: (block names, (blocks..., warps, stages) per configuration, autotune key)
 BLOCKS = {
@@ -435,12 +492,14 @@ BLOCKS = {
                       ["N1", "N2", "DP", "KIND", "FAST"]),
     "mlp": (("BLOCK_R", "BLOCK_K", "BLOCK_H"),
             ((16, 16, 16, 4, 1), (128, 32, 64, 8, 3), (64, 64, 128, 8, 3), (128, 64, 64, 8, 3),
-             (64, 32, 128, 8, 3), (64, 64, 64, 8, 3), (128, 32, 64, 8, 4)),
+             (64, 32, 128, 8, 3), (64, 64, 64, 8, 3), (128, 32, 64, 8, 4),
+             (64, 0, 32, 4, 2), (128, 0, 16, 8, 2), (128, 0, 32, 8, 3), (128, 0, 64, 8, 3)),
             ["K", "H", "d", "KIND", "FAST", "SAVE_U"]),
     "transfer": (("BLOCK_R", "BLOCK_K", "BLOCK_H", "CONV_R"),
                  ((16, 16, 16, 4, 4, 1), (128, 32, 64, 64, 8, 3), (64, 64, 128, 64, 8, 3),
                   (64, 64, 64, 32, 4, 3), (128, 32, 64, 32, 8, 3), (64, 32, 128, 64, 8, 3),
-                  (64, 64, 64, 64, 8, 3)),
+                  (64, 64, 64, 64, 8, 3),
+                  (64, 0, 32, 32, 4, 2), (128, 0, 16, 32, 8, 2), (128, 0, 32, 32, 8, 3)),
                  ["K", "H", "d", "N1", "N2", "KIND", "FAST", "SAVE_U"]),
     "mlp_backward": (("BLOCK_R", "BLOCK_H"),
                      ((16, 16, 4, 1), (64, 128, 8, 2), (64, 64, 8, 2), (128, 64, 8, 2),
@@ -588,6 +647,7 @@ def mlp(
         return out, (u if save_u else None)
     w1t = w1.detach().t().to(cd).contiguous()  # [K, H]
     w2t = w2.detach().t().to(cd).contiguous()  # [H, d]
+    ka, kb = _k_pieces(k)
     out_rows = out if out.stride(1) == 1 else torch.empty(b, d, device=out.device)
     if conv is None:  # the conv arguments are unused: any tensor, sizes 1
         launch, prev, new, f1, f2, eps = "mlp", w1t, w1t, w1t, w1t, 0.0
@@ -603,7 +663,7 @@ def mlp(
         b2.detach().float().contiguous(), out_rows, u, prev, new, f1, f2,
         b, out_rows.stride(0), prev.stride(0), new.stride(0), float(eps),
         K=k, H=hidden, d=d, DP=_pow2(d, 16), KIND=_KIND_CODE[kind], FAST=_fast(precision),
-        DOT_F32=interpreting(), SAVE_U=save_u, **sizes,
+        DOT_F32=interpreting(), SAVE_U=save_u, KA=ka, KB=kb, **sizes,
     )
     if out_rows is not out:
         out.copy_(out_rows)

@@ -236,3 +236,63 @@ def test_gpu_launchers_autotune_over_their_list_unless_told_not_to(monkeypatch):
     names, blocks, _ = transfer_triton.BLOCKS["mlp"]
     assert fixed.meta == {**dict(zip(names, blocks[1][:-2])), "num_warps": blocks[1][-2],
                           "num_stages": blocks[1][-1]}
+
+
+def _h2_on_chip(name: str) -> object:
+    """Kernel ``name`` (``"mlp"`` or ``"transfer"``) launched with ``BLOCK_K`` = 0, H2's block
+    kept on chip: the interpreter's entry so changed on a CPU; on a GPU the first such entry of
+    the list (one that fits in shared memory with TF32's operands too)."""
+    names, blocks, _ = transfer_triton.BLOCKS[name]
+    k = names.index("BLOCK_K")
+    if transfer_triton.interpreting():
+        b = (*blocks[0][:k], 0, *blocks[0][k + 1:])
+    else:
+        b = next(b for b in blocks[1:] if b[k] == 0)
+    meta = {**dict(zip(names, b[:-2])), "num_warps": b[-2], "num_stages": b[-1]}
+    return transfer_triton._Fixed(transfer_triton.jit_kernel(name), meta)
+
+
+@pytest.mark.skipif(not transfer_triton.kernels_run_on(torch.zeros(1, device=DEVICE)),
+                    reason="the kernels do not run here (torch twins)")
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+@pytest.mark.parametrize("d, n2", [(13, 3), (16, 4)])  # H2's 39 columns as 32 + 16; 64 as one
+def test_fused_mlp_with_h2_kept_on_chip(monkeypatch, d, n2, precision):
+    net = _net(d, "sigmoid", n2=n2)
+    prev, new = _rows(37, d)
+    new_ref = new.clone().requires_grad_(True)
+    ref = net.reference(prev, new_ref)
+    ref.sum().backward()
+    results = {}
+    for on_chip in (False, True):
+        if on_chip:
+            monkeypatch.setattr(transfer_triton, "_launchers", {
+                name: _h2_on_chip(name) for name in ("mlp", "transfer")})
+        for one in (False, True):
+            monkeypatch.setattr(transfer_triton, "ONE_KERNEL", one)
+            table = prev.float().to(DEVICE)
+            transfer_triton.transfer_rows_into(table, new.float().to(DEVICE), _params(net), 1e-8,
+                                               "sigmoid", table, precision)
+            p = _params(net, grad=True)
+            n = new.float().to(DEVICE).requires_grad_(True)
+            out = transfer_triton.transfer_rows(prev.float().to(DEVICE), n, p, 1e-8, "sigmoid",
+                                                precision)
+            out.sum().backward()
+            assert _rel(table, ref.detach()) <= OUT_TOL[precision]
+            assert _rel(out.detach(), ref.detach()) <= OUT_TOL[precision]
+            for got, want in zip((n, *p), (new_ref, *net.params())):
+                assert _rel(got.grad, want.grad) <= GRAD_TOL[precision]
+            results[on_chip, one] = [table, out.detach(), n.grad, *(t.grad for t in p)]
+    # The same sums in another order of H2's columns: equal to rounding (bf16's du may land one
+    # unit apart on a GPU, as between the one- and two-kernel launches).
+    tol = 1e-5 if DEVICE == "cpu" else GRAD_TOL[precision]
+    for one in (False, True):
+        for a, b in zip(results[False, one], results[True, one]):
+            assert _rel(b, a.double().cpu()) <= tol
+
+
+def test_k_pieces_are_powers_of_two_covering_h2():
+    for k, pieces in ((320, (256, 64)), (64, (64, 0)), (39, (32, 16)), (10, (16, 0)),
+                      (500, (256, 256)), (640, (512, 128))):
+        assert transfer_triton._k_pieces(k) == pieces
+        ka, kb = pieces
+        assert ka + kb >= k and ka >= 16 and (kb == 0 or kb >= 16)
