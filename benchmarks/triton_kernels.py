@@ -9,6 +9,19 @@ the sigmoid GELU) for each precision that launches it, and reads registers and s
 bytes a thread from ``cuobjdump --dump-resource-usage`` of the cubin and its instructions from
 ``nvdisasm``. Compile time is reported too; nothing here is timed on a GPU.
 
+Static cost per row, for the kernels whose instructions a warp runs are known here: those without
+loops (the conv stage and its backward, the MLP backward), where every instruction of the machine
+code runs once, and the fused MLP with ``BLOCK_K`` = 0, whose one loop runs once per block of
+hidden units: ``issue_cycles_per_row`` = warp instructions a row / 4 (an SM issues at most four a
+cycle), ``mufu_cycles_per_row`` = MUFU (special-function: tanh, exp, reciprocal) lane operations a
+row / 16 (an SM's rate on sm_80/sm_90) and, for kernels with tensor-core products,
+``tensor_cycles_per_row`` = their FLOP a row / the SM's dense tensor-core rate. A kernel cannot run
+faster than the largest of these SM cycles a row (``best_cycles_per_row``: that bound for each
+kernel's best configuration that fits on an SM); how close it comes is a GPU measurement
+(``gpu_transfer.py``). The other loop kernels (the streaming fused MLP, whose nested loops
+Triton flattens into one with a conditional epilogue, and the one-kernel transfer) report their
+instruction counts only.
+
 Occupancy: ``blocks_per_sm``, the thread blocks of a build one SM holds at once by its registers,
 shared memory and warps (0: it needs more shared memory than a block may have, so its launch
 fails and the autotuner skips it; a configuration meant for bf16 may not fit with TF32's 4-byte
@@ -17,14 +30,6 @@ product on the tensor cores) overlap only with two or more. For the fused MLP ke
 ``loaded_bytes_per_row``: the operand bytes a row that the kernel loads (from L2, mostly): H2's
 row once per sweep of its columns (once per block of hidden units, or once in all with
 ``BLOCK_K`` = 0) and the FC weights once per block of rows.
-
-Static cost per row, for kernels without loops (the conv stage and its backward, the MLP
-backward), where every instruction of the machine code runs once per warp:
-``issue_cycles_per_row`` = warp instructions a row / 4 (an SM issues at most four a cycle) and
-``mufu_cycles_per_row`` = MUFU (special-function: tanh, exp, reciprocal) lane operations a row / 16
-(an SM's rate on sm_80/sm_90). A kernel cannot run faster than the larger of the two SM cycles a
-row; how close it comes is a GPU measurement (``gpu_transfer.py``). Kernels with loops (the fused
-MLP) report their instruction counts without the per-row figures.
 
 Writes one JSON object to ``--out`` (and prints it as one line, after a human table).
 
@@ -51,6 +56,9 @@ D, N1, N2, HIDDEN = 64, 10, 5, 512
 # Per SM: registers, shared memory bytes, the most one thread block may have, warps (the CUDA
 # programming guide's table; the driver reserves 1 KB of shared memory a block).
 SM_LIMITS = {80: (65536, 167936, 166912, 64), 90: (65536, 233472, 232448, 64)}
+# Dense tensor-core FLOP a cycle an SM (A100: 312 / 156 TFLOP/s bf16 / TF32 over 108 SMs at
+# 1.41 GHz; H100: 989 / 495 over 132 SMs at 1.83 GHz).
+TENSOR_FLOP_PER_CYCLE = {80: {"bf16": 2048, "tf32": 1024}, 90: {"bf16": 4096, "tf32": 2048}}
 # kernel -> (precisions it is launched with, pointer arguments in the compute dtype)
 LAUNCHED = {
     "conv_stage": (("fp32", "tf32", "bf16"), ("h2_ptr",)),
@@ -129,7 +137,7 @@ def compile_one(name: str, precision: str, block: tuple[int, ...], arch: int,
     ptx = k.asm["ptx"]
     mma = "wgmma" if "wgmma" in ptx else "mma" if "mma.sync" in ptx else "none"
     config = dict(zip((*names, "num_warps", "num_stages"), block))
-    ops, loops = sass_counts(sass)
+    ops, bodies = sass_counts(sass)
     row = {"kernel": name, "precision": precision,
            "save_u": save_u if name in ("mlp", "transfer") else None, "config": config,
            "registers": int(m.group(1)), "stack_bytes": int(m.group(2)),
@@ -137,26 +145,45 @@ def compile_one(name: str, precision: str, block: tuple[int, ...], arch: int,
            "blocks_per_sm": blocks_per_sm(int(m.group(1)), k.metadata.shared,
                                           config["num_warps"], arch),
            "mma": mma, "compile_s": seconds,
-           "instructions": sum(ops.values()), "mufu": ops["MUFU"], "loops": loops}
+           "instructions": sum(ops.values()), "mufu": ops["MUFU"], "loops": bool(bodies)}
     if name in ("mlp", "transfer"):
         e, k = (2 if precision == "bf16" else 4), N2 * D
         sweeps = 1 if config["BLOCK_K"] == 0 else -(-HIDDEN // config["BLOCK_H"])
         row["loaded_bytes_per_row"] = round(
             k * e * sweeps + (k * HIDDEN + HIDDEN * D) * e / config["BLOCK_R"])
-    if not loops:
+    runs = executed(name, config, ops, bodies)
+    if runs is not None:
         # Warps of one program per row it covers (mlp_backward's programs split hidden too).
         programs = HIDDEN // config["BLOCK_H"] if name == "mlp_backward" else 1
         warps_per_row = config["num_warps"] * programs / config["BLOCK_R"]
-        row["issue_cycles_per_row"] = round(sum(ops.values()) * warps_per_row / 4, 1)
-        row["mufu_cycles_per_row"] = round(ops["MUFU"] * warps_per_row * 32 / 16, 1)
+        row["issue_cycles_per_row"] = round(sum(runs.values()) * warps_per_row / 4, 1)
+        row["mufu_cycles_per_row"] = round(runs["MUFU"] * warps_per_row * 32 / 16, 1)
+        if mma != "none" and arch in TENSOR_FLOP_PER_CYCLE:
+            flops = {"mlp": 2 * (N2 * D * HIDDEN + HIDDEN * D), "mlp_backward": 2 * D * HIDDEN}
+            rate = TENSOR_FLOP_PER_CYCLE[arch]["bf16" if precision == "bf16" else "tf32"]
+            row["tensor_cycles_per_row"] = round(flops[name] / rate, 1)
     return row
 
 
-def sass_counts(sass: str) -> tuple[Counter, bool]:
-    """Instructions by opcode in ``nvdisasm -c`` output (NOPs left out), and whether the code
-    loops: a branch back to an earlier instruction (the trap ``BRA`` to itself after the final
-    ``EXIT`` is not one)."""
-    ops, labels, pending, loops = Counter(), {}, [], False
+def executed(name: str, config: dict, ops: Counter, bodies: list[Counter]) -> Counter | None:
+    """The instructions a warp runs, by opcode: the code once for loop-free kernels; for the
+    fused MLP with ``BLOCK_K`` = 0, whose one loop runs once per block of hidden units, the
+    loop's body that many times; None where trip counts are not known here."""
+    if not bodies:
+        return ops
+    if name == "mlp" and config["BLOCK_K"] == 0 and len(bodies) == 1:
+        runs = Counter(ops)
+        for op, n in bodies[0].items():
+            runs[op] += n * (-(-HIDDEN // config["BLOCK_H"]) - 1)
+        return runs
+    return None
+
+
+def sass_counts(sass: str) -> tuple[Counter, list[Counter]]:
+    """Instructions by opcode in ``nvdisasm -c`` output (NOPs left out), and those of each
+    loop's body: from a label to a branch back to it (the trap ``BRA`` to itself after the
+    final ``EXIT`` is not a loop)."""
+    ops, labels, pending, seq, bodies = Counter(), {}, [], [], []
     for line in sass.splitlines():
         label = re.match(r"(\.L_x_\d+):", line)
         if label:
@@ -165,15 +192,15 @@ def sass_counts(sass: str) -> tuple[Counter, bool]:
         m = re.match(r"\s*/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", line)
         if not m:
             continue
-        address, op = int(m.group(1), 16), m.group(2)
-        labels.update(dict.fromkeys(pending, address))
+        op = m.group(2)
+        labels.update(dict.fromkeys(pending, len(seq)))
         pending.clear()
-        if op != "NOP":
-            ops[op] += 1
+        seq.append(op)
         target = re.search(r"`\((\.L_x_\d+)\)", line)
-        if op == "BRA" and target and target.group(1) in labels:
-            loops |= labels[target.group(1)] < address
-    return ops, loops
+        if op == "BRA" and target and labels.get(target.group(1), len(seq)) < len(seq) - 1:
+            bodies.append(Counter(o for o in seq[labels[target.group(1)]:] if o != "NOP"))
+    ops.update(o for o in seq if o != "NOP")
+    return ops, bodies
 
 
 def run(args) -> dict:
@@ -188,8 +215,9 @@ def run(args) -> dict:
                     print(_line(rows[-1]), file=sys.stderr, flush=True)
     best: dict[str, dict[str, float]] = {}
     for r in rows:
-        if "issue_cycles_per_row" in r:
-            bound = max(r["issue_cycles_per_row"], r["mufu_cycles_per_row"])
+        if "issue_cycles_per_row" in r and r["blocks_per_sm"] != 0:
+            bound = max(r["issue_cycles_per_row"], r["mufu_cycles_per_row"],
+                        r.get("tensor_cycles_per_row", 0.0))
             per = best.setdefault(r["kernel"], {})
             per[r["precision"]] = min(per.get(r["precision"], bound), bound)
     return {"bench": "triton_kernels", "arch": args.arch, "sizes": {"d": D, "n1": N1, "n2": N2,
@@ -202,8 +230,10 @@ def run(args) -> dict:
 def _line(r: dict) -> str:
     cfg = ",".join(f"{k}={v}" for k, v in r["config"].items())
     save = "" if r["save_u"] is None else f" save_u={r['save_u']}"
-    cost = ("loops" if r["loops"] else
-            f"{r['issue_cycles_per_row']:.1f} issue/{r['mufu_cycles_per_row']:.1f} MUFU cyc/row")
+    cost = ("loops" if "issue_cycles_per_row" not in r else
+            f"{r['issue_cycles_per_row']:.1f} issue/{r['mufu_cycles_per_row']:.1f} MUFU"
+            + (f"/{r['tensor_cycles_per_row']:.0f} MMA" if "tensor_cycles_per_row" in r else "")
+            + " cyc/row")
     return (f"{r['kernel']:<14}{r['precision']:<6}{cfg:<62}{r['registers']:>5} regs"
             f"{r['stack_bytes']:>7} B stack{r['shared_bytes'] // 1024:>5} KB shared"
             f"{r['blocks_per_sm'] if r['blocks_per_sm'] is not None else '-':>3} /SM  "

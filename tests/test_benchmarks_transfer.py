@@ -123,8 +123,11 @@ def test_triton_kernels_compile_for_hopper():
                                                                and k["precision"] != "fp32")
         assert (k["mma"] == "wgmma") == tensor_cores, k
         # The fused MLP walks hidden and K in loops; the other kernels are straight-line code.
+        # (The first mlp entry streams H2, so its trip counts are not modelled.)
         assert k["loops"] == (k["kernel"] in ("mlp", "transfer")), k
         assert ("issue_cycles_per_row" in k) == (not k["loops"])
+        assert ("tensor_cycles_per_row" in k) == (k["kernel"] == "mlp_backward"
+                                                  and k["precision"] != "fp32")
         # The first entry is what SML_TRITON_AUTOTUNE=0 launches: it must fit on an SM.
         assert k["blocks_per_sm"] >= 1, k
         assert ("loaded_bytes_per_row" in k) == (k["kernel"] in ("mlp", "transfer"))
@@ -137,6 +140,11 @@ def test_triton_kernels_compile_for_hopper():
         assert 1.0 <= mufu_per_row / (per_activation * (10 + 5) * 64) <= 1.05, k
         assert k["issue_cycles_per_row"] > k["mufu_cycles_per_row"] > 0
     assert set(res["best_cycles_per_row"]) == {"conv_stage", "conv_backward", "mlp_backward"}
+    for k in kernels:
+        if k["kernel"] == "mlp_backward" and k["precision"] != "fp32":
+            # dz = dout W_o on the tensor cores: 2 d hidden FLOP a row at Hopper's dense rate.
+            rate = 4096 if k["precision"] == "bf16" else 2048
+            assert k["tensor_cycles_per_row"] == round(2 * 64 * 512 / rate, 1)
 
 
 def _triton_kernels():
@@ -163,6 +171,14 @@ def test_fused_mlp_build_keeps_h2_on_chip_for_hopper():
     rows, k_cols = built["config"]["BLOCK_R"], tk.N2 * tk.D
     assert built["shared_bytes"] >= rows * k_cols * 2  # bf16
     assert built["blocks_per_sm"] >= 1 and built["loops"] and built["mma"] == "wgmma"
+    # Its one loop runs once per block of hidden units: one MUFU op a hidden unit a row (the
+    # activation's tanh.approx) proves the count, and the products' FLOP a row at Hopper's
+    # dense bf16 rate (4096 a cycle an SM) give the tensor cores' floor.
+    assert built["mufu_cycles_per_row"] * 16 == tk.HIDDEN
+    flops = 2 * (k_cols * tk.HIDDEN + tk.HIDDEN * tk.D)
+    assert built["tensor_cycles_per_row"] == round(flops / 4096, 1)
+    assert built["issue_cycles_per_row"] > 0
+    assert "issue_cycles_per_row" not in streaming
     weights = (k_cols * tk.HIDDEN + tk.HIDDEN * tk.D) * 2 / rows
     assert built["loaded_bytes_per_row"] == round(k_cols * 2 + weights)
     assert built["loaded_bytes_per_row"] < streaming["loaded_bytes_per_row"]
@@ -190,7 +206,7 @@ def test_sass_counts_tell_loops_from_the_final_trap():
         /*0040*/                   BRA `(.L_x_0);
 """
     ops, loops = sass_counts(straight)
-    assert not loops and ops == {"MUFU": 1, "FFMA": 1, "EXIT": 1, "BRA": 1}
+    assert loops == [] and ops == {"MUFU": 1, "FFMA": 1, "EXIT": 1, "BRA": 1}
     looping = """
         /*0000*/                   MOV R1, RZ ;
 .L_x_3:
@@ -201,4 +217,4 @@ def test_sass_counts_tell_loops_from_the_final_trap():
         /*0040*/                   EXIT ;
 """
     ops, loops = sass_counts(looping)
-    assert loops and ops["BRA"] == 2 and ops["FADD"] == 1
+    assert loops == [{"FADD": 1, "BRA": 1}] and ops["BRA"] == 2 and ops["FADD"] == 1
