@@ -473,10 +473,10 @@ def _k_pieces(k: int) -> tuple[int, int]:
 # On a GPU each kernel is autotuned once per shape key over its list (the first entry, tiny, is
 # the interpreter's and is left out there). The GPU entries compile for sm_90 without spilling
 # registers at the authors' sizes (d = 64, n1 = 10, n2 = 5, hidden = 512) for every precision that
-# launches them, but for 2 of the 118 (kernel, precision, entry, save_u) builds, which spill
+# launches them, but for 2 of the 122 (kernel, precision, entry, save_u) builds, which spill
 # 24-56 bytes a thread (``benchmarks/triton_kernels.py`` compiles them all, no GPU needed). The
-# fused MLP's BLOCK_K = 0 entries (H2's block kept in shared memory) are sized for bf16: 7 of
-# their builds, mostly TF32's, need more shared memory than a block may have, and the autotuner
+# fused MLP's BLOCK_K = 0 entries (H2's block kept in shared memory) are sized for bf16: 9 of
+# their builds, 8 of them TF32's, need more shared memory than a block may have, and the autotuner
 # skips them (it times such a launch as infinite); the first of them fits every precision. At
 # BLOCK_R = 128 the FC weights are read from L2 half as often per row as at 64. For the conv
 # kernels what counts is rows per warp: in the compiled code the conv stage issues the fewest
