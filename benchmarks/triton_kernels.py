@@ -11,16 +11,16 @@ bytes a thread from ``cuobjdump --dump-resource-usage`` of the cubin and its ins
 
 Static cost per row, for the kernels whose instructions a warp runs are known here: those without
 loops (the conv stage and its backward, the MLP backward), where every instruction of the machine
-code runs once, and the fused MLP with ``BLOCK_K`` = 0, whose one loop runs once per block of
-hidden units: ``issue_cycles_per_row`` = warp instructions a row / 4 (an SM issues at most four a
+code runs once, and the fused MLP with ``BLOCK_K`` = 0, whose loop runs once per block of
+hidden units (and, in the one-kernel transfer, its conv loop once per ``CONV_R`` rows):
+``issue_cycles_per_row`` = warp instructions a row / 4 (an SM issues at most four a
 cycle), ``mufu_cycles_per_row`` = MUFU (special-function: tanh, exp, reciprocal) lane operations a
 row / 16 (an SM's rate on sm_80/sm_90) and, for kernels with tensor-core products,
 ``tensor_cycles_per_row`` = their FLOP a row / the SM's dense tensor-core rate. A kernel cannot run
 faster than the largest of these SM cycles a row (``best_cycles_per_row``: that bound for each
 kernel's best configuration that fits on an SM); how close it comes is a GPU measurement
-(``gpu_transfer.py``). The other loop kernels (the streaming fused MLP, whose nested loops
-Triton flattens into one with a conditional epilogue, and the one-kernel transfer) report their
-instruction counts only.
+(``gpu_transfer.py``). The streaming fused MLP (``BLOCK_K`` > 0), whose nested loops Triton
+flattens into one with a conditional epilogue, reports its instruction counts only.
 
 Occupancy: ``blocks_per_sm``, the thread blocks of a build one SM holds at once by its registers,
 shared memory and warps (0: it needs more shared memory than a block may have, so its launch
@@ -159,7 +159,8 @@ def compile_one(name: str, precision: str, block: tuple[int, ...], arch: int,
         row["issue_cycles_per_row"] = round(sum(runs.values()) * warps_per_row / 4, 1)
         row["mufu_cycles_per_row"] = round(runs["MUFU"] * warps_per_row * 32 / 16, 1)
         if mma != "none" and arch in TENSOR_FLOP_PER_CYCLE:
-            flops = {"mlp": 2 * (N2 * D * HIDDEN + HIDDEN * D), "mlp_backward": 2 * D * HIDDEN}
+            fc = 2 * (N2 * D * HIDDEN + HIDDEN * D)
+            flops = {"mlp": fc, "transfer": fc, "mlp_backward": 2 * D * HIDDEN}
             rate = TENSOR_FLOP_PER_CYCLE[arch]["bf16" if precision == "bf16" else "tf32"]
             row["tensor_cycles_per_row"] = round(flops[name] / rate, 1)
     return row
@@ -167,16 +168,24 @@ def compile_one(name: str, precision: str, block: tuple[int, ...], arch: int,
 
 def executed(name: str, config: dict, ops: Counter, bodies: list[Counter]) -> Counter | None:
     """The instructions a warp runs, by opcode: the code once for loop-free kernels; for the
-    fused MLP with ``BLOCK_K`` = 0, whose one loop runs once per block of hidden units, the
-    loop's body that many times; None where trip counts are not known here."""
+    fused MLP with ``BLOCK_K`` = 0, the body of its loop with the products once per block of
+    hidden units, and (the one-kernel transfer) of its conv loop once per ``CONV_R`` rows;
+    None where trip counts are not known here."""
     if not bodies:
         return ops
-    if name == "mlp" and config["BLOCK_K"] == 0 and len(bodies) == 1:
-        runs = Counter(ops)
-        for op, n in bodies[0].items():
-            runs[op] += n * (-(-HIDDEN // config["BLOCK_H"]) - 1)
-        return runs
-    return None
+    if name not in ("mlp", "transfer") or config["BLOCK_K"] != 0:
+        return None
+    runs = Counter(ops)
+    for body in bodies:
+        if body["HGMMA"] or body["HMMA"]:
+            trips = -(-HIDDEN // config["BLOCK_H"])
+        elif name == "transfer":
+            trips = config["BLOCK_R"] // config["CONV_R"]
+        else:
+            return None
+        for op, n in body.items():
+            runs[op] += n * (trips - 1)  # the body is in ``ops`` once
+    return runs
 
 
 def sass_counts(sass: str) -> tuple[Counter, list[Counter]]:

@@ -156,7 +156,7 @@ def _triton_kernels():
     return triton_kernels
 
 
-def test_fused_mlp_build_keeps_h2_on_chip_for_hopper():
+def test_fused_mlp_builds_keep_h2_on_chip_for_hopper():
     # BLOCK_K = 0: the block's H2 sits in shared memory for the whole loop over hidden units,
     # so each row's H2 is loaded once instead of once per block of hidden units.
     pytest.importorskip("triton")
@@ -179,6 +179,16 @@ def test_fused_mlp_build_keeps_h2_on_chip_for_hopper():
     assert built["tensor_cycles_per_row"] == round(flops / 4096, 1)
     assert built["issue_cycles_per_row"] > 0
     assert "issue_cycles_per_row" not in streaming
+    # The one-kernel transfer adds its conv loop, once per CONV_R rows: one MUFU op per conv
+    # activation ((n1 + n2) d a row), the row norm's few, and the hidden units' again.
+    names, blocks, _ = tk.tt.BLOCKS["transfer"]
+    k = names.index("BLOCK_K")
+    one = tk.compile_one("transfer", "bf16", next(b for b in blocks[1:] if b[k] == 0), 90,
+                         save_u=False)
+    conv = (tk.N1 + tk.N2) * tk.D
+    assert 1.0 <= one["mufu_cycles_per_row"] * 16 / (conv + tk.HIDDEN) <= 1.02
+    assert one["tensor_cycles_per_row"] == built["tensor_cycles_per_row"]
+    assert one["issue_cycles_per_row"] > built["issue_cycles_per_row"]
     weights = (k_cols * tk.HIDDEN + tk.HIDDEN * tk.D) * 2 / rows
     assert built["loaded_bytes_per_row"] == round(k_cols * 2 + weights)
     assert built["loaded_bytes_per_row"] < streaming["loaded_bytes_per_row"]
