@@ -364,7 +364,13 @@ def table(res: dict) -> str:
         if isinstance(r, dict):
             lines.append(f"  {name:<20}" + (f"FAILED: {r['error'][:200]}" if "error" in r else
                                               f"{r['ns_per_row']:>9.3f}{r['sm_cycles_per_row']:>9.1f}"))
-    lines.append(f"autotuned blocks: {res['tuned']}")
+    lines.append("blocks launched (autotuned: the choice per shape key, its median time):")
+    for name, per_key in res["tuned"].items():
+        if "fixed" in per_key:
+            lines.append(f"  {name}: fixed {per_key['fixed']}")
+        for key, t in per_key.items():
+            if key != "fixed":
+                lines.append(f"  {name} {key}: {t['best']} ({t['us'][t['best']]} us)")
     for k, v in res["done_when"].items():
         lines.append(f"  [{'ok' if v['holds'] else 'NO'}] {k}: {v['value']:.3g} ({v['path']})")
     return "\n".join(lines)

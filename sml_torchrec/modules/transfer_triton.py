@@ -538,12 +538,38 @@ def _launcher(name: str):
             _launchers[name] = _Fixed(jit_kernel(name), {**dict(zip(names, b[:-2])),
                                                       "num_warps": b[-2], "num_stages": b[-1]})
         else:
-            configs = [triton.Config(dict(zip(names, b[:-2])), num_warps=b[-2], num_stages=b[-1])
-                       for b in blocks[1:]]
-            _launchers[name] = triton.autotune(
-                configs=configs, key=key, reset_to_zero=_RESET.get(name),
-                restore_value=_RESTORE.get(name))(jit_kernel(name))
+            _launchers[name] = _autotuned(name)
     return _launchers[name]
+
+
+def _autotuned(name: str, do_bench=None) -> _Autotuned:
+    """Kernel ``name`` under Triton's autotuner over its GPU entries (``do_bench``: the
+    autotuner's timer, CUDA events unless given)."""
+    names, blocks, key = BLOCKS[name]
+    configs = [triton.Config(dict(zip(names, b[:-2])), num_warps=b[-2], num_stages=b[-1])
+               for b in blocks[1:]]
+    return _Autotuned(triton.autotune(
+        configs=configs, key=key, reset_to_zero=_RESET.get(name),
+        restore_value=_RESTORE.get(name), do_bench=do_bench)(jit_kernel(name)))
+
+
+class _Autotuned:
+    """``kernel[grid](...)`` through Triton's autotuner, keeping what each tuning found (per
+    key: the chosen configuration and every configuration's time) where Triton keeps only the
+    last tuning's times."""
+
+    def __init__(self, tuner) -> None:
+        self.tuner, self.tunings = tuner, {}
+
+    def __getitem__(self, grid):
+        launch = self.tuner[grid]
+
+        def run(*args, **kwargs) -> None:
+            known = set(self.tuner.cache)
+            launch(*args, **kwargs)
+            for key in set(self.tuner.cache) - known:
+                self.tunings[key] = (self.tuner.cache[key], dict(self.tuner.configs_timings))
+        return run
 
 
 def _smallest_block_rows(name: str) -> int:
@@ -562,10 +588,27 @@ class _Fixed:
         return lambda *args, **kw: self.kernel[g](*args, **self.meta, **kw)
 
 
-def tuned_configs() -> dict[str, str]:
-    """The block sizes the autotuner chose so far, per kernel (for benchmark reports)."""
-    return {name: str(getattr(launch, "best_config", None) or getattr(launch, "meta", ""))
-            for name, launch in _launchers.items()}
+def tuned_configs() -> dict[str, dict]:
+    """What each kernel launched with so far, for benchmark reports: a fixed launcher's blocks
+    (``"fixed"``); for an autotuned one, per autotuning key (the shapes and dtypes it tuned for),
+    the configuration chosen (``"best"``) and each configuration's median time in µs (``"us"``,
+    None for one that could not launch, such as one needing more shared memory than a block may
+    have)."""
+    def config(c) -> str:
+        return ", ".join(f"{k}={v}" for k, v in (*c.kwargs.items(), ("num_warps", c.num_warps),
+                                                  ("num_stages", c.num_stages)))
+
+    out: dict[str, dict] = {}
+    for name, launch in _launchers.items():
+        if isinstance(launch, _Fixed):
+            out[name] = {"fixed": ", ".join(f"{k}={v}" for k, v in launch.meta.items())}
+            continue
+        out[name] = {
+            str(key): {"best": config(best),
+                       "us": {config(c): (None if t[0] == float("inf") else round(t[0] * 1e3, 2))
+                              for c, t in timings.items()}}
+            for key, (best, timings) in launch.tunings.items()}
+    return out
 
 
 # --- the steps ------------------------------------------------------------------------------

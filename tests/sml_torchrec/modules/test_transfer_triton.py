@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -226,7 +227,7 @@ def test_gpu_launchers_autotune_over_their_list_unless_told_not_to(monkeypatch):
     monkeypatch.delenv("SML_TRITON_AUTOTUNE", raising=False)  # gpu_check.sh sets it to 0
     monkeypatch.setattr(transfer_triton, "_launchers", {})
     for name, (names, blocks, key) in transfer_triton.BLOCKS.items():
-        tuned = transfer_triton._launcher(name)
+        tuned = transfer_triton._launcher(name).tuner
         assert [tuple(c.kwargs[n] for n in names) + (c.num_warps, c.num_stages)
                 for c in tuned.configs] == list(blocks[1:])  # the interpreter's entry left out
         assert tuned.keys == key
@@ -296,3 +297,31 @@ def test_k_pieces_are_powers_of_two_covering_h2():
         assert transfer_triton._k_pieces(k) == pieces
         ka, kb = pieces
         assert ka + kb >= k and ka >= 16 and (kb == 0 or kb >= 16)
+
+
+@pytest.mark.skipif(not transfer_triton.interpreting(),
+                    reason="Triton's autotuner on the interpreted kernels, timed by the clock")
+def test_autotuned_launcher_keeps_each_tuning(monkeypatch):
+    # Triton's own autotuner, on the CPU with a wall-clock timer: every key it tunes for keeps
+    # its choice and each configuration's time (Triton keeps only the last tuning's times).
+    def clock(fn, quantiles=None):
+        start = time.perf_counter()
+        fn()
+        return [(time.perf_counter() - start) * 1e3] * 3
+
+    monkeypatch.setattr(transfer_triton, "_launchers",
+                        {"conv_stage": transfer_triton._autotuned("conv_stage", clock)})
+    prev, new = (t.float() for t in _rows(9, 13))
+    f1, f2 = torch.randn(4, 3), torch.randn(3, 4)
+    for kind in ("sigmoid", "erf"):  # KIND is part of the key: two tunings
+        got = transfer_triton.conv_stage(prev, new, f1, f2, 1e-8, kind)
+        want = transfer_triton.conv_stage_torch(prev, new, f1, f2, 1e-8, kind)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    tunings = transfer_triton.tuned_configs()["conv_stage"]
+    names, blocks, _ = transfer_triton.BLOCKS["conv_stage"]
+    entries = {", ".join(f"{n}={v}" for n, v in zip((*names, "num_warps", "num_stages"), b))
+               for b in blocks[1:]}
+    assert len(tunings) == 2
+    for t in tunings.values():
+        assert set(t["us"]) == entries and t["best"] in entries
+        assert t["us"][t["best"]] == min(t["us"].values()) > 0
