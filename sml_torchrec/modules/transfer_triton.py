@@ -284,10 +284,9 @@ if triton is not None:
         ``CONV_R`` > 0: first compute this block's H2 here (:func:`_conv_into_h2`): the whole
         transfer in one kernel. ``CONV_R`` = 0: ``h2`` holds H2 already.
         ``BLOCK_K`` > 0: each block of hidden units sweeps H2 (:func:`_fc1_streamed`).
-        ``BLOCK_K`` = 0: the block's H2 is read once, before the
-        loop over hidden units, as two power-of-two pieces of columns ``[0, KA)`` and
-        ``[KA, KA + KB)`` (:func:`_k_pieces`), and stays on chip; the loop then streams only
-        the weights, and is the kernel's one loop.
+        ``BLOCK_K`` = 0: the block's H2 is read once, before the loop over hidden units, as two
+        power-of-two pieces of columns ``[0, KA)`` and ``[KA, KA + KB)`` (:func:`_k_pieces`),
+        and stays on chip; the loop then streams only the weights.
         """
         if CONV_R > 0:
             _conv_into_h2(prev_ptr, new_ptr, f1_ptr, f2_ptr, h2_ptr, n_rows, d, stride_prev,
