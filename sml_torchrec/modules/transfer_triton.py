@@ -472,11 +472,12 @@ def _k_pieces(k: int) -> tuple[int, int]:
 # On a GPU each kernel is autotuned once per shape key over its list (the first entry, tiny, is
 # the interpreter's and is left out there). The GPU entries compile for sm_90 without spilling
 # registers at the authors' sizes (d = 64, n1 = 10, n2 = 5, hidden = 512) for every precision that
-# launches them, but for 2 of the 122 (kernel, precision, entry, save_u) builds, which spill
-# 24-56 bytes a thread (``benchmarks/triton_kernels.py`` compiles them all, no GPU needed). The
-# fused MLP's BLOCK_K = 0 entries (H2's block kept in shared memory) are sized for bf16: 9 of
-# their builds, 8 of them TF32's, need more shared memory than a block may have, and the autotuner
-# skips them (it times such a launch as infinite); the first of them fits every precision. At
+# launches them, but for 4 of the 130 (kernel, precision, entry, save_u) builds, which spill
+# 8-64 bytes a thread (``benchmarks/triton_kernels.py`` compiles them all, no GPU needed). The
+# fused MLP's BLOCK_K = 0 entries (H2's block kept in shared memory) are sized for bf16: 13 of
+# their builds, 12 of them TF32's (2 of the spilling ones among them), need more shared memory
+# than a block may have, and the autotuner skips them (it times such a launch as infinite); the
+# first of them fits every precision. At
 # BLOCK_R = 128 the FC weights are read from L2 half as often per row as at 64. For the conv
 # kernels what counts is rows per warp: in the compiled code the conv stage issues the fewest
 # instructions a row at 8 rows a warp (CONV_R / num_warps too), its backward at 4 (more rows a
@@ -493,13 +494,14 @@ BLOCKS = {
             ((16, 16, 16, 4, 1), (128, 32, 64, 8, 3), (64, 64, 128, 8, 3), (128, 64, 64, 8, 3),
              (64, 32, 128, 8, 3), (64, 64, 64, 8, 3), (128, 32, 64, 8, 4),
              (64, 0, 32, 4, 2), (64, 0, 64, 4, 2), (128, 0, 16, 8, 2), (128, 0, 32, 8, 3),
-             (128, 0, 64, 8, 3)),
+             (128, 0, 64, 8, 3), (256, 0, 32, 8, 2)),
             ["K", "H", "d", "KIND", "FAST", "SAVE_U"]),
     "transfer": (("BLOCK_R", "BLOCK_K", "BLOCK_H", "CONV_R"),
                  ((16, 16, 16, 4, 4, 1), (128, 32, 64, 64, 8, 3), (64, 64, 128, 64, 8, 3),
                   (64, 64, 64, 32, 4, 3), (128, 32, 64, 32, 8, 3), (64, 32, 128, 64, 8, 3),
                   (64, 64, 64, 64, 8, 3),
-                  (64, 0, 32, 32, 4, 2), (128, 0, 16, 32, 8, 2), (128, 0, 32, 32, 8, 3)),
+                  (64, 0, 32, 32, 4, 2), (128, 0, 16, 32, 8, 2), (128, 0, 32, 32, 8, 3),
+                  (256, 0, 32, 32, 8, 2)),
                  ["K", "H", "d", "N1", "N2", "KIND", "FAST", "SAVE_U"]),
     "mlp_backward": (("BLOCK_R", "BLOCK_H"),
                      ((16, 16, 4, 1), (64, 128, 8, 2), (64, 64, 8, 2), (128, 64, 8, 2),
