@@ -147,10 +147,10 @@ def compile_one(name: str, precision: str, block: tuple[int, ...], arch: int,
            "mma": mma, "compile_s": seconds,
            "instructions": sum(ops.values()), "mufu": ops["MUFU"], "loops": bool(bodies)}
     if name in ("mlp", "transfer"):
-        e, k = (2 if precision == "bf16" else 4), N2 * D
+        size, cols = (2 if precision == "bf16" else 4), N2 * D  # H2's columns
         sweeps = 1 if config["BLOCK_K"] == 0 else -(-HIDDEN // config["BLOCK_H"])
         row["loaded_bytes_per_row"] = round(
-            k * e * sweeps + (k * HIDDEN + HIDDEN * D) * e / config["BLOCK_R"])
+            cols * size * sweeps + (cols * HIDDEN + HIDDEN * D) * size / config["BLOCK_R"])
     runs = executed(name, config, ops, bodies)
     if runs is not None:
         # Warps of one program per row it covers (mlp_backward's programs split hidden too).

@@ -179,6 +179,9 @@ def test_fused_mlp_builds_keep_h2_on_chip_for_hopper():
     assert built["tensor_cycles_per_row"] == round(flops / 4096, 1)
     assert built["issue_cycles_per_row"] > 0
     assert "issue_cycles_per_row" not in streaming
+    weights = (k_cols * tk.HIDDEN + tk.HIDDEN * tk.D) * 2 / rows
+    assert built["loaded_bytes_per_row"] == round(k_cols * 2 + weights)
+    assert built["loaded_bytes_per_row"] < streaming["loaded_bytes_per_row"]
     # The one-kernel transfer adds its conv loop, once per CONV_R rows: one MUFU op per conv
     # activation ((n1 + n2) d a row), the row norm's few, and the hidden units' again.
     names, blocks, _ = tk.tt.BLOCKS["transfer"]
@@ -189,9 +192,6 @@ def test_fused_mlp_builds_keep_h2_on_chip_for_hopper():
     assert 1.0 <= one["mufu_cycles_per_row"] * 16 / (conv + tk.HIDDEN) <= 1.02
     assert one["tensor_cycles_per_row"] == built["tensor_cycles_per_row"]
     assert one["issue_cycles_per_row"] > built["issue_cycles_per_row"]
-    weights = (k_cols * tk.HIDDEN + tk.HIDDEN * tk.D) * 2 / rows
-    assert built["loaded_bytes_per_row"] == round(k_cols * 2 + weights)
-    assert built["loaded_bytes_per_row"] < streaming["loaded_bytes_per_row"]
 
 
 def test_blocks_per_sm_counts_registers_shared_memory_and_warps():

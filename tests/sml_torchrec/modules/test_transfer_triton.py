@@ -239,7 +239,7 @@ def test_gpu_launchers_autotune_over_their_list_unless_told_not_to(monkeypatch):
                           "num_stages": blocks[1][-1]}
 
 
-def _h2_on_chip(name: str) -> object:
+def _h2_on_chip(name: str):
     """Kernel ``name`` (``"mlp"`` or ``"transfer"``) launched with ``BLOCK_K`` = 0, H2's block
     kept on chip: the interpreter's entry so changed on a CPU; on a GPU the first such entry of
     the list (one that fits in shared memory with TF32's operands too)."""
