@@ -566,9 +566,9 @@ class _Autotuned:
         launch = self.tuner[grid]
 
         def run(*args, **kwargs) -> None:
-            known = set(self.tuner.cache)
+            known = len(self.tuner.cache)
             launch(*args, **kwargs)
-            for key in set(self.tuner.cache) - known:
+            for key in list(self.tuner.cache)[known:]:  # a new key: this call tuned for it
                 self.tunings[key] = (self.tuner.cache[key], dict(self.tuner.configs_timings))
         return run
 
@@ -595,14 +595,16 @@ def tuned_configs() -> dict[str, dict]:
     the configuration chosen (``"best"``) and each configuration's median time in µs (``"us"``,
     None for one that could not launch, such as one needing more shared memory than a block may
     have)."""
+    def describe(meta: dict) -> str:
+        return ", ".join(f"{k}={v}" for k, v in meta.items())
+
     def config(c) -> str:
-        return ", ".join(f"{k}={v}" for k, v in (*c.kwargs.items(), ("num_warps", c.num_warps),
-                                                  ("num_stages", c.num_stages)))
+        return describe({**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages})
 
     out: dict[str, dict] = {}
     for name, launch in _launchers.items():
         if isinstance(launch, _Fixed):
-            out[name] = {"fixed": ", ".join(f"{k}={v}" for k, v in launch.meta.items())}
+            out[name] = {"fixed": describe(launch.meta)}
             continue
         out[name] = {
             str(key): {"best": config(best),
