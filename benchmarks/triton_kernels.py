@@ -80,7 +80,7 @@ def constants(name: str, precision: str, save_u: bool) -> dict:
         return {"K": N2 * D, "H": HIDDEN, "d": D, "DP": D, "KIND": 0, "FAST": fast,
                 "DOT_F32": False, "SAVE_U": save_u, "KA": ka, "KB": kb, **conv}
     return {"H": HIDDEN, "d": D, "DP": D, "KIND": 0, "FAST": fast,
-            "DZ_GIVEN": precision == "fp32", "DOT_F32": False}
+            "DZ_GIVEN": precision == "fp32", "DOT_F32": False, "ROWS": tt.ROWS_PER_PROGRAM}
 
 
 def blocks_per_sm(registers: int, shared: int, warps: int, arch: int) -> int | None:
@@ -153,14 +153,17 @@ def compile_one(name: str, precision: str, block: tuple[int, ...], arch: int,
             cols * size * sweeps + (cols * HIDDEN + HIDDEN * D) * size / config["BLOCK_R"])
     runs = executed(name, config, ops, bodies)
     if runs is not None:
-        # Warps of one program per row it covers (mlp_backward's programs split hidden too).
-        programs = HIDDEN // config["BLOCK_H"] if name == "mlp_backward" else 1
-        warps_per_row = config["num_warps"] * programs / config["BLOCK_R"]
+        # Warps of one program per row it covers (mlp_backward's programs split hidden too,
+        # and each covers ROWS_PER_PROGRAM rows).
+        if name == "mlp_backward":
+            warps_per_row = config["num_warps"] * HIDDEN // config["BLOCK_H"] / tt.ROWS_PER_PROGRAM
+        else:
+            warps_per_row = config["num_warps"] / config["BLOCK_R"]
         row["issue_cycles_per_row"] = round(sum(runs.values()) * warps_per_row / 4, 1)
         row["mufu_cycles_per_row"] = round(runs["MUFU"] * warps_per_row * 32 / 16, 1)
         if mma != "none" and arch in TENSOR_FLOP_PER_CYCLE:
             fc = 2 * (N2 * D * HIDDEN + HIDDEN * D)
-            flops = {"mlp": fc, "transfer": fc, "mlp_backward": 2 * D * HIDDEN}
+            flops = {"mlp": fc, "transfer": fc, "mlp_backward": 4 * D * HIDDEN}  # dz, dW_o
             rate = TENSOR_FLOP_PER_CYCLE[arch]["bf16" if precision == "bf16" else "tf32"]
             row["tensor_cycles_per_row"] = round(flops[name] / rate, 1)
     return row
@@ -169,10 +172,16 @@ def compile_one(name: str, precision: str, block: tuple[int, ...], arch: int,
 def executed(name: str, config: dict, ops: Counter, bodies: list[Counter]) -> Counter | None:
     """The instructions a warp runs, by opcode: the code once for loop-free kernels; for the
     fused MLP with ``BLOCK_K`` = 0, the body of its loop with the products once per block of
-    hidden units, and (the one-kernel transfer) of its conv loop once per ``CONV_R`` rows;
+    hidden units, and (the one-kernel transfer) of its conv loop once per ``CONV_R`` rows; for
+    the MLP backward, its loop once per ``BLOCK_R`` of a program's ``ROWS_PER_PROGRAM`` rows;
     None where trip counts are not known here."""
     if not bodies:
         return ops
+    if name == "mlp_backward" and len(bodies) == 1:
+        runs = Counter(ops)
+        for op, n in bodies[0].items():
+            runs[op] += n * (tt.ROWS_PER_PROGRAM // config["BLOCK_R"] - 1)
+        return runs
     if name not in ("mlp", "transfer") or config["BLOCK_K"] != 0:
         return None
     runs = Counter(ops)

@@ -23,12 +23,15 @@ Training (:class:`TransferRowsFunction`): the forward is the same two kernels an
 pre-activation u, the one tensor the backward cannot cheaply recompute (it would cost fc1's
 GEMM again); H2 is kept too (the conv stage writes it anyway). The backward is
 
-* one kernel: dz = dout W_o (a short GEMM, K = d), du = dz ⊙ GELU'(u), and z = GELU(u);
-* three large GEMMs on cuBLAS (K = the chunk's rows, or hidden): dW_o = doutᵀ z, dW_f = duᵀ H2,
-  dH2 = du W_f;
+* one kernel for fc2 and the activation: dz = dout W_o (a short GEMM, K = d), du = dz ⊙
+  GELU'(u), and per-program partial sums of dW_o = doutᵀ GELU(u) and db1 = Σ du (z = GELU(u)
+  stays on chip; only du is written);
+* two large GEMMs on cuBLAS (K = the chunk's rows, or hidden): dW_f = duᵀ H2, dH2 = du W_f;
 * one kernel for the conv stage backward: it recomputes conv1 and conv2 from the inputs in
-  registers, takes dH2 to dŴ_t and writes per-program partial sums of dF1 and dF2 (summed after;
-  no atomics, so every kernel here can be rerun, which Triton's autotuner does).
+  registers, takes dH2 to dŴ_t and writes per-program partial sums of dF1 and dF2.
+
+Partial sums are summed after the launch: no atomics, so every kernel here can be rerun, which
+Triton's autotuner does, and gives the same sums run to run.
 
 Precision (``TransferConfig.precision``, ``PRECISIONS``):
 
@@ -328,37 +331,60 @@ if triton is not None:
 
     @triton.jit
     def _mlp_backward_kernel(
-        g_ptr, w2_ptr, u_ptr, du_ptr, z_ptr,
+        g_ptr, w2_ptr, u_ptr, du_ptr, z_ptr, dw2_ptr, db1_ptr,
         n_rows, H: tl.constexpr, d: tl.constexpr,
         DP: tl.constexpr, KIND: tl.constexpr, FAST: tl.constexpr, DZ_GIVEN: tl.constexpr,
-        DOT_F32: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr,
+        DOT_F32: tl.constexpr, ROWS: tl.constexpr, BLOCK_R: tl.constexpr,
+        BLOCK_H: tl.constexpr,
     ):
-        """``du = dz ⊙ GELU'(u)`` and ``z = GELU(u)`` for a block of rows and units.
+        """``du = dz ⊙ GELU'(u)`` for a block of hidden units over this program's rows, and the
+        partial sums over those rows of db1 = Σ du and, without ``DZ_GIVEN``, of
+        dW_o = Σ doutᵀ GELU(u).
 
-        ``g`` is dz ``[rows, H]`` if ``DZ_GIVEN``, else dout ``[rows, d]`` and dz = dout W_o is
-        computed here (``w2`` is W_o ``[d, H]``, in dout's dtype).
+        Program (i, j) takes units ``j*BLOCK_H ...`` of rows ``i*ROWS ...`` (``BLOCK_R`` at a
+        time) and writes ``db1[i, units]`` and ``dw2[i, :, units]``, so no sum crosses programs
+        (no atomics: the launch can be rerun, as the autotuner does).
+        Without ``DZ_GIVEN``, ``g`` is dout ``[rows, d]`` and dz = dout W_o is computed here
+        (``w2`` is W_o ``[d, H]``, in dout's dtype): z = GELU(u) never leaves the chip. With
+        ``DZ_GIVEN`` (IEEE fp32, whose products run on cuBLAS) ``g`` is dz ``[rows, H]``, and
+        z is stored to ``z`` for cuBLAS's dW_o.
         """
-        rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         hs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-        rmask = rows < n_rows
         hmask = hs < H
-        r64 = rows.to(tl.int64)
-        m2 = rmask[:, None] & hmask[None, :]
-        offs = r64[:, None] * H + hs[None, :]
-        if DZ_GIVEN:
-            dz = tl.load(g_ptr + offs, mask=m2, other=0.0).to(tl.float32)
-        else:
-            cols = tl.arange(0, DP)
-            cmask = cols < d
-            g = tl.load(g_ptr + r64[:, None] * d + cols[None, :],
-                        mask=rmask[:, None] & cmask[None, :], other=0.0)
+        cols = tl.arange(0, DP)
+        cmask = cols < d
+        if not DZ_GIVEN:
             w2 = tl.load(w2_ptr + cols[:, None] * H + hs[None, :],
                          mask=cmask[:, None] & hmask[None, :], other=0.0)
-            dz = _dot(g, w2, tl.zeros((BLOCK_R, BLOCK_H), dtype=tl.float32), DOT_F32)
-        u = tl.load(u_ptr + offs, mask=m2, other=0.0).to(tl.float32)
-        z, dgelu = _gelu_and_grad(u, KIND, FAST)
-        tl.store(du_ptr + offs, (dz * dgelu).to(du_ptr.dtype.element_ty), mask=m2)
-        tl.store(z_ptr + offs, z.to(z_ptr.dtype.element_ty), mask=m2)
+        db1 = tl.zeros((BLOCK_H,), dtype=tl.float32)
+        dw2 = tl.zeros((DP, BLOCK_H), dtype=tl.float32)
+        tl.static_assert(ROWS % BLOCK_R == 0, "ROWS must be a multiple of BLOCK_R")
+        part = tl.program_id(0).to(tl.int64)
+        for r0 in range(0, ROWS, BLOCK_R):  # constant trips (Triton's interpreter needs them)
+            rows = part * ROWS + r0 + tl.arange(0, BLOCK_R)
+            rmask = rows < n_rows
+            m2 = rmask[:, None] & hmask[None, :]
+            offs = rows[:, None] * H + hs[None, :]
+            # Masked rows and units load u = 0 and dz = 0: du = 0 there, and GELU(0) = 0.
+            if DZ_GIVEN:
+                dz = tl.load(g_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+            else:
+                g = tl.load(g_ptr + rows[:, None] * d + cols[None, :],
+                            mask=rmask[:, None] & cmask[None, :], other=0.0)
+                dz = _dot(g, w2, tl.zeros((BLOCK_R, BLOCK_H), dtype=tl.float32), DOT_F32)
+            u = tl.load(u_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+            z, dgelu = _gelu_and_grad(u, KIND, FAST)
+            du = (dz * dgelu).to(du_ptr.dtype.element_ty)
+            tl.store(du_ptr + offs, du, mask=m2)
+            db1 += tl.sum(du.to(tl.float32), axis=0)  # of du as stored, as dW_f's GEMM reads it
+            if DZ_GIVEN:
+                tl.store(z_ptr + offs, z.to(z_ptr.dtype.element_ty), mask=m2)
+            else:
+                dw2 = _dot(tl.trans(g), z.to(g.dtype), dw2, DOT_F32)
+        tl.store(db1_ptr + part * H + hs, db1, mask=hmask)
+        if not DZ_GIVEN:
+            tl.store(dw2_ptr + part * (d * H) + cols[:, None] * H + hs[None, :], dw2,
+                     mask=cmask[:, None] & hmask[None, :])
 
     @triton.jit
     def _conv_backward_kernel(
@@ -472,7 +498,7 @@ def _k_pieces(k: int) -> tuple[int, int]:
 # On a GPU each kernel is autotuned once per shape key over its list (the first entry, tiny, is
 # the interpreter's and is left out there). The GPU entries compile for sm_90 without spilling
 # registers at the authors' sizes (d = 64, n1 = 10, n2 = 5, hidden = 512) for every precision that
-# launches them, but for 4 of the 130 (kernel, precision, entry, save_u) builds, which spill
+# launches them, but for 4 of the 136 (kernel, precision, entry, save_u) builds, which spill
 # 8-64 bytes a thread (``benchmarks/triton_kernels.py`` compiles them all, no GPU needed). The
 # fused MLP's BLOCK_K = 0 entries (H2's block kept in shared memory) are sized for bf16: 13 of
 # their builds, 12 of them TF32's (2 of the spilling ones among them), need more shared memory
@@ -481,7 +507,10 @@ def _k_pieces(k: int) -> tuple[int, int]:
 # BLOCK_R = 128 the FC weights are read from L2 half as often per row as at 64. For the conv
 # kernels what counts is rows per warp: in the compiled code the conv stage issues the fewest
 # instructions a row at 8 rows a warp (CONV_R / num_warps too), its backward at 4 (more rows a
-# warp spill), so those lead.
+# warp spill), so those lead. The MLP backward moves 2.7 kB a row through device memory in bf16
+# and 4.9 kB in TF32 (about 180 and 320 SM cycles a row on an H200 at 4 TB/s) against 110-150
+# cycles a row of issued instructions: memory-bound, so its list runs from large tiles to small
+# ones with more thread blocks an SM (up to 5 in bf16) to keep more loads in flight.
 
 # kernel: (block names, (blocks..., warps, stages) per configuration, autotune key)
 BLOCKS = {
@@ -504,8 +533,8 @@ BLOCKS = {
                   (256, 0, 32, 32, 8, 2)),
                  ["K", "H", "d", "N1", "N2", "KIND", "FAST", "SAVE_U"]),
     "mlp_backward": (("BLOCK_R", "BLOCK_H"),
-                     ((16, 16, 4, 1), (64, 128, 8, 2), (64, 64, 8, 2), (128, 64, 8, 2),
-                      (32, 128, 8, 2), (64, 256, 8, 2)),
+                     ((16, 16, 4, 1), (64, 64, 8, 2), (64, 128, 8, 2), (128, 64, 8, 2),
+                      (32, 128, 8, 2), (64, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 2)),
                      ["H", "d", "KIND", "FAST", "DZ_GIVEN"]),
 }
 # conv_backward writes per-program partial sums: the autotuner zeroes them after its trials.
@@ -516,6 +545,11 @@ _RESTORE = {"transfer": ["prev_ptr", "new_ptr"]}
 # a kernel of its own (two launches, each at its own occupancy). Both compute the same; which
 # is faster is a GPU measurement (benchmarks/gpu_transfer.py times both).
 ONE_KERNEL = False
+# Rows a program of the MLP backward sums dW_o and db1 over: its partial dW_o (d*H fp32 values,
+# 256 bytes a row at d = 64, hidden = 512, written once and read once) stays small beside the
+# traffic the kernel saves (z written and read, du read again for db1: 3 kB a row in bf16, 6 kB
+# in TF32). A multiple of every BLOCK_R.
+ROWS_PER_PROGRAM = 512
 _launchers: dict[str, object] = {}
 
 
@@ -719,34 +753,55 @@ def mlp(
 
 def mlp_backward(
     dout: Tensor, w2: Tensor, u: Tensor, kind: str, precision: str
-) -> tuple[Tensor, Tensor]:
-    """``du = (dout W_o) ⊙ GELU'(u)`` and ``z = GELU(u)``, both ``[B, H]`` in u's dtype.
+) -> tuple[Tensor, Tensor, Tensor]:
+    """fc1's and fc2's gradients from dout ``[B, d]`` and fc1's pre-activation u ``[B, H]``:
+    (du ``[B, H]`` in u's dtype, dW_o ``[d, H]`` fp32, db1 ``[H]`` fp32), with du = (dout W_o)
+    ⊙ GELU'(u) and dW_o = doutᵀ GELU(u).
 
-    For TF32 and bf16 the kernel computes dout W_o itself (K = d); for IEEE fp32 cuBLAS does
-    and the kernel applies the activation's derivative.
+    For TF32 and bf16 one kernel computes all three (dz = dout W_o and dW_o's products on the
+    tensor cores): z = GELU(u) is never written, and db1 needs no pass over du. For IEEE fp32
+    cuBLAS computes dz and dW_o, the kernel du, z and db1.
     """
     cd = _compute_dtype(precision)
     g, w = dout.to(cd).contiguous(), w2.detach().to(cd).contiguous()
-    dz_given = precision == "fp32" or not kernels_run_on(u)
+    if not kernels_run_on(u):
+        return _mlp_backward_torch(g, w, u, kind, precision)
+    (b, hidden), d = u.shape, w.shape[0]
+    dz_given = precision == "fp32"
     if dz_given:
         with _cublas_precision(precision):
-            g = torch.mm(g, w)  # dz [B, H]
-    if not kernels_run_on(u):
-        uf = u.float().requires_grad_(True)
-        with torch.enable_grad():
-            z = gelu(uf, kind)
-            (du,) = torch.autograd.grad(z, uf, g.float())
-        return du.to(cd), z.detach().to(cd)
-    b, hidden = u.shape
-    du, z = torch.empty_like(u), torch.empty_like(u)
-    if b == 0:
-        return du, z
-    _launcher("mlp_backward")[
-        lambda m: (triton.cdiv(b, m["BLOCK_R"]), triton.cdiv(hidden, m["BLOCK_H"]))
-    ](g, w, u.contiguous(), du, z, b, H=hidden, d=w2.shape[0],
-      DP=_pow2(w2.shape[0], 16), KIND=_KIND_CODE[kind], FAST=_fast(precision),
-      DZ_GIVEN=dz_given, DOT_F32=interpreting())
-    return du, z
+            dz = torch.mm(g, w)  # [B, H]
+    parts = max(1, -(-b // ROWS_PER_PROGRAM))
+    alloc = torch.empty if b else torch.zeros  # the kernel writes every partial sum
+    du = torch.empty_like(u)
+    z = torch.empty_like(u) if dz_given else du  # du: an unused pointer
+    db1 = alloc(parts, hidden, dtype=torch.float32, device=u.device)
+    dw2 = db1 if dz_given else alloc(parts, d, hidden, dtype=torch.float32, device=u.device)
+    if b:
+        _launcher("mlp_backward")[lambda m: (parts, triton.cdiv(hidden, m["BLOCK_H"]))](
+            dz if dz_given else g, w, u.contiguous(), du, z, dw2, db1, b, H=hidden, d=d,
+            DP=_pow2(d, 16), KIND=_KIND_CODE[kind], FAST=_fast(precision), DZ_GIVEN=dz_given,
+            DOT_F32=interpreting(), ROWS=ROWS_PER_PROGRAM)
+    if dz_given:
+        with _cublas_precision(precision):
+            return du, torch.mm(g.t(), z).float(), db1.sum(0)
+    return du, dw2.sum(0), db1.sum(0)
+
+
+def _mlp_backward_torch(
+    g: Tensor, w: Tensor, u: Tensor, kind: str, precision: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`mlp_backward`'s plain-torch twin (``g`` dout and ``w`` W_o in u's dtype)."""
+    with _cublas_precision(precision):
+        dz = torch.mm(g, w)
+    uf = u.float().requires_grad_(True)
+    with torch.enable_grad():
+        z = gelu(uf, kind)
+        (du,) = torch.autograd.grad(z, uf, dz.float())
+    du = du.to(u.dtype)
+    with _cublas_precision(precision):
+        dw2 = torch.mm(g.t(), z.detach().to(u.dtype)).float()
+    return du, dw2, du.sum(0, dtype=torch.float32)
 
 
 def conv_backward(
@@ -832,13 +887,11 @@ class TransferRowsFunction(torch.autograd.Function):
         kind, precision = ctx.kind, ctx.precision
         cd = _compute_dtype(precision)
         g = dout.to(cd).contiguous()
-        du, z = mlp_backward(g, w2, u, kind, precision)
+        du, dw2, db1 = mlp_backward(g, w2, u, kind, precision)
         with _cublas_precision(precision):
-            dw2 = torch.mm(g.t(), z).float()
             dw1 = torch.mm(du.t(), h2).float()
             dh2 = torch.mm(du, w1.detach().to(cd))
         db2 = dout.float().sum(0)
-        db1 = du.sum(0, dtype=torch.float32)
         dnew, df1, df2 = conv_backward(prev, new, f1, f2, dh2, ctx.eps, kind, precision)
         return None, dnew, df1, df2, dw1, db1, dw2, db2, None, None, None
 

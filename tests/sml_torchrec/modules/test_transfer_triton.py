@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from sml_torchrec.modules import transfer_triton
-from sml_torchrec.modules.transfer import TransferConfig, TransferNet, materialize
+from sml_torchrec.modules.transfer import TransferConfig, TransferNet, gelu, materialize
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 KINDS = ("sigmoid", "erf", "tanh")
@@ -157,6 +157,36 @@ def test_one_kernel_transfer_computes_what_two_kernels_do(monkeypatch, kind, pre
     tol = 1e-5 if DEVICE == "cpu" else GRAD_TOL[precision]
     for a, b in zip(results[False], results[True]):
         assert _rel(b, a.double().cpu()) <= tol
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_mlp_backward_sums_over_every_program_of_rows(monkeypatch, kind, precision):
+    # du, dW_o and db1 against float64 autograd, with the rows spread over four programs along
+    # rows, each summing its own rows' dW_o and db1 over several blocks of rows (the last
+    # program's partly past the rows), and hidden units in blocks, the last partial.
+    per_program = 32 if DEVICE == "cpu" else 128  # a multiple of the blocks of rows launched
+    monkeypatch.setattr(transfer_triton, "ROWS_PER_PROGRAM", per_program)
+    cd = torch.bfloat16 if precision == "bf16" else torch.float32
+    gen = torch.Generator().manual_seed(4)
+    rows, d, hidden = 3 * per_program + 21, 13, 40
+    dout = torch.randn(rows, d, generator=gen, dtype=torch.float64)
+    w2 = 0.3 * torch.randn(d, hidden, generator=gen, dtype=torch.float64)
+    u = (2 * torch.randn(rows, hidden, generator=gen, dtype=torch.float64)).to(cd).double()
+    u_ref, w2_ref = u.clone().requires_grad_(True), w2.clone().requires_grad_(True)
+    (gelu(u_ref, kind) @ w2_ref.t() * dout).sum().backward()
+    du, dw2, db1 = transfer_triton.mlp_backward(
+        dout.float().to(DEVICE), w2.float().to(DEVICE), u.to(cd).to(DEVICE), kind, precision)
+    assert du.dtype == cd and du.shape == (rows, hidden)
+    assert dw2.shape == (d, hidden) and db1.shape == (hidden,)
+    assert _rel(du, u_ref.grad) <= GRAD_TOL[precision]
+    assert _rel(dw2, w2_ref.grad) <= GRAD_TOL[precision]
+    assert _rel(db1, u_ref.grad.sum(0)) <= GRAD_TOL[precision]
+    du, dw2, db1 = transfer_triton.mlp_backward(  # no rows: nothing to sum
+        dout[:0].float().to(DEVICE), w2.float().to(DEVICE), u[:0].to(cd).to(DEVICE), kind,
+        precision)
+    assert du.shape == (0, hidden) and not dw2.any() and not db1.any()
+    assert dw2.shape == (d, hidden) and db1.shape == (hidden,)
 
 
 def test_training_with_authors_sizes_and_a_partial_block():
