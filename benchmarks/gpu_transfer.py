@@ -16,9 +16,10 @@ card's dense GEMM rate? Measures, in one run and on one device:
   autograd path, and the Triton forward + backward per precision, with the error of the output
   and of every gradient against fp64;
 * ``stages``: each step of the Triton path alone per precision (conv stage, fused MLP, and
-  training's MLP backward and conv-stage backward), in ns a row and in SM cycles a row (ns x
-  SMs x the SM clock), to set beside the static floors of ``benchmarks/triton_kernels.py`` and
-  to tell which step limits a path;
+  training's: the fused MLP keeping u, the MLP backward, the two cuBLAS GEMMs, the conv-stage
+  backward), in ns a row and in SM cycles a row (ns x SMs x the SM clock), to set beside the
+  static floors of ``benchmarks/triton_kernels.py`` and to tell which step limits a path;
+  ``train_steps``: training's steps summed beside the whole step, per precision;
 * ``done_when``: the thresholds a GPU run is judged by (ratios and errors), each with its value.
 
 Writes one JSON object to ``--out`` (and prints it as one line, after a human table). On a
@@ -248,9 +249,17 @@ def train_rates(net: TransferNet, prev, new, args, mm: dict, dev) -> dict:
     return out
 
 
+# The steps of one training step on the Triton path, in order (``stage_times`` times each).
+TRAIN_STEPS = ("conv_stage", "mlp_save_u", "mlp_backward", "dw1_gemm", "dh2_gemm",
+               "conv_backward")
+
+
 def stage_times(net: TransferNet, prev, new, args, dev) -> dict:
     """Each step of the Triton path alone, per precision, over the rows in ``chunk_rows`` chunks
-    (the backward steps on random upstream gradients): ns and SM cycles a row."""
+    (the backward steps on random upstream gradients): ns and SM cycles a row. The steps are
+    materialise's (conv stage, fused MLP) and training's (:data:`TRAIN_STEPS`: the forward's
+    MLP keeping u, the MLP backward, cuBLAS's dW_f = duᵀ H2 and dH2 = du W_f, the conv-stage
+    backward)."""
     cfg, rows, step = net.config, args.rows, args.chunk_rows
     f1, f2, w1, b1, w2, b2 = (t.detach() for t in net.params())
     c = min(step, rows)
@@ -266,13 +275,19 @@ def stage_times(net: TransferNet, prev, new, args, dev) -> dict:
         dh2 = torch.randn(h2.shape, device=dev, generator=gen).to(cd)
         dout = torch.randn(c, args.dim, device=dev, generator=gen).to(cd)
         u = torch.randn(c, w1.shape[0], device=dev, generator=gen).to(cd)
+        w1c = w1.to(cd)
         steps = {
             "conv_stage": lambda a, b, prec=prec: transfer_triton.conv_stage(
                 a, b, f1, f2, cfg.eps, cfg.gelu, prec),
             "mlp": lambda a, b, prec=prec, h2=h2, y=y: transfer_triton.mlp(
                 h2[:len(a)], w1, b1, w2, b2, cfg.gelu, prec, y[:len(a)]),
+            "mlp_save_u": lambda a, b, prec=prec, h2=h2, y=y: transfer_triton.mlp(
+                h2[:len(a)], w1, b1, w2, b2, cfg.gelu, prec, y[:len(a)], save_u=True),
             "mlp_backward": lambda a, b, prec=prec, g=dout, u=u: transfer_triton.mlp_backward(
                 g[:len(a)], w2, u[:len(a)], cfg.gelu, prec),
+            "dw1_gemm": lambda a, b, prec=prec, u=u, h2=h2: _gemm(
+                prec, u[:len(a)].t(), h2[:len(a)]),
+            "dh2_gemm": lambda a, b, prec=prec, u=u, w=w1c: _gemm(prec, u[:len(a)], w),
             "conv_backward": lambda a, b, prec=prec, g=dh2: transfer_triton.conv_backward(
                 a, b, f1, f2, g[:len(a)], cfg.eps, cfg.gelu, prec),
         }
@@ -290,6 +305,25 @@ def stage_times(net: TransferNet, prev, new, args, dev) -> dict:
             text = r["error"][:200] if "error" in r else (
                 f"{r['ns_per_row']:.3f} ns a row, {r['sm_cycles_per_row']:.1f} SM cycles a row")
             print(f"[stages] {name}_{prec}: {text}", file=sys.stderr, flush=True)
+    return out
+
+
+def _gemm(precision: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` on cuBLAS as the training backward runs it in ``precision``."""
+    with transfer_triton._cublas_precision(precision):
+        return torch.mm(a, b)
+
+
+def train_steps(res: dict) -> dict:
+    """Per precision, training's steps timed alone (:data:`TRAIN_STEPS`) summed, beside the
+    training step measured whole (``kernel_*``), both in ns a row: what the step spends
+    outside its kernels (launch gaps, autograd, casts) is the difference."""
+    out = {}
+    for prec in PRECISIONS:
+        steps = [res["stages"].get(f"{s}_{prec}", {}).get("ns_per_row", math.nan)
+                 for s in TRAIN_STEPS]
+        rate = res["train"].get(f"kernel_{prec}", {}).get("rows_per_s", math.nan)
+        out[prec] = {"steps_ns_per_row": sum(steps), "step_ns_per_row": 1e9 / rate}
     return out
 
 
@@ -347,6 +381,7 @@ def run(args) -> dict:
     }
     res["train"] = train_rates(net, prev, new, args, mm, dev)
     res["stages"] = stage_times(net, prev, new, args, dev)
+    res["train_steps"] = train_steps(res)
     res["tuned"] = transfer_triton.tuned_configs()
     res["done_when"] = done_when(res)
     return res
@@ -385,6 +420,9 @@ def table(res: dict) -> str:
         if isinstance(r, dict):
             lines.append(f"  {name:<20}" + (f"FAILED: {r['error'][:200]}" if "error" in r else
                                               f"{r['ns_per_row']:>9.3f}{r['sm_cycles_per_row']:>9.1f}"))
+    for prec, t in res["train_steps"].items():
+        lines.append(f"  training {prec}: its steps alone {t['steps_ns_per_row']:.3f} ns a row, "
+                     f"the step whole {t['step_ns_per_row']:.3f}")
     lines.append("blocks launched (autotuned: the choice per shape key, its median time):")
     for name, per_key in res["tuned"].items():
         for key, t in per_key.items():

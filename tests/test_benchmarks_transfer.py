@@ -70,14 +70,20 @@ def _check_gpu_result(res: dict) -> None:
     assert train["kernel_fp32"]["max_rel_err"] < 1e-3  # the output and every gradient
     assert train["kernel_bf16"]["max_rel_err"] < 0.1
     stages = res["stages"]
+    steps = ("conv_stage", "mlp_save_u", "mlp_backward", "dw1_gemm", "dh2_gemm", "conv_backward")
     assert set(stages) == {"sms", "sm_clock_mhz"} | {
-        f"{k}_{q}" for k in ("conv_stage", "mlp", "mlp_backward", "conv_backward")
-        for q in ("fp32", "tf32", "bf16")}
+        f"{k}_{q}" for k in ("mlp", *steps) for q in ("fp32", "tf32", "bf16")}
     for name, r in stages.items():
         if isinstance(r, dict):
             assert _positive(r["ns_per_row"]), name
             assert math.isclose(r["sm_cycles_per_row"], r["ns_per_row"] * stages["sms"]
                                 * stages["sm_clock_mhz"] / 1e3, rel_tol=1e-9), name
+    for q, t in res["train_steps"].items():  # training's steps alone, beside the whole step
+        assert math.isclose(t["steps_ns_per_row"],
+                            sum(stages[f"{k}_{q}"]["ns_per_row"] for k in steps), rel_tol=1e-9)
+        assert math.isclose(t["step_ns_per_row"], 1e9 / train[f"kernel_{q}"]["rows_per_s"],
+                            rel_tol=1e-9)
+    assert set(res["train_steps"]) == {"fp32", "tf32", "bf16"}
     assert len(res["done_when"]) == 6
     # Materialise is judged on its fastest design within the error bound.
     tf32 = ("kernel_tf32", "one_kernel_tf32", "kernel_tf32_exact")
