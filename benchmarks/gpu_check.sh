@@ -5,7 +5,7 @@
 #      with each kernel's first block configuration (SML_TRITON_AUTOTUNE=0: no autotuning per
 #      test shape);
 #   2. benchmarks/gpu_transfer.py at 2M rows in 64k-row chunks, kernels autotuned (the first call
-#      of each shape compiles every configuration: 148 compilations; the 136 distinct builds of
+#      of each shape compiles every configuration: 151 compilations; the 139 distinct builds of
 #      benchmarks/triton_kernels.py take 2.5 minutes on one core of a 2-core CPU machine).
 # Results go to $OUT (default ./gpu_check): gpu.txt, tests.log, gpu_transfer.txt and .json.
 # At most 9.5 minutes, one device call: the tests are capped at 3, the benchmark gets the rest.

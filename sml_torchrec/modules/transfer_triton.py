@@ -498,26 +498,28 @@ def _k_pieces(k: int) -> tuple[int, int]:
 # On a GPU each kernel is autotuned once per shape key over its list (the first entry, tiny, is
 # the interpreter's and is left out there). The GPU entries compile for sm_90 without spilling
 # registers at the authors' sizes (d = 64, n1 = 10, n2 = 5, hidden = 512) for every precision that
-# launches them, but for 4 of the 136 (kernel, precision, entry, save_u) builds, which spill
+# launches them, but for 4 of the 139 (kernel, precision, entry, save_u) builds, which spill
 # 8-64 bytes a thread (``benchmarks/triton_kernels.py`` compiles them all, no GPU needed). The
 # fused MLP's BLOCK_K = 0 entries (H2's block kept in shared memory) are sized for bf16: 13 of
 # their builds, 12 of them TF32's (2 of the spilling ones among them), need more shared memory
 # than a block may have, and the autotuner skips them (it times such a launch as infinite); the
-# first of them fits every precision. At
-# BLOCK_R = 128 the FC weights are read from L2 half as often per row as at 64. For the conv
-# kernels what counts is rows per warp: in the compiled code the conv stage issues the fewest
-# instructions a row at 8 rows a warp (CONV_R / num_warps too), its backward at 4 (more rows a
-# warp spill), so those lead. The MLP backward moves 2.7 kB a row through device memory in bf16
-# and 4.9 kB in TF32 (about 180 and 320 SM cycles a row on an H200 at 4 TB/s) against 110-150
-# cycles a row of issued instructions: memory-bound, so its list runs from large tiles to small
-# ones with more thread blocks an SM (up to 5 in bf16) to keep more loads in flight.
+# first of them fits every precision. At BLOCK_R = 128 the FC weights are read from L2 half as
+# often per row as at 64. For the conv kernels what counts is rows per warp: in the compiled code
+# the conv stage issues the fewest instructions a row at 8 rows a warp (CONV_R / num_warps too),
+# its backward at 4 (more rows a warp spill), so those lead; the backward's one-warp entry (the
+# interpreter's too) needs no barrier for its sums over rows and issues 10% fewer instructions a
+# row in TF32 and 8% fewer in fp32. The MLP backward moves 2.7 kB a row through device memory in
+# bf16 and 4.9 kB in TF32 (about 180 and 320 SM cycles a row on an H200 at 4 TB/s) against
+# 110-150 cycles a row of issued instructions: memory-bound, so its list runs from large tiles to
+# small ones with more thread blocks an SM (up to 5 in bf16) to keep more loads in flight.
 
 # kernel: (block names, (blocks..., warps, stages) per configuration, autotune key)
 BLOCKS = {
     "conv_stage": (("BLOCK_R",),
                    ((4, 1, 1), (32, 4, 1), (64, 8, 1), (16, 2, 1), (32, 8, 1), (16, 4, 1)),
                    ["N1", "N2", "DP", "KIND", "FAST"]),
-    "conv_backward": (("BLOCK_R",), ((4, 1, 1), (16, 4, 1), (32, 8, 1), (16, 8, 1), (8, 4, 1)),
+    "conv_backward": (("BLOCK_R",),
+                      ((4, 1, 1), (16, 4, 1), (32, 8, 1), (16, 8, 1), (8, 4, 1), (4, 1, 1)),
                       ["N1", "N2", "DP", "KIND", "FAST"]),
     "mlp": (("BLOCK_R", "BLOCK_K", "BLOCK_H"),
             ((16, 16, 16, 4, 1), (128, 32, 64, 8, 3), (64, 64, 128, 8, 3), (128, 64, 64, 8, 3),
