@@ -10,9 +10,10 @@ bytes a thread from ``cuobjdump --dump-resource-usage`` of the cubin and its ins
 ``nvdisasm``. Compile time is reported too; nothing here is timed on a GPU.
 
 Static cost per row, for the kernels whose instructions a warp runs are known here: those without
-loops (the conv stage and its backward, the MLP backward), where every instruction of the machine
-code runs once, and the fused MLP with ``BLOCK_K`` = 0, whose loop runs once per block of
-hidden units (and, in the one-kernel transfer, its conv loop once per ``CONV_R`` rows):
+loops (the conv stage and its backward), where every instruction of the machine code runs once,
+the fused MLP with ``BLOCK_K`` = 0, whose loop runs once per block of hidden units (and, in the
+one-kernel transfer, its conv loop once per ``CONV_R`` rows), and the MLP backward, whose loop
+runs once per ``BLOCK_R`` of a program's ``ROWS_PER_PROGRAM`` rows:
 ``issue_cycles_per_row`` = warp instructions a row / 4 (an SM issues at most four a
 cycle), ``mufu_cycles_per_row`` = MUFU (special-function: tanh, exp, reciprocal) lane operations a
 row / 16 (an SM's rate on sm_80/sm_90) and, for kernels with tensor-core products,

@@ -773,7 +773,7 @@ def mlp_backward(
     if dz_given:
         with _cublas_precision(precision):
             dz = torch.mm(g, w)  # [B, H]
-    parts = max(1, -(-b // ROWS_PER_PROGRAM))
+    parts = max(1, triton.cdiv(b, ROWS_PER_PROGRAM))
     alloc = torch.empty if b else torch.zeros  # the kernel writes every partial sum
     du = torch.empty_like(u)
     z = torch.empty_like(u) if dz_given else du  # du: an unused pointer
