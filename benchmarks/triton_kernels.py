@@ -178,24 +178,25 @@ def executed(name: str, config: dict, ops: Counter, bodies: list[Counter]) -> Co
     None where trip counts are not known here."""
     if not bodies:
         return ops
-    if name == "mlp_backward" and len(bodies) == 1:
-        runs = Counter(ops)
-        for op, n in bodies[0].items():
-            runs[op] += n * (tt.ROWS_PER_PROGRAM // config["BLOCK_R"] - 1)
-        return runs
-    if name not in ("mlp", "transfer") or config["BLOCK_K"] != 0:
-        return None
     runs = Counter(ops)
     for body in bodies:
-        if body["HGMMA"] or body["HMMA"]:
-            trips = -(-HIDDEN // config["BLOCK_H"])
-        elif name == "transfer":
-            trips = config["BLOCK_R"] // config["CONV_R"]
-        else:
+        trips = _trips(name, config, body, len(bodies))
+        if trips is None:
             return None
         for op, n in body.items():
             runs[op] += n * (trips - 1)  # the body is in ``ops`` once
     return runs
+
+
+def _trips(name: str, config: dict, body: Counter, loops: int) -> int | None:
+    """Trips of a loop with this ``body`` in a program of kernel ``name`` (None: unknown)."""
+    if name == "mlp_backward":
+        return tt.ROWS_PER_PROGRAM // config["BLOCK_R"] if loops == 1 else None
+    if name not in ("mlp", "transfer") or config["BLOCK_K"] != 0:
+        return None
+    if body["HGMMA"] or body["HMMA"]:
+        return -(-HIDDEN // config["BLOCK_H"])
+    return config["BLOCK_R"] // config["CONV_R"] if name == "transfer" else None
 
 
 def sass_counts(sass: str) -> tuple[Counter, list[Counter]]:
