@@ -264,9 +264,8 @@ def stage_times(net: TransferNet, prev, new, args, dev) -> dict:
     f1, f2, w1, b1, w2, b2 = (t.detach() for t in net.params())
     c = min(step, rows)
     gen = torch.Generator(device=dev).manual_seed(3)
-    props = torch.cuda.get_device_properties(dev) if dev.type == "cuda" else None
-    khz = getattr(props, "clock_rate", 0) if props else 0  # the SM clock's top rate
-    sms = props.multi_processor_count if props else 0
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 0
+    khz = _sm_clock_khz(dev)
     out: dict = {"sms": sms, "sm_clock_mhz": khz / 1e3}
     for prec in PRECISIONS:
         cd = torch.bfloat16 if prec == "bf16" else torch.float32
@@ -306,6 +305,21 @@ def stage_times(net: TransferNet, prev, new, args, dev) -> dict:
                 f"{r['ns_per_row']:.3f} ns a row, {r['sm_cycles_per_row']:.1f} SM cycles a row")
             print(f"[stages] {name}_{prec}: {text}", file=sys.stderr, flush=True)
     return out
+
+
+def _sm_clock_khz(dev: torch.device) -> int:
+    """The SM clock's top rate in kHz (0 off a GPU): torch's device property, else the driver's
+    attribute as Triton reads it. CUDA 13 dropped ``cudaDeviceProp.clockRate``, and a torch
+    built against it may report 0 or lack the field."""
+    if dev.type != "cuda":
+        return 0
+    khz = getattr(torch.cuda.get_device_properties(dev), "clock_rate", 0)
+    if not khz and transfer_triton.available():
+        from triton.runtime import driver
+
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        khz = driver.active.utils.get_device_properties(index).get("sm_clock_rate", 0)
+    return khz
 
 
 def _gemm(precision: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
