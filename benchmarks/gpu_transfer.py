@@ -324,8 +324,11 @@ def _sm_clock_khz(dev: torch.device) -> int:
 
 def _gemm(precision: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` on cuBLAS as the training backward runs it in ``precision``."""
-    with transfer_triton._cublas_precision(precision):
+    _set_matmul(precision)
+    try:
         return torch.mm(a, b)
+    finally:
+        _set_matmul("fp32")
 
 
 def train_steps(res: dict) -> dict:
