@@ -888,8 +888,7 @@ class TransferRowsFunction(torch.autograd.Function):
         prev, new, f1, f2, w1, w2, h2, u = ctx.saved_tensors
         kind, precision = ctx.kind, ctx.precision
         cd = _compute_dtype(precision)
-        g = dout.to(cd).contiguous()
-        du, dw2, db1 = mlp_backward(g, w2, u, kind, precision)
+        du, dw2, db1 = mlp_backward(dout, w2, u, kind, precision)
         with _cublas_precision(precision):
             dw1 = torch.mm(du.t(), h2).float()
             dh2 = torch.mm(du, w1.detach().to(cd))
